@@ -1,0 +1,1 @@
+"""Reading and preparing day files: discovery and validation (days), gating, normalization, windows."""

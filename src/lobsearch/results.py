@@ -1,0 +1,285 @@
+"""What a finished search leaves: per-trial records, the best configuration, its test metrics.
+
+Files in the run folder (each written atomically):
+
+- ``results.json``: the search, every trial (parameters, status, best and per-epoch metrics,
+  durations, error) and the best trial with its validation and test metrics and naive baselines;
+- ``results.csv``: one row per trial (parameters, best metrics, status, duration);
+- ``best_config.yaml``: the best trial's run config, accepted by ``python -m lobsearch.train``;
+- ``report.html``: the local report (see ``lobsearch.report``).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+if TYPE_CHECKING:
+    from lobsearch.search import Search
+
+EPOCH_KEYS = ("epoch", "train_loss", "val_loss", "val_macro_f1", "val_accuracy", "val_mcc", "samples_per_s", "lr")
+
+
+@dataclass
+class Summary:
+    name: str
+    space: str
+    objective: dict[str, Any]
+    export: str
+    started_at: str
+    stopped_by: str
+    trials: list[dict[str, Any]]
+    best: dict[str, Any] | None = None
+    best_checkpoint: str | None = None
+    best_run_config: Any = None
+    gate_report: dict[str, Any] | None = None
+    oracle_macro_f1: dict[str, float] | None = None
+    pareto: list[dict[str, Any]] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "space": self.space,
+            "objective": self.objective,
+            "export": self.export,
+            "started_at": self.started_at,
+            "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "stopped_by": self.stopped_by,
+            "oracle_macro_f1": self.oracle_macro_f1,
+            "trials": self.trials,
+            "best": self.best,
+            "gate_report": self.gate_report,
+            "pareto": self.pareto,
+            **self.extra,
+        }
+
+
+def _status(result: Any, max_epochs: int) -> str:
+    if result.error is not None:
+        return "failed"
+    last = result.metrics or {}
+    fit_status = last.get("fit_status", "running")
+    if fit_status in ("completed", "early_stopped"):
+        return fit_status
+    return "pruned" if last.get("epoch", 0) < max_epochs else "completed"
+
+
+def _history(result: Any) -> list[dict[str, Any]]:
+    frame = result.metrics_dataframe
+    if frame is None or frame.empty:
+        return []
+    keep = [k for k in EPOCH_KEYS if k in frame.columns] + (["time_total_s"] if "time_total_s" in frame else [])
+    rows = frame[keep].to_dict("records")
+    return [{("time_s" if k == "time_total_s" else k): _plain(v) for k, v in row.items()} for row in rows]
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _trial_record(number: int, result: Any, search: Search, t0: float | None) -> dict[str, Any]:
+    metric = search.space.spec.objective.metric
+    sign = 1 if search.space.spec.objective.direction == "max" else -1
+    history = _history(result)
+    best_row = max(
+        (row for row in history if row.get(metric) is not None), key=lambda r: sign * r[metric], default=None
+    )
+    last = result.metrics or {}
+    params = {k: _plain(v) for k, v in (result.config or {}).items()}
+    end = last.get("timestamp")
+    duration = last.get("time_total_s")
+    start = end - duration if end is not None and duration is not None else None
+    return {
+        "trial_id": last.get("trial_id", result.path.rsplit("/", 1)[-1] if result.path else str(number)),
+        "number": number,
+        "status": _status(result, search.space.spec.fixed.get("train", {}).get("epochs", 10)),
+        "params": params,
+        "best": ({"epoch": best_row.get("epoch"), **{k: v for k, v in best_row.items() if k.startswith("val_")}}
+                 if best_row else None),
+        "epochs": len(history),
+        "duration_s": _plain(duration),
+        "start_s": None if start is None or t0 is None else round(start - t0, 3),
+        "end_s": None if end is None or t0 is None else round(end - t0, 3),
+        "n_params": last.get("n_params"),
+        "latency_ms": _plain(last.get("latency_ms")),
+        "history": history,
+        "error": None if result.error is None else str(result.error).strip().splitlines()[-1][:500],
+        "checkpoint": result.checkpoint.path if result.checkpoint is not None else None,
+    }
+
+
+def collect(grid: Any, search: Search, export: Any, prepared: dict[str, Any]) -> Summary:
+    """Turn Tune's ResultGrid into a Summary with the best trial picked on validation."""
+    results = list(grid)
+    starts = [
+        r.metrics["timestamp"] - r.metrics.get("time_total_s", 0)
+        for r in results
+        if r.metrics and "timestamp" in r.metrics
+    ]
+    t0 = min(starts) if starts else None
+    trials = sorted(
+        (_trial_record(i, r, search, t0) for i, r in enumerate(results)),
+        key=lambda t: (t["start_s"] is None, t["start_s"] or 0),
+    )
+    for number, trial in enumerate(trials):
+        trial["number"] = number
+    spec = search.space.spec
+    summary = Summary(
+        name=search.name,
+        space=search.space.source,
+        objective={"metric": spec.objective.metric, "mode": spec.objective.direction},
+        export=str(export.root),
+        started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        stopped_by=_stopped_by(trials, search),
+        trials=trials,
+        oracle_macro_f1=(export.manifest or {}).get("oracle_macro_f1"),
+    )
+    summary.gate_report = next(iter(prepared.values())).gate_report if prepared else None
+    _pick_best(summary, search)
+    if spec.objective.multi:
+        summary.pareto = pareto_front(trials, spec.objective)
+    return summary
+
+
+def _stopped_by(trials: list[dict[str, Any]], search: Search) -> str:
+    settings = search.space.spec.search
+    if len(trials) >= settings.num_samples and all(t["status"] != "pruned" or t["epochs"] for t in trials):
+        return "completed"
+    return "time_budget" if settings.time_budget_s else "interrupted"
+
+
+def _pick_best(summary: Summary, search: Search) -> None:
+    metric = search.space.spec.objective.metric
+    sign = 1 if search.space.spec.objective.direction == "max" else -1
+    scored = [t for t in summary.trials if t["best"] and t["best"].get(metric) is not None]
+    if not scored:
+        return
+    best = max(scored, key=lambda t: sign * t["best"][metric])
+    summary.best = {"trial_id": best["trial_id"], "params": best["params"], "val": dict(best["best"])}
+    summary.best_checkpoint = best["checkpoint"]
+    summary.best_run_config = search.space.run_config(best["params"])
+
+
+def pareto_front(trials: list[dict[str, Any]], objective: Any) -> list[dict[str, Any]]:
+    """Trials not dominated on (objective metric, every `also` objective)."""
+    terms = [(objective.metric, objective.direction)] + [(t.metric, t.mode) for t in objective.also]
+
+    def values(trial: dict[str, Any]) -> list[float] | None:
+        row = {**(trial["best"] or {}), "n_params": trial.get("n_params"), "latency_ms": trial.get("latency_ms")}
+        out = [row.get(m) for m, _ in terms]
+        if any(v is None for v in out):
+            return None
+        return [v if mode == "max" else -v for v, (_, mode) in zip(out, terms)]
+
+    scored = [(t, values(t)) for t in summary_trials(trials)]
+    scored = [(t, v) for t, v in scored if v is not None]
+    front = []
+    for trial, v in scored:
+        dominated = any(all(o >= s for o, s in zip(w, v)) and any(o > s for o, s in zip(w, v)) for _, w in scored)
+        if not dominated:
+            front.append({"trial_id": trial["trial_id"], **{m: (x if mode == "max" else -x) for x, (m, mode) in zip(v, terms)}})
+    return front
+
+
+def summary_trials(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [t for t in trials if t["status"] != "failed"]
+
+
+def evaluate_best(summary: Summary, prepared: dict[str, Any]) -> None:
+    """Evaluate the best trial's best model once on validation and test, with naive baselines."""
+    from lobsearch.train import evaluate_checkpoint
+
+    if summary.best_checkpoint is None or summary.best_run_config is None:
+        return
+    run = summary.best_run_config
+    outcome = evaluate_checkpoint(run, prepared[run.data.prep().digest()], Path(summary.best_checkpoint))
+    summary.best.update(outcome)
+
+
+def write_results(summary: Summary, run_dir: Path) -> None:
+    from lobsearch.search import dump_json
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    dump_json(run_dir / "results.json", summary.to_json())
+    _write_atomic(run_dir / "results.csv", _csv(summary.trials))
+    if summary.best_run_config is not None:
+        config = summary.best_run_config.model_dump(mode="json")
+        config["model"] = {"name": config["model"]["name"], **config["model"]["params"]}
+        header = f"# Best configuration of search {summary.name!r}; run it with:\n"
+        header += f"#   python -m lobsearch.train {run_dir / 'best_config.yaml'}\n"
+        _write_atomic(run_dir / "best_config.yaml", header + yaml.safe_dump(config, sort_keys=False))
+    try:
+        from lobsearch.report import write_report
+
+        write_report(run_dir)
+    except Exception as error:  # the report is a view; results are already safe on disk
+        print(f"warning: the HTML report could not be written: {error}")
+
+
+def _csv(trials: list[dict[str, Any]]) -> str:
+    params = sorted({k for t in trials for k in t["params"]})
+    metrics = sorted({k for t in trials for k in (t["best"] or {})})
+    columns = ["number", "trial_id", "status", "epochs", "duration_s", *params, *metrics, "n_params", "error"]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    for trial in trials:
+        writer.writerow({**trial, **trial["params"], **(trial["best"] or {})})
+    return buffer.getvalue()
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def print_summary(summary: Summary, run_dir: Path, *, quiet: bool = False) -> None:
+    """The short table a user reads at the end of a search."""
+    metric = summary.objective["metric"]
+    by_status: dict[str, int] = {}
+    for trial in summary.trials:
+        by_status[trial["status"]] = by_status.get(trial["status"], 0) + 1
+    print(f"\nsearch {summary.name!r} finished ({summary.stopped_by.replace('_', ' ')}): "
+          + ", ".join(f"{n} {s}" for s, n in sorted(by_status.items())))
+    if summary.stopped_by == "time_budget":
+        print("  the time budget ended the search before every planned trial ran")
+    ranked = sorted(
+        (t for t in summary.trials if t["best"] and t["best"].get(metric) is not None),
+        key=lambda t: t["best"][metric],
+        reverse=summary.objective["mode"] == "max",
+    )[:5]
+    if ranked:
+        print(f"\n  {'trial':<14} {metric:>13} {'epochs':>6} {'status':<13} params")
+        for trial in ranked:
+            params = ", ".join(f"{k}={_short(v)}" for k, v in trial["params"].items())
+            print(f"  {trial['trial_id']:<14} {trial['best'][metric]:>13.4f} {trial['epochs']:>6} {trial['status']:<13} {params}")
+    best = summary.best
+    if best and best.get("test"):
+        test, lift = best["test"], best.get("lift", {})
+        print(f"\n  best trial on test: macro-F1 {test['macro_f1']:.4f}, accuracy {test['accuracy']:.4f}, "
+              f"MCC {test['mcc']:.4f}; lift over the best naive baseline {lift.get('test', float('nan')):+.4f}")
+    if summary.oracle_macro_f1:
+        print(f"  oracle macro-F1 of this export (ceiling): {summary.oracle_macro_f1}")
+    print(f"\n  results: {run_dir / 'results.csv'}, {run_dir / 'results.json'}")
+    if best:
+        print(f"  best config: {run_dir / 'best_config.yaml'}")
+    if (run_dir / "report.html").exists():
+        print(f"  report: {run_dir / 'report.html'}")
+
+
+def _short(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)

@@ -1,0 +1,221 @@
+"""The search driver: Ray at the edge of lobsearch.
+
+``Search.run`` starts (or joins) Ray, prepares each data config once with Ray Data, runs a Tune
+``Tuner`` (OptunaSearch + ASHA) over ``trial.run_trial``, and writes the results. A search whose
+storage already holds an experiment of the same name is resumed: finished trials are kept,
+unfinished ones continue from their checkpoints, and the searcher's state is restored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lobsearch.errors import DataError
+from lobsearch.space import SearchSpace
+from lobsearch.tune import EXIT_INTERRUPTED, default_name, default_storage, elapsed, fmt
+
+
+@dataclass
+class Search:
+    space: SearchSpace
+    export: Path | None
+    name: str
+    storage: str
+    resume: bool = False
+    address: str | None = None
+    quiet: bool = False
+    started: float = field(default_factory=time.monotonic)
+
+    @classmethod
+    def from_args(cls, space: SearchSpace, args: argparse.Namespace) -> Search:
+        storage = args.storage or default_storage()
+        if "://" not in storage:
+            storage = str(Path(storage).resolve())
+        if args.resume and not args.name:
+            raise DataError("--resume needs --name NAME: the search to continue (see the run folder under --storage)")
+        return cls(
+            space=space,
+            export=args.data.resolve() if args.data else None,
+            name=args.name or default_name(space),
+            storage=storage,
+            resume=args.resume,
+            address=args.address or os.environ.get("RAY_ADDRESS"),
+            quiet=args.quiet,
+        )
+
+    @property
+    def run_dir(self) -> Path:
+        """Where results files go: the experiment folder, or ./runs/NAME for remote storage."""
+        if "://" in self.storage:
+            return Path("runs").resolve() / self.name
+        return Path(self.storage) / self.name
+
+    def say(self, message: str) -> None:
+        if not self.quiet:
+            print(f"[{elapsed(self.started)}] {message}", flush=True)
+
+    def run(self) -> int:
+        from lobsearch.data.days import discover_export, validate_export
+        from lobsearch.synth import demo_export
+
+        if self.export is None:
+            self.export = demo_export()
+            self.say(f"no --data given: using the built-in synthetic demo export at {self.export}")
+        export = discover_export(self.export)
+        validate_export(export)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        settings = self.space.spec.search
+        self.say(
+            f"search {self.name!r}: {settings.num_samples} trials of {self.space.source}, "
+            f"objective {self.space.spec.objective.metric} ({self.space.spec.objective.direction})"
+        )
+        if settings.time_budget_s:
+            self.say(
+                f"time budget {settings.time_budget_s:.0f} s: the search stops then, "
+                "even if fewer trials have run"
+            )
+        with _ray_session(self.address):
+            prepared = self._prepare(export)
+            grid, interrupted = self._fit(prepared)
+            return self._finish(grid, prepared, export, interrupted)
+
+    def _prepare(self, export: Any) -> dict[str, Any]:
+        from lobsearch.data.pipeline import prepare
+
+        prepared = {}
+        for prep in self.space.prep_configs():
+            started = time.monotonic()
+            result = prepare(export, prep, engine="ray")
+            origin = "from cache" if result.from_cache else f"in {time.monotonic() - started:.1f} s"
+            self.say(f"data config {prep.digest()}: {result.summary()} ({origin})")
+            prepared[prep.digest()] = result
+        return prepared
+
+    def _fit(self, prepared: dict[str, Any]) -> tuple[Any, bool]:
+        from lobsearch.tuner import build_tuner
+
+        tuner = build_tuner(self, prepared)
+        try:
+            grid = tuner.fit()
+        except KeyboardInterrupt:
+            return None, True
+        return grid, _was_interrupted(grid, self)
+
+    def _finish(self, grid: Any, prepared: dict[str, Any], export: Any, interrupted: bool) -> int:
+        from lobsearch.results import collect, evaluate_best, print_summary, write_results
+
+        resume_hint = (
+            f"python -m lobsearch.tune {self.space.source} --name {self.name} --storage {self.storage} --resume"
+        )
+        if grid is None:
+            print(f"interrupted; finished trials are kept. Resume with:\n  {resume_hint}")
+            return EXIT_INTERRUPTED
+        summary = collect(grid, self, export, prepared)
+        if summary.best is not None:
+            self.say("evaluating the best configuration once on the test split")
+            evaluate_best(summary, prepared)
+        write_results(summary, self.run_dir)
+        print_summary(summary, self.run_dir, quiet=self.quiet)
+        if interrupted:
+            print(f"interrupted; finished trials are kept. Resume with:\n  {resume_hint}")
+            return EXIT_INTERRUPTED
+        return 0
+
+
+def _was_interrupted(grid: Any, search: Search) -> bool:
+    """A fit that returned early without a time budget and with unfinished trials was stopped by Ctrl-C."""
+    settings = search.space.spec.search
+    unfinished = sum(1 for r in grid if r.metrics is not None and r.metrics.get("done") is False and r.error is None)
+    return bool(getattr(grid, "_lobsearch_interrupted", False)) or (
+        unfinished > 0 and settings.time_budget_s is None and len(grid) < settings.num_samples
+    )
+
+
+class _ray_session:
+    """Join the cluster at ``address`` or start a local Ray sized to this machine; shut down after."""
+
+    def __init__(self, address: str | None):
+        self.address = address
+        self.started_here = False
+
+    def __enter__(self) -> None:
+        import ray
+
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
+        if ray.is_initialized():
+            return
+        if self.address:
+            ray.init(address=self.address, log_to_driver=False)
+        else:
+            ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+        self.started_here = True
+
+    def __exit__(self, *exc: Any) -> None:
+        import ray
+
+        if self.started_here:
+            ray.shutdown()
+
+
+def finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def dump_json(path: Path, payload: Any) -> None:
+    """Write JSON atomically (tmp + rename): a crash never leaves a half-written file."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+__all__ = ["Search", "fmt", "finite", "dump_json"]
+
+
+def dry_run(space: SearchSpace, *, export: Path | None = None, n: int = 5) -> list[Any]:
+    """Sample ``n`` configurations and build each model on a dummy batch; no data, no training.
+
+    The feature count is the export's when ``export`` is given, else the 98-column layout.
+    Returns the run configs; raises ConfigError for a configuration whose model cannot be built.
+    """
+    import optuna
+    import torch
+
+    from lobsearch.contract import FEATURE_COUNT
+    from lobsearch.data.features import n_selected
+    from lobsearch.errors import ConfigError
+    from lobsearch.models import create_model
+
+    n_columns = FEATURE_COUNT
+    if export is not None:
+        from lobsearch.data.days import discover_export
+
+        n_columns = discover_export(export).n_features()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=space.spec.search.seed))
+    configs = []
+    print(f"dry run of {space.source}: {n} sampled configurations, each model built on a dummy batch")
+    for i in range(n):
+        trial = study.ask()
+        flat = {**space.define_by_run(trial), **trial.params}
+        run = space.run_config(flat)
+        width = n_selected(run.data.features, n_columns, run.data.time_regime_onehot)
+        try:
+            model = create_model(run.model.name, n_features=width, window=run.data.window, **run.model.params)
+            logits = model.eval()(torch.zeros(2, run.data.window, width))
+        except ValueError as error:
+            raise ConfigError(space.source, [f"sampled configuration {i} {flat}: {error}"]) from None
+        params = sum(p.numel() for p in model.parameters())
+        shown = ", ".join(f"{k}={fmt(v)}" for k, v in flat.items())
+        print(f"  {i}: {run.model.name:<11} {params:>9,} params, logits {tuple(logits.shape)} | {shown}")
+        configs.append(run)
+        study.tell(trial, 0.0)
+    return configs

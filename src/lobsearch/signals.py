@@ -1,0 +1,482 @@
+"""Signal analysis: what each feature says about the price direction, on training days only.
+
+``python -m lobsearch.signals EXPORT_DIR`` prints, per label horizon, the features ranked by
+|rank IC| with their mutual information, the sign check of the bullish features and the
+(nearly) constant features; it writes ``signals.png`` (IC heatmap, features x horizons) and
+``signals.json`` to ``--out`` (default ``reports/signals/<export folder name>`` under the
+current directory).
+
+Rows: the training days only (validation and test days are never read), the rows passing every
+gate (``data.gating.gate_rows``), and only those whose forward return and label are defined for
+every analyzed horizon (so the last ``max(h) + k`` rows of a day are left out for all horizons).
+Columns 55 and 56 are negated first on schema-2.0 days (``contract.SIGN_FLIP_SCHEMA_2_0``).
+
+Measures, each computed within a day and then pooled over days (a feature that only moves
+between days carries no within-day signal and scores 0 here):
+
+- rank IC: Spearman correlation (tied values share their mean rank) between the feature and the
+  forward smoothed return of the label rule, past = mean(p[t-k..t]), future = mean(p[t+h-k..t+h]),
+  r = (future - past) / past on MID_PRICE; the row-weighted mean of the daily ICs; NaN where the
+  feature is constant on every day.
+- mutual information with the label class, in bits: the feature is cut into ``bins`` quantile
+  bins of its day (ties share a bin), the (bin, class) counts of all days are pooled and the
+  plug-in estimate is taken. Its upward bias is about (bins - 1) * 2 / (2 n ln 2) bits.
+- sign check: a bullish feature (``contract.BULLISH_FEATURES``) is ok when its IC is > 0 at
+  every horizon; ``None`` when it is constant.
+- constant: pooled within-day std <= 1e-10 * max(1, |mean|), or the most common value of each day
+  covers > 99% of the rows (row-weighted over days).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from lobsearch.contract import (
+    BULLISH_FEATURES,
+    DEFAULT_SMOOTHING,
+    FEATURE_COUNT,
+    N_CLASSES,
+    SIGN_FLIP_SCHEMA_2_0,
+    FeatureIndex,
+)
+from lobsearch.data.days import Day, discover_export, load_day
+from lobsearch.data.gating import gate_rows
+from lobsearch.errors import ConfigError, DataError, unknown_choice
+
+TRAIN_SPLIT = "train"
+DEFAULT_BINS = 10
+MI_UNIT = "bits"
+NEAR_CONSTANT_SHARE = 0.99
+"""A feature whose most common value covers more than this share of the rows is constant."""
+ZERO_STD_RTOL = 1e-10
+DEFAULT_TOP = 15
+CLI_MAX_ROWS_PER_DAY = 50_000
+"""The CLI's default cap on analyzed rows per day (evenly spaced); the API has no cap."""
+REPORT_ROOT = Path("reports") / "signals"
+
+
+def feature_name(index: int) -> str:
+    """The contract name of column ``index`` (``TRUE_OFI``), or ``f<index>`` beyond the layout."""
+    return FeatureIndex(index).name if index < FEATURE_COUNT else f"f{index}"
+
+
+@dataclass(frozen=True, eq=False)
+class SignalReport:
+    """Per-feature, per-horizon signal measures of an export's training days.
+
+    names: (F,) feature names; ic: (F, H) float64 rank IC, NaN where undefined; mi: (F, H)
+    float64 mutual information with the class in bits; sign_ok: name -> True / False / None for
+    the bullish features present; constant: names of (nearly) constant features; days: training
+    dates analyzed; rows: rows analyzed over all days.
+    """
+
+    export: Path
+    horizons: tuple[int, ...]
+    names: tuple[str, ...]
+    ic: np.ndarray
+    mi: np.ndarray
+    sign_ok: dict[str, bool | None]
+    constant: tuple[str, ...]
+    days: tuple[str, ...]
+    rows: int
+    smoothing: int
+    bins: int = DEFAULT_BINS
+    rows_per_day: dict[str, int] = field(default_factory=dict)
+
+    def horizon_index(self, horizon: int) -> int:
+        """Column of ``horizon`` in ``ic``/``mi``; ConfigError when it was not analyzed."""
+        if horizon not in self.horizons:
+            raise ConfigError("horizon", [unknown_choice("horizon", horizon, map(str, self.horizons))])
+        return self.horizons.index(horizon)
+
+    def top(self, horizon: int, n: int = DEFAULT_TOP) -> list[int]:
+        """Indices of the ``n`` features with the largest |IC| at ``horizon``, NaN last."""
+        ic = np.abs(self.ic[:, self.horizon_index(horizon)])
+        order = np.argsort(-np.nan_to_num(ic, nan=-1.0), kind="stable")
+        return [int(i) for i in order[:n]]
+
+    def to_json(self) -> dict:
+        """A JSON-ready dict (NaN becomes null)."""
+        return {
+            "export": str(self.export),
+            "split": TRAIN_SPLIT,
+            "horizons": list(self.horizons),
+            "smoothing": self.smoothing,
+            "mi_unit": MI_UNIT,
+            "mi_bins": self.bins,
+            "days": list(self.days),
+            "rows": self.rows,
+            "rows_per_day": self.rows_per_day,
+            "features": [self._feature_json(i) for i in range(len(self.names))],
+            "top": {str(h): [self.names[i] for i in self.top(h)] for h in self.horizons},
+            "sign_ok": self.sign_ok,
+            "constant": list(self.constant),
+        }
+
+    def _feature_json(self, i: int) -> dict:
+        def values(a: np.ndarray) -> dict[str, float | None]:
+            return {str(h): _finite_or_none(v) for h, v in zip(self.horizons, a[i])}
+
+        return {"index": i, "name": self.names[i], "ic": values(self.ic), "mi": values(self.mi)}
+
+
+def _finite_or_none(value: float) -> float | None:
+    return float(value) if math.isfinite(value) else None
+
+
+def average_ranks(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Ranks of each column of (n, K) ``x``, and each column's largest run of equal values.
+
+    Returns (n, K) float64 0-based ranks, tied values sharing their mean rank, and (K,) int64
+    counts of the most common value. Vectorized: one argsort, no Python loop over columns.
+    """
+    n = x.shape[0]
+    order = np.argsort(x, axis=0, kind="stable")
+    xs = np.take_along_axis(x, order, axis=0)
+    pos = np.broadcast_to(np.arange(n)[:, None], x.shape)
+    starts = np.ones(x.shape, dtype=bool)
+    starts[1:] = xs[1:] != xs[:-1]
+    ends = np.ones(x.shape, dtype=bool)
+    ends[:-1] = starts[1:]
+    first = np.maximum.accumulate(np.where(starts, pos, 0), axis=0)
+    last = np.minimum.accumulate(np.where(ends, pos, n)[::-1], axis=0)[::-1]
+    ranks = np.empty(x.shape, dtype=np.float64)
+    np.put_along_axis(ranks, order, (first + last) / 2.0, axis=0)
+    runs = (last - first + 1).max(axis=0) if n else np.zeros(x.shape[1], dtype=np.int64)
+    return ranks, runs.astype(np.int64)
+
+
+def forward_returns(mid: np.ndarray, horizons: Sequence[int], smoothing: int) -> np.ndarray:
+    """(N,) mid prices -> (N, H) float64 smoothed forward returns, NaN where undefined.
+
+    The label rule: past = mean(p[t-k..t]), future = mean(p[t+h-k..t+h]), r = (future - past) /
+    past, defined for k <= t < N - h - k (k = ``smoothing``, h and k in rows).
+    """
+    p = np.asarray(mid, dtype=np.float64)
+    n = p.size
+    out = np.full((n, len(horizons)), np.nan)
+    if n <= smoothing:
+        return out
+    means = sliding_window_view(p, smoothing + 1).mean(axis=1)
+    for j, h in enumerate(horizons):
+        t = np.arange(smoothing, max(smoothing, n - h - smoothing))
+        past, future = means[t - smoothing], means[t + h - smoothing]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out[t, j] = (future - past) / past
+    return out
+
+
+def mid_prices(features: np.ndarray) -> np.ndarray:
+    """(N,) MID_PRICE column, or (best ask + best bid) / 2 for book-only exports (< 41 columns).
+
+    Raises DataError when the export has no best-bid column either (< 21 columns).
+    """
+    n_features = features.shape[1]
+    if n_features > FeatureIndex.MID_PRICE:
+        return np.asarray(features[:, FeatureIndex.MID_PRICE], dtype=np.float64)
+    if n_features > FeatureIndex.BID_PRICE_L0:
+        ask = np.asarray(features[:, FeatureIndex.ASK_PRICE_L0], dtype=np.float64)
+        return (ask + np.asarray(features[:, FeatureIndex.BID_PRICE_L0], dtype=np.float64)) / 2
+    raise DataError(
+        f"features: {n_features} columns hold neither MID_PRICE (column 40) nor the best ask and "
+        "bid (columns 0 and 20); the forward return needs one of them"
+    )
+
+
+@dataclass(frozen=True, eq=False)
+class _DayRows:
+    """The analyzed rows of one day: x (n, F) float64 sign-fixed, returns (n, H), labels (n, H)."""
+
+    x: np.ndarray
+    returns: np.ndarray
+    labels: np.ndarray
+
+
+def _label_columns(day: Day, horizons: Sequence[int]) -> list[int]:
+    """Columns of ``day.labels`` for ``horizons``; ConfigError naming the day when one is absent."""
+    missing = [h for h in horizons if h not in day.horizons]
+    if day.labels is None or missing:
+        choices = [str(h) for h in day.horizons] if day.labels is not None else []
+        problems = [unknown_choice("horizon", h, choices) for h in missing or horizons]
+        raise ConfigError(f"horizons (labels of {day.source})", problems)
+    return [day.horizons.index(h) for h in horizons]
+
+
+def _keep_rows(ok: np.ndarray, max_rows: int | None) -> np.ndarray:
+    """Indices of the rows where ``ok``, thinned to ``max_rows`` evenly spaced ones when set."""
+    rows = np.flatnonzero(ok)
+    if max_rows is not None and rows.size > max_rows:
+        rows = rows[np.linspace(0, rows.size - 1, max_rows).round().astype(np.int64)]
+    return rows
+
+
+def _sign_fix(x: np.ndarray, schema_version: float) -> None:
+    """Negate NET_CANCEL_FLOW and NET_TRADE_FLOW of (n, F) ``x`` in place on schema-2.0 days."""
+    if math.isclose(schema_version, 2.0, abs_tol=1e-6):
+        columns = [int(c) for c in SIGN_FLIP_SCHEMA_2_0 if c < x.shape[1]]
+        x[:, columns] *= -1.0
+
+
+def _day_rows(day: Day, horizons: Sequence[int], smoothing: int, max_rows: int | None) -> _DayRows:
+    """The gated rows of ``day`` with a defined return and label at every horizon.
+
+    Raises DataError when an analyzed row holds NaN or inf.
+    """
+    labels = np.asarray(day.labels)[:, _label_columns(day, horizons)]
+    returns = forward_returns(mid_prices(day.features), horizons, smoothing)
+    ok = gate_rows(day.features).row_ok
+    ok &= np.isfinite(returns).all(axis=1) & (labels >= 0).all(axis=1)
+    rows = _keep_rows(ok, max_rows)
+    x = np.asarray(day.features[rows], dtype=np.float64)
+    bad = np.argwhere(~np.isfinite(x))
+    if bad.size:
+        raise DataError(
+            f"{day.source}: {len(bad)} non-finite feature value(s) in rows that pass the gates "
+            f"(first at row {rows[bad[0, 0]]}, column {bad[0, 1]})"
+        )
+    _sign_fix(x, day.schema_version)
+    return _DayRows(x, returns[rows], labels[rows].astype(np.int64))
+
+
+class _Totals:
+    """Sums over days from which the report's measures are finished."""
+
+    def __init__(self, n_features: int, n_horizons: int, bins: int):
+        self.bins = bins
+        self.ic_sum = np.zeros((n_features, n_horizons))
+        self.ic_rows = np.zeros((n_features, n_horizons))
+        self.joint = np.zeros((n_horizons, n_features, bins, N_CLASSES), dtype=np.int64)
+        self.rows = 0
+        self.mode_rows = np.zeros(n_features, dtype=np.int64)
+        self.sum = np.zeros(n_features)
+        self.sq_dev = np.zeros(n_features)
+
+    def add(self, day: _DayRows) -> None:
+        """Fold one day's rows in (nothing happens for a day without rows)."""
+        n = day.x.shape[0]
+        if n == 0:
+            return
+        ranks, runs = average_ranks(day.x)
+        ic = _spearman(ranks, average_ranks(day.returns)[0])
+        defined = np.isfinite(ic)
+        self.ic_sum += np.where(defined, ic, 0.0) * n
+        self.ic_rows += defined * n
+        bins = np.minimum((ranks * self.bins / n).astype(np.int64), self.bins - 1)
+        for j in range(day.labels.shape[1]):
+            self.joint[j] += _joint_counts(bins, day.labels[:, j], self.bins)
+        self.rows += n
+        self.mode_rows += runs
+        self.sum += day.x.sum(axis=0)
+        self.sq_dev += ((day.x - day.x.mean(axis=0)) ** 2).sum(axis=0)
+
+    def ic(self) -> np.ndarray:
+        """(F, H) row-weighted mean of the daily ICs; NaN where no day defines it."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(self.ic_rows > 0, self.ic_sum / self.ic_rows, np.nan)
+
+    def mi(self) -> np.ndarray:
+        """(F, H) plug-in mutual information in bits of the pooled (bin, class) counts."""
+        return np.stack([_mutual_information(counts) for counts in self.joint], axis=1)
+
+    def constant(self) -> np.ndarray:
+        """(F,) bool: within-day std ~ 0, or one value per day in > 99% of the rows."""
+        mean = self.sum / self.rows
+        std = np.sqrt(self.sq_dev / self.rows)
+        flat = std <= ZERO_STD_RTOL * np.maximum(1.0, np.abs(mean))
+        return flat | (self.mode_rows > NEAR_CONSTANT_SHARE * self.rows)
+
+
+def _spearman(x_ranks: np.ndarray, y_ranks: np.ndarray) -> np.ndarray:
+    """(F, H) Pearson correlation of (n, F) and (n, H) ranks; NaN where a column is constant."""
+    xc = x_ranks - x_ranks.mean(axis=0)
+    yc = y_ranks - y_ranks.mean(axis=0)
+    norms = np.outer(np.sqrt((xc**2).sum(axis=0)), np.sqrt((yc**2).sum(axis=0)))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(norms > 0, (xc.T @ yc) / norms, np.nan)
+
+
+def _joint_counts(bins: np.ndarray, labels: np.ndarray, n_bins: int) -> np.ndarray:
+    """(F, bins, classes) counts of (n, F) bin indices against (n,) class indices."""
+    n_features = bins.shape[1]
+    cell = (np.arange(n_features) * n_bins + bins) * N_CLASSES + labels[:, None]
+    counts = np.bincount(cell.ravel(), minlength=n_features * n_bins * N_CLASSES)
+    return counts.reshape(n_features, n_bins, N_CLASSES)
+
+
+def _mutual_information(counts: np.ndarray) -> np.ndarray:
+    """(F,) plug-in MI in bits of (F, bins, classes) joint counts; 0 for a feature with none."""
+    total = counts.sum(axis=(1, 2), keepdims=True).astype(np.float64)
+    p = np.divide(counts, total, out=np.zeros(counts.shape), where=total > 0)
+    expected = p.sum(axis=2, keepdims=True) * p.sum(axis=1, keepdims=True)
+    terms = np.zeros(p.shape)
+    np.log2(p / expected, out=terms, where=p > 0)
+    return (p * terms).sum(axis=(1, 2))
+
+
+def _sign_check(ic: np.ndarray, names: Sequence[str]) -> dict[str, bool | None]:
+    """Bullish feature present -> IC > 0 at every horizon (None when IC is undefined)."""
+    checks: dict[str, bool | None] = {}
+    for column in (int(c) for c in BULLISH_FEATURES if c < len(names)):
+        values = ic[column]
+        checks[names[column]] = None if np.isnan(values).all() else bool((values > 0).all())
+    return checks
+
+
+def analyze(
+    export_dir: str | Path,
+    *,
+    horizons: Sequence[int] | None = None,
+    max_rows_per_day: int | None = None,
+    smoothing: int = DEFAULT_SMOOTHING,
+    bins: int = DEFAULT_BINS,
+) -> SignalReport:
+    """Signal measures of every feature on the training days of the export at ``export_dir``.
+
+    horizons: label horizons (rows) to analyze, default every horizon of the labels; each must
+    be one of the labels' horizons. max_rows_per_day: analyze at most this many evenly spaced
+    rows per day. smoothing: k of the forward-return rule, in rows.
+    Raises DataError (no training days, no usable rows, bad files) or ConfigError (bad argument).
+    """
+    _check_arguments(max_rows_per_day, smoothing, bins)
+    export = discover_export(export_dir)
+    files = export.splits.get(TRAIN_SPLIT, ())
+    if not files:
+        raise DataError(
+            f"{export.root}: no {TRAIN_SPLIT!r} days; signal analysis reads the training split "
+            f"only (splits found: {', '.join(export.splits) or 'none'})"
+        )
+    return _analyze_days(export.root, files, horizons, max_rows_per_day, smoothing, bins)
+
+
+def _check_arguments(max_rows: int | None, smoothing: int, bins: int) -> None:
+    """ConfigError listing every argument that is not a positive integer."""
+    values = {"max_rows_per_day": max_rows, "smoothing": smoothing, "bins": bins}
+    minimum = {"max_rows_per_day": 1, "smoothing": 0, "bins": 2}
+    problems = [
+        f"{name} must be an integer >= {minimum[name]}, got {value!r}"
+        for name, value in values.items()
+        if value is not None
+        and (isinstance(value, bool) or not isinstance(value, int) or value < minimum[name])
+    ]
+    if problems:
+        raise ConfigError("signal analysis", problems)
+
+
+def _analyze_days(root, files, horizons, max_rows, smoothing, bins) -> SignalReport:
+    """Fold the training days one at a time (one day's rows in memory at once)."""
+    totals, names, rows_per_day = None, (), {}
+    for file in files:
+        day = load_day(file)
+        horizons = tuple(day.horizons if horizons is None else horizons)
+        rows = _day_rows(day, horizons, smoothing, max_rows)
+        if totals is None:
+            names = tuple(feature_name(i) for i in range(rows.x.shape[1]))
+            totals = _Totals(len(names), len(horizons), bins)
+        elif rows.x.shape[1] != len(names):
+            raise DataError(f"{day.source}: {rows.x.shape[1]} features, earlier days {len(names)}")
+        totals.add(rows)
+        rows_per_day[day.date] = rows.x.shape[0]
+    if totals.rows == 0:
+        raise DataError(f"{root}: no training row passes the gates with a defined label")
+    ic = totals.ic()
+    constant = tuple(n for n, c in zip(names, totals.constant()) if c)
+    return SignalReport(
+        root, horizons, names, ic, totals.mi(), _sign_check(ic, names), constant,
+        tuple(rows_per_day), totals.rows, smoothing, bins, rows_per_day,
+    )
+
+
+def format_report(report: SignalReport, top: int = DEFAULT_TOP) -> str:
+    """The terminal table: top features by |IC| per horizon, sign check, constant features."""
+    lines = [
+        f"Signals of {report.export.name}: {len(report.days)} training day(s), "
+        f"{report.rows:,} rows after gating; forward return smoothing {report.smoothing} rows; "
+        f"MI in {MI_UNIT} over {report.bins} within-day quantile bins",
+    ]
+    for h in report.horizons:
+        j = report.horizon_index(h)
+        lines += ["", f"horizon {h}: top {top} features by |IC|", "  rank  feature" + " " * 28 + "IC   MI (bits)"]
+        for rank, i in enumerate(report.top(h, top), start=1):
+            label = f"{report.names[i]} ({i})"
+            lines.append(f"  {rank:>4}  {label:<30} {report.ic[i, j]:+8.4f}  {report.mi[i, j]:9.5f}")
+    lines += ["", "sign check (bullish features need IC > 0 at every horizon):"]
+    for name, ok in report.sign_ok.items():
+        verdict = {True: "ok", False: "FLAGGED", None: "constant"}[ok]
+        ics = " ".join(f"{v:+.4f}" for v in report.ic[report.names.index(name)])
+        lines.append(f"  {verdict:<8} {name:<22} IC {ics}")
+    lines += ["", f"constant or nearly constant ({len(report.constant)}): "
+              + (", ".join(report.constant) or "none")]
+    return "\n".join(lines)
+
+
+def plot_ic(report: SignalReport, path: Path) -> None:
+    """Write the IC heatmap (features x horizons, diverging colours) as a PNG at ``path``."""
+    from matplotlib.figure import Figure
+
+    n_features = len(report.names)
+    fig = Figure(figsize=(2.5 + 0.9 * len(report.horizons), 1.5 + 0.16 * n_features))
+    ax = fig.subplots()
+    limit = float(np.nanmax(np.abs(report.ic))) if np.isfinite(report.ic).any() else 1.0
+    image = ax.imshow(report.ic, aspect="auto", cmap="RdBu_r", vmin=-limit, vmax=limit,
+                      interpolation="nearest")
+    ax.set_xticks(range(len(report.horizons)), [str(h) for h in report.horizons])
+    ax.set_yticks(range(n_features), [f"{n} ({i})" for i, n in enumerate(report.names)], fontsize=6)
+    ax.set_xlabel("horizon (rows)")
+    ax.set_title(f"rank IC, {report.export.name}, train ({report.rows:,} rows)", fontsize=9)
+    fig.colorbar(image, ax=ax, shrink=0.5, label="Spearman IC")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def write_report(report: SignalReport, out_dir: str | Path) -> tuple[Path, Path]:
+    """Write ``signals.png`` and ``signals.json`` into ``out_dir`` (created); return both paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    png, js = out / "signals.png", out / "signals.json"
+    plot_ic(report, png)
+    js.write_text(json.dumps(report.to_json(), indent=2) + "\n")
+    return png, js
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m lobsearch.signals",
+        description="Rank IC, mutual information, sign check and constant features of an "
+        "export's training days (after gating).",
+    )
+    parser.add_argument("export_dir", metavar="EXPORT_DIR", type=Path)
+    parser.add_argument("--out", type=Path, help=f"report folder (default {REPORT_ROOT}/<export name>)")
+    parser.add_argument("--horizons", type=int, nargs="+", help="label horizons (default all)")
+    parser.add_argument("--top", type=int, default=DEFAULT_TOP, help="features per horizon table")
+    parser.add_argument("--max-rows-per-day", type=int, default=CLI_MAX_ROWS_PER_DAY,
+                        help=f"evenly spaced rows analyzed per day (default {CLI_MAX_ROWS_PER_DAY})")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The CLI: analyze, print the table, write the report; exit 2 on a data or config error."""
+    args = _parser().parse_args(argv)
+    try:
+        report = analyze(args.export_dir, horizons=args.horizons,
+                         max_rows_per_day=args.max_rows_per_day)
+    except (DataError, ConfigError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    out = args.out or REPORT_ROOT / Path(args.export_dir).resolve().name
+    print(format_report(report, args.top))
+    png, js = write_report(report, out)
+    print(f"\nwrote {png} and {js}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,325 @@
+"""Search-space files: YAML -> a validated ``SearchSpace`` -> an Optuna define-by-run function.
+
+A space file has these sections (every one optional but ``models``)::
+
+    name: lstm                           # default search name
+    objective: {metric: val_macro_f1}    # mode follows the metric; `also:` adds objectives
+    fixed: {data: {...}, train: {...}}   # a run config's fixed values (see config.RunConfig)
+    params:                              # searched data/train settings, by dotted key
+      data.window: {type: int, low: 10, high: 100, step: 10}
+      train.learning_rate: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}
+    models:                              # one family, or several: a conditional space
+      lstm:
+        fixed: {bidirectional: false}
+        params: {hidden_size: {type: int, low: 16, high: 128, log: true}}
+    search: {num_samples: 20, time_budget_s: 480, ...}
+    tracking: {wandb: auto}
+
+Optuna parameter names are the dotted keys for ``params``, ``model.name`` for the family choice,
+and ``<family>.<hyperparameter>`` inside a family, so every branch has its own names.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, StrictBool, StrictFloat, StrictInt, StrictStr, model_validator
+
+from lobsearch.config import (
+    DataConfig,
+    Frozen,
+    PrepConfig,
+    RunConfig,
+    TrainConfig,
+    read_yaml,
+    validate,
+)
+from lobsearch.contract import OBJECTIVES
+from lobsearch.errors import ConfigError, closest, unknown_choice
+
+Scalar = StrictBool | StrictInt | StrictFloat | StrictStr
+
+
+class Param(Frozen):
+    """One searched value: ``float``/``int`` over [low, high] (``log`` or ``step``), or ``categorical``."""
+
+    type: Literal["float", "int", "categorical"]
+    low: StrictInt | StrictFloat | None = None
+    high: StrictInt | StrictFloat | None = None
+    log: StrictBool = False
+    step: StrictInt | StrictFloat | None = None
+    choices: tuple[Scalar, ...] | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Param:
+        if self.type == "categorical":
+            if not self.choices:
+                raise ValueError("categorical needs a non-empty `choices` list")
+            if self.low is not None or self.high is not None or self.log or self.step is not None:
+                raise ValueError("categorical takes only `choices` (not low/high/log/step)")
+            return self
+        if self.choices is not None:
+            raise ValueError(f"{self.type} takes low/high, not `choices`")
+        if self.low is None or self.high is None:
+            raise ValueError(f"{self.type} needs both `low` and `high`")
+        if self.low > self.high:
+            raise ValueError(f"needs low <= high (got low={self.low}, high={self.high})")
+        if self.log and self.step is not None:
+            raise ValueError("`log` and `step` cannot be combined (Optuna's rule)")
+        if self.log and self.low <= 0:
+            raise ValueError(f"`log: true` needs low > 0 (got {self.low})")
+        if self.type == "int" and not all(isinstance(v, int) for v in (self.low, self.high, self.step or 1)):
+            raise ValueError(f"int needs whole-number low/high/step (got {self.low}, {self.high}, {self.step})")
+        if self.step is not None and self.step <= 0:
+            raise ValueError(f"`step` must be > 0 (got {self.step})")
+        return self
+
+    def extremes(self) -> list[Any]:
+        """The values that bound this parameter: low and high, or every choice."""
+        return list(self.choices) if self.type == "categorical" else [self.low, self.high]
+
+    def suggest(self, trial: Any, name: str) -> Any:
+        """Ask ``trial`` (an optuna Trial or FixedTrial) for this parameter under ``name``."""
+        if self.type == "categorical":
+            return trial.suggest_categorical(name, list(self.choices))
+        if self.type == "int":
+            return trial.suggest_int(name, self.low, self.high, step=self.step or 1, log=self.log)
+        return trial.suggest_float(name, float(self.low), float(self.high), step=self.step, log=self.log)
+
+
+class Family(Frozen):
+    """One model family's fixed hyperparameters and searched ones."""
+
+    fixed: dict[str, Any] = Field(default_factory=dict)
+    params: dict[str, Param] = Field(default_factory=dict)
+
+
+class ObjectiveTerm(Frozen):
+    metric: StrictStr
+    mode: Literal["max", "min"]
+
+
+class Objective(Frozen):
+    """What the search optimizes: one metric (ASHA stops on it), plus optional extra objectives."""
+
+    metric: StrictStr = "val_macro_f1"
+    mode: Literal["max", "min"] | None = None
+    also: tuple[ObjectiveTerm, ...] = ()
+
+    @model_validator(mode="after")
+    def _known_metric(self) -> Objective:
+        if self.metric not in OBJECTIVES:
+            raise ValueError(unknown_choice("objective metric", self.metric, OBJECTIVES))
+        for term in self.also:
+            if term.metric not in EXTRA_OBJECTIVES:
+                raise ValueError(unknown_choice("extra objective", term.metric, EXTRA_OBJECTIVES))
+        return self
+
+    @property
+    def direction(self) -> str:
+        return self.mode or OBJECTIVES[self.metric]
+
+    @property
+    def multi(self) -> bool:
+        return bool(self.also)
+
+
+EXTRA_OBJECTIVES = ("n_params", "latency_ms")
+"""Secondary objectives every trial reports: parameter count and inference latency per batch."""
+
+
+class SearchSettings(Frozen):
+    """How many trials, how many at once, with what resources, for how long."""
+
+    num_samples: StrictInt = Field(20, ge=1)
+    max_concurrent: StrictInt | None = Field(None, ge=1)
+    cpus_per_trial: StrictFloat | StrictInt = Field(1, gt=0)
+    gpus_per_trial: StrictFloat | StrictInt = Field(0, ge=0)
+    searcher: Literal["tpe", "random"] = "tpe"
+    scheduler: Literal["asha", "none"] = "asha"
+    grace_period: StrictInt = Field(1, ge=1)
+    reduction_factor: StrictFloat | StrictInt = Field(3, gt=1)
+    seed: StrictInt = 0
+    time_budget_s: StrictFloat | StrictInt | None = Field(None, gt=0)
+    max_failures: StrictInt = Field(1, ge=0)
+    enqueue: tuple[dict[str, Any], ...] = ()
+
+    @model_validator(mode="after")
+    def _whole_gpus_above_one(self) -> SearchSettings:
+        if self.gpus_per_trial > 1 and self.gpus_per_trial != int(self.gpus_per_trial):
+            raise ValueError(f"gpus_per_trial above 1 must be whole (got {self.gpus_per_trial})")
+        return self
+
+
+class Tracking(Frozen):
+    """Where trials are recorded: W&B mode (auto = online with an API key, else offline)."""
+
+    wandb: Literal["auto", "online", "offline", "disabled"] = "auto"
+    project: StrictStr = "lobsearch"
+    entity: StrictStr | None = None
+
+
+class SpaceFile(Frozen):
+    name: StrictStr | None = None
+    objective: Objective = Objective()
+    fixed: dict[str, Any] = Field(default_factory=dict)
+    params: dict[str, Param] = Field(default_factory=dict)
+    models: dict[str, Family]
+    search: SearchSettings = SearchSettings()
+    tracking: Tracking = Tracking()
+
+
+PREP_SECTIONS = ("gates", "normalization", "labels")
+"""DataConfig sections that decide preprocessing; searching them multiplies the data to prepare."""
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """A validated space: turns sampled flat parameters into run configs."""
+
+    name: str
+    source: str
+    spec: SpaceFile
+
+    @property
+    def families(self) -> list[str]:
+        return list(self.spec.models)
+
+    def define_by_run(self, trial: Any) -> dict[str, Any]:
+        """Sample one configuration into ``trial``; returns the constants Tune should add."""
+        for key, param in self.spec.params.items():
+            param.suggest(trial, key)
+        families = self.families
+        family = trial.suggest_categorical("model.name", families) if len(families) > 1 else families[0]
+        for key, param in self.spec.models[family].params.items():
+            param.suggest(trial, f"{family}.{key}")
+        return {} if len(families) > 1 else {"model.name": family}
+
+    def run_config(self, flat: dict[str, Any]) -> RunConfig:
+        """The full run config of one sampled point (flat Optuna names -> nested sections)."""
+        raw = copy.deepcopy(self.spec.fixed)
+        family = flat.get("model.name", self.families[0])
+        model = {"name": family, **self.spec.models[family].fixed}
+        for key, value in flat.items():
+            if key.startswith(f"{family}."):
+                model[key[len(family) + 1 :]] = value
+            elif key.split(".")[0] in ("data", "train"):
+                _set_path(raw, key, value)
+        raw["model"] = model
+        return validate(RunConfig, raw, f"{self.source} (sampled {flat})")
+
+    def prep_configs(self) -> list[PrepConfig]:
+        """Every preprocessing config a trial can ask for: the product of searched prep choices."""
+        keys = [k for k in self.spec.params if k.split(".")[1] in PREP_SECTIONS]
+        choices = [self.spec.params[k].choices for k in keys]
+        configs = []
+        for combo in itertools.product(*choices):
+            flat = dict(zip(keys, combo))
+            configs.append(self.run_config({**flat, "model.name": self.families[0]}).data.prep())
+        return list({c.digest(): c for c in configs}.values())
+
+
+def _set_path(raw: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = raw
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(dotted, [f"{dotted}: the fixed value at {part!r} is not a mapping"])
+    node[parts[-1]] = value
+
+
+def _field_at(dotted: str) -> str | None:
+    """None when ``dotted`` names a real data/train field, else the problem."""
+    roots: dict[str, type[BaseModel]] = {"data": DataConfig, "train": TrainConfig}
+    parts = dotted.split(".")
+    if parts[0] not in roots or len(parts) < 2:
+        return f"params.{dotted}: must start with 'data.' or 'train.' (model settings go under models.<family>.params)"
+    cls: type[BaseModel] = roots[parts[0]]
+    for i, part in enumerate(parts[1:], start=1):
+        fields = cls.model_fields
+        if part not in fields:
+            hint = closest(part, fields)
+            more = f"; did you mean {'.'.join(parts[:i] + [hint])!r}?" if hint else ""
+            return f"params.{dotted}: {'.'.join(parts[: i + 1])!r} is not a setting{more} (choices: {', '.join(fields)})"
+        annotation = fields[part].annotation
+        if i < len(parts) - 1:
+            if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+                return f"params.{dotted}: {'.'.join(parts[: i + 1])!r} has no sub-settings"
+            cls = annotation
+        elif isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            return f"params.{dotted}: names a whole section; search one of its settings ({', '.join(annotation.model_fields)})"
+    return None
+
+
+def _check_names(spec: SpaceFile) -> list[str]:
+    from lobsearch.models import list_models, model_spec
+
+    problems = [p for p in (_field_at(k) for k in spec.params) if p]
+    for key, param in spec.params.items():
+        if len(key.split(".")) > 2 and key.split(".")[1] in PREP_SECTIONS and param.type != "categorical":
+            problems.append(
+                f"params.{key}: preprocessing settings are searched as categorical choices "
+                f"(data is prepared once per choice before trials start; got type {param.type})"
+            )
+    if "model" in spec.fixed:
+        problems.append("fixed.model: model settings go under models.<family>.fixed")
+    for family, body in spec.models.items():
+        if family not in list_models():
+            problems.append(f"models.{family}: " + unknown_choice("model", family, list_models()))
+            continue
+        known = model_spec(family).hyperparameters
+        for key in [*body.fixed, *body.params]:
+            if key not in known:
+                problems.append(f"models.{family}.{key}: " + unknown_choice(f"hyperparameter of {family}", key, known))
+    if not spec.models:
+        problems.append("models: needs at least one model family")
+    names = param_names(spec)
+    for i, point in enumerate(spec.search.enqueue):
+        for key in point:
+            if key not in names:
+                problems.append(f"search.enqueue[{i}].{key}: " + unknown_choice("searched parameter", key, names))
+    return problems
+
+
+def param_names(spec: SpaceFile) -> list[str]:
+    """Every Optuna parameter name the space can produce."""
+    names = list(spec.params) + (["model.name"] if len(spec.models) > 1 else [])
+    return names + [f"{family}.{key}" for family, body in spec.models.items() for key in body.params]
+
+
+def _check_bounds(space: SearchSpace) -> list[str]:
+    """Build the run config at every parameter's bounds, so a bad range fails before Ray starts."""
+    problems: list[str] = []
+    probes: list[dict[str, Any]] = []
+    for family, body in space.spec.models.items():
+        probes.append({"model.name": family})
+        for key, param in body.params.items():
+            probes += [{"model.name": family, f"{family}.{key}": v} for v in param.extremes()]
+    for key, param in space.spec.params.items():
+        probes += [{key: v} for v in param.extremes()]
+    for flat in probes:
+        try:
+            space.run_config(flat)
+        except ConfigError as error:
+            where = ", ".join(f"{k}={v!r}" for k, v in flat.items() if k != "model.name") or "fixed values"
+            problems += [f"{where}: {p}" for p in error.problems]
+    return list(dict.fromkeys(problems))
+
+
+def load_space(path: str | Path) -> SearchSpace:
+    """Read and validate a search-space file; raises ConfigError listing every problem at once."""
+    path = Path(path)
+    spec = validate(SpaceFile, read_yaml(path), str(path))
+    problems = _check_names(spec)
+    if problems:
+        raise ConfigError(str(path), problems)
+    space = SearchSpace(name=spec.name or path.stem, source=str(path), spec=spec)
+    problems = _check_bounds(space)
+    if problems:
+        raise ConfigError(str(path), problems)
+    return space

@@ -1,0 +1,365 @@
+"""W&B tracking: one run per trial, grouped by search, that never breaks a trial.
+
+W&B only observes. ``wandb`` is imported when a run starts, not when this module is imported,
+so a search with tracking disabled never loads it. Every W&B failure (no network, a bad key, a
+missing package) becomes a ``TrackingWarning`` and a tracker that does nothing.
+
+Offline runs are written under ``<run dir>/wandb/offline-run-*`` (``sync_command`` prints how to
+upload them); ``read_offline_run`` reads one back from its transaction log without a network.
+"""
+
+from __future__ import annotations
+
+import configparser
+import json
+import netrc
+import os
+import shlex
+import struct
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from lobsearch.errors import ConfigError, DataError, unknown_choice
+
+MODES = ("auto", "online", "offline", "disabled")
+"""Values of ``tracking.wandb`` in a search-space file."""
+
+DEFAULT_BASE_URL = "https://api.forge.coreweave.com"
+"""wandb 0.31's default server; its keys may also be stored under the upstream W&B host."""
+
+UPSTREAM_HOSTS = {"api.forge.coreweave.com": "api.wandb.ai", "forge.coreweave.com": "api.wandb.ai"}
+
+
+class TrackingWarning(UserWarning):
+    """W&B could not record something; the trial goes on without it."""
+
+
+def resolve_mode(requested: str) -> str:
+    """The W&B mode to run in: ``auto`` becomes ``online`` with an API key, else ``offline``.
+
+    ``auto`` follows ``WANDB_MODE`` when that is set to a mode (``dryrun`` means offline). An API
+    key counts as configured when ``WANDB_API_KEY`` or ``WANDB_IDENTITY_TOKEN_FILE`` is set, the
+    netrc file has an entry for the W&B host, or the wandb settings file holds ``api_key``.
+    Raises ConfigError for a value outside ``MODES``.
+    """
+    if requested not in MODES:
+        raise ConfigError("tracking.wandb", [unknown_choice("W&B mode", requested, MODES)])
+    if requested != "auto":
+        return requested
+    env_mode = {"dryrun": "offline"}.get(os.environ.get("WANDB_MODE", ""), os.environ.get("WANDB_MODE", ""))
+    if env_mode in ("online", "offline", "disabled"):
+        return env_mode
+    return "online" if api_key_configured() else "offline"
+
+
+def api_key_configured() -> bool:
+    """Whether W&B would find credentials here (environment, netrc or settings file); no network."""
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
+        return True
+    settings = _settings_file()
+    base_url = os.environ.get("WANDB_BASE_URL") or settings.get("base_url") or DEFAULT_BASE_URL
+    return _netrc_has_key(base_url) or bool(settings.get("api_key"))
+
+
+def _settings_file() -> dict[str, str]:
+    """The ``[default]`` section of the global wandb settings file, or {} when absent/unreadable."""
+    config_dir = os.environ.get("WANDB_CONFIG_DIR") or Path.home() / ".config" / "wandb"
+    parser = configparser.ConfigParser()
+    try:
+        parser.read(Path(config_dir) / "settings")
+    except (configparser.Error, OSError):
+        return {}
+    return dict(parser["default"]) if parser.has_section("default") else {}
+
+
+def _netrc_has_key(base_url: str) -> bool:
+    """Whether the netrc file (``$NETRC``, ``~/.netrc`` or ``~/_netrc``) has a password for the host."""
+    candidates = [os.environ["NETRC"]] if os.environ.get("NETRC") else ["~/.netrc", "~/_netrc"]
+    path = next((p for p in (Path(c).expanduser() for c in candidates) if p.is_file()), None)
+    if path is None:
+        return False
+    try:
+        entries = netrc.netrc(path)
+    except (netrc.NetrcParseError, OSError):
+        return False
+    host = urlsplit(base_url).netloc
+    for machine in (host, UPSTREAM_HOSTS.get(host)):
+        found = entries.authenticators(machine) if machine else None
+        if found and found[2]:
+            return True
+    return False
+
+
+@dataclass(frozen=True)
+class WandbSettings:
+    """Where and how trials are recorded.
+
+    ``mode`` is a resolved mode (online/offline/disabled; see ``resolve_mode``). ``dir`` is the
+    search's run folder, made absolute here because trials run in other working directories;
+    W&B writes its runs under ``dir / "wandb"``. ``init_timeout`` is in seconds.
+    """
+
+    mode: str
+    project: str
+    entity: str | None
+    dir: Path
+    init_timeout: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("online", "offline", "disabled"):
+            choices = ("online", "offline", "disabled")
+            raise ValueError(unknown_choice("resolved W&B mode", self.mode, choices) + " (resolve 'auto' first)")
+        object.__setattr__(self, "dir", Path(self.dir).expanduser().resolve())
+
+
+@dataclass
+class TrialTracker:
+    """One W&B run for one trial; a tracker whose ``run`` is None does nothing.
+
+    Build it with ``TrialTracker.start``. Call ``log_epoch`` after every epoch and ``finish``
+    once (in a ``finally``, so a stopped trial still closes its run).
+    """
+
+    run: Any = None
+    _warned: set[str] = field(default_factory=set)
+
+    @classmethod
+    def start(cls, settings: WandbSettings, *, group: str, job_type: str, name: str, config: dict) -> TrialTracker:
+        """Start the trial's run: ``group`` = search name, ``job_type`` = model family, ``name`` = trial id.
+
+        Never raises: a failure warns (TrackingWarning naming the cause) and returns a no-op tracker.
+        """
+        if settings.mode == "disabled":
+            return cls()
+        try:
+            return cls(run=_init_run(settings, group=group, job_type=job_type, name=name, config=config))
+        except Exception as error:  # wandb's CommError, UsageError, AuthenticationError, ImportError, ...
+            warnings.warn(f"W&B tracking is off for trial {name!r}: {_cause(error)}", TrackingWarning, stacklevel=2)
+            return cls()
+
+    @property
+    def active(self) -> bool:
+        """Whether a W&B run is recording."""
+        return self.run is not None
+
+    @property
+    def path(self) -> Path | None:
+        """The run's folder (``.../wandb/offline-run-*`` or ``run-*``), or None when not recording."""
+        return Path(self.run.settings.sync_dir) if self.run is not None else None
+
+    def log_epoch(self, metrics: dict, step: int) -> None:
+        """Record one epoch's metrics at ``step`` (the epoch number); a failure warns once."""
+        if self.run is not None:
+            self._guard("log", lambda: self.run.log(_plain(metrics), step=step))
+
+    def finish(self, summary: dict, artifact: Path | None = None, *, failed: bool = False) -> None:
+        """Write the final summary, attach ``artifact`` (a file or folder) as a "model" artifact, close.
+
+        ``failed`` marks the run as failed in W&B. Calling it again does nothing.
+        """
+        if self.run is None:
+            return
+        self._guard("summary", lambda: self.run.summary.update(_plain(summary)))
+        if artifact is not None:
+            self._guard("artifact", lambda: self.run.log_artifact(_model_artifact(self.run, Path(artifact))))
+        run, self.run = self.run, None
+        log = Path(run.settings.sync_file)
+        if self._guard("finish", lambda: run.finish(exit_code=1 if failed else 0)):
+            self._guard("flush", lambda: _wait_for_exit_record(log, FLUSH_TIMEOUT_S))
+
+    def _guard(self, what: str, action: Any) -> bool:
+        """Run ``action``; on failure warn (once per ``what``) and return False."""
+        try:
+            action()
+        except Exception as error:
+            if what not in self._warned:
+                self._warned.add(what)
+                warnings.warn(f"W&B {what} failed (the trial goes on): {_cause(error)}", TrackingWarning, stacklevel=3)
+            return False
+        return True
+
+
+FLUSH_TIMEOUT_S = 10.0
+"""How long ``finish`` waits for W&B's service to write the run's last record (usually ~10 ms)."""
+
+
+def _wait_for_exit_record(log: Path, timeout_s: float) -> None:
+    """Block until the transaction log ``log`` ends the run, so a trial process may exit safely.
+
+    ``run.finish()`` returns before W&B's service has written the log. Raises TimeoutError.
+    """
+    from wandb.proto import wandb_internal_pb2
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if any(_is_exit(p, wandb_internal_pb2) for p in _log_records(log)):
+                return
+        except (DataError, OSError):
+            pass  # not created, or the header not written yet
+        time.sleep(0.01)
+    raise TimeoutError(f"{log}: the run's exit record was not written within {timeout_s:g} s")
+
+
+def _is_exit(payload: bytes, pb: Any) -> bool:
+    record = pb.Record()
+    record.ParseFromString(payload)
+    return record.WhichOneof("record_type") == "exit"
+
+
+def _init_run(settings: WandbSettings, *, group: str, job_type: str, name: str, config: dict) -> Any:
+    import wandb
+
+    settings.dir.mkdir(parents=True, exist_ok=True)
+    quiet = wandb.Settings(
+        init_timeout=settings.init_timeout,
+        silent=True,
+        console="off",
+        x_disable_stats=True,
+        x_disable_machine_info=True,
+        disable_git=True,
+        save_code=False,
+        x_save_requirements=False,
+    )
+    return wandb.init(
+        mode=settings.mode,
+        project=settings.project,
+        entity=settings.entity,
+        dir=str(settings.dir),
+        group=group,
+        job_type=job_type,
+        name=name,
+        config=_plain(config),
+        settings=quiet,
+        reinit="create_new",
+    )
+
+
+def _model_artifact(run: Any, path: Path) -> Any:
+    """A W&B artifact of type "model" named after the run, holding ``path`` (file or folder)."""
+    import wandb
+
+    safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in run.name or run.id)
+    artifact = wandb.Artifact(f"model-{safe}", type="model")
+    if path.is_dir():
+        artifact.add_dir(str(path))
+    else:
+        artifact.add_file(str(path))
+    return artifact
+
+
+def _plain(values: dict) -> dict:
+    """``values`` as JSON types (numpy scalars, paths and tuples become numbers, strings, lists)."""
+    return json.loads(json.dumps(values, default=_jsonable))
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return str(value)
+
+
+def _cause(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else 'no message'}"
+
+
+def sync_command(run_dir: Path) -> str | None:
+    """``wandb sync <run_dir>/wandb/offline-run-*`` when offline runs exist there, else None."""
+    runs = Path(run_dir).resolve() / "wandb"
+    if not any(runs.glob("offline-run-*")):
+        return None
+    return f"wandb sync {shlex.quote(str(runs))}/offline-run-*"
+
+
+# The transaction log (run-*.wandb) is a LevelDB-style log of protobuf ``Record`` messages:
+# a 7-byte file header, then 32 KiB blocks of chunks, each with a 7-byte header
+# (crc32 uint32, length uint16, type uint8); types 1 = full, 2 = first, 3 = middle, 4 = last.
+_FILE_HEADER = struct.Struct("<4sHB")
+_CHUNK_HEADER = struct.Struct("<IHB")
+_BLOCK = 32768
+_MAGIC = (b":W&B", 0xBEE1, 0)
+
+
+def read_offline_run(run_path: Path) -> dict:
+    """What an offline run recorded, read from its ``.wandb`` transaction log (no network).
+
+    ``run_path`` is the ``offline-run-*`` folder or its ``.wandb`` file. Returns a dict with
+    ``id``, ``project``, ``group``, ``job_type``, ``name``, ``config`` (nested dict),
+    ``history`` (one dict per ``log`` call, W&B's ``_step``/``_runtime``/``_timestamp`` included),
+    ``summary``, ``artifacts`` (``{"name", "type"}`` each) and ``exit_code`` (None if the run
+    never finished). Raises DataError when the file is missing or not a W&B transaction log.
+    """
+    from wandb.proto import wandb_internal_pb2
+
+    run = {"config": {}, "history": [], "summary": {}, "artifacts": [], "exit_code": None}
+    for payload in _log_records(_transaction_log(Path(run_path))):
+        record = wandb_internal_pb2.Record()
+        record.ParseFromString(payload)
+        _apply_record(run, record)
+    run["config"].pop("_wandb", None)
+    run["summary"].pop("_wandb", None)
+    return run
+
+
+def _transaction_log(run_path: Path) -> Path:
+    found = [run_path] if run_path.suffix == ".wandb" else sorted(run_path.glob("*.wandb"))
+    if not found or not found[0].is_file():
+        raise DataError(f"{run_path}: no W&B transaction log (*.wandb) found")
+    return found[0]
+
+
+def _log_records(path: Path) -> list[bytes]:
+    """The payloads of the complete records in a LevelDB-style log; a torn tail is ignored."""
+    data = path.read_bytes()
+    if len(data) < _FILE_HEADER.size or _FILE_HEADER.unpack_from(data) != _MAGIC:
+        raise DataError(f"{path}: not a W&B transaction log (no ':W&B' header)")
+    records, pending, pos = [], b"", _FILE_HEADER.size
+    while pos + _CHUNK_HEADER.size <= len(data):
+        left = _BLOCK - pos % _BLOCK
+        if left < _CHUNK_HEADER.size:
+            pos += left
+            continue
+        _, length, kind = _CHUNK_HEADER.unpack_from(data, pos)
+        start, pos = pos + _CHUNK_HEADER.size, pos + _CHUNK_HEADER.size + length
+        if kind == 0 or pos > len(data):
+            break
+        pending = data[start:pos] if kind in (1, 2) else pending + data[start:pos]
+        if kind in (1, 4):
+            records.append(pending)
+            pending = b""
+    return records
+
+
+def _apply_record(run: dict, record: Any) -> None:
+    kind = record.WhichOneof("record_type")
+    if kind == "run":
+        r = record.run
+        run.update(id=r.run_id, project=r.project, group=r.run_group, job_type=r.job_type, name=r.display_name)
+        _apply_items(run["config"], r.config.update)
+    elif kind == "config":
+        _apply_items(run["config"], record.config.update)
+    elif kind == "history":
+        row: dict = {}
+        _apply_items(row, record.history.item)
+        run["history"].append(row)
+    elif kind == "summary":
+        _apply_items(run["summary"], record.summary.update)
+    elif kind == "artifact":
+        run["artifacts"].append({"name": record.artifact.name, "type": record.artifact.type})
+    elif kind == "exit":
+        run["exit_code"] = record.exit.exit_code
+
+
+def _apply_items(target: dict, items: Any) -> None:
+    """Set each ``(key | nested_key, value_json)`` item into ``target``, nesting by key path."""
+    for item in items:
+        keys = list(item.nested_key) or [item.key]
+        node = target
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+        node[keys[-1]] = json.loads(item.value_json)

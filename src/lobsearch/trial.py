@@ -1,0 +1,75 @@
+"""The function Ray Tune runs for one sampled configuration: a recipe, read top to bottom.
+
+1. turn the sampled flat parameters into a validated run config;
+2. take the prepared days of its data config (handed over through the object store);
+3. cut windows and build the model (the same recipe as ``python -m lobsearch.train``);
+4. resume from the trial's last checkpoint when Tune restarts it;
+5. train, reporting every epoch's metrics with a checkpoint, so the scheduler can stop it early.
+
+A loss that goes NaN or infinite fails the trial (Tune records it) and the search goes on.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from lobsearch.data.pipeline import Prepared
+from lobsearch.space import SearchSpace
+
+
+class TrialFailed(RuntimeError):
+    """A trial ended without a usable model (NaN loss, too few windows); the search goes on."""
+
+
+def run_trial(config: dict[str, Any], *, data: dict[str, Prepared], space: SearchSpace) -> None:
+    """Train one configuration and report to Tune every epoch.
+
+    ``config`` holds the sampled parameters (Optuna names); ``data`` maps a prep-config digest to
+    its prepared days. Raises TrialFailed when training cannot produce a model.
+    """
+    from ray import tune
+
+    from lobsearch.loop import fit
+    from lobsearch.train import build_run, pick_device
+
+    run = space.run_config(config)
+    prepared = data[run.data.prep().digest()]
+    device = pick_device(run.train.device)
+    built = build_run(run, prepared, device=device)
+    work = Path(tempfile.mkdtemp(prefix="lobsearch-trial-"))
+    resume = _restore(tune.get_checkpoint(), work / "restored")
+    constants = {"n_params": built.n_params, "latency_ms": built.latency_ms, "model_family": run.model.name}
+
+    def report(epoch: Any) -> None:
+        metrics = {**epoch.metrics(), **constants}
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(work / "checkpoint"))
+
+    try:
+        result = fit(
+            built.model,
+            built.train,
+            built.val,
+            run.train,
+            device=device,
+            on_epoch=report,
+            checkpoint_dir=work / "checkpoint",
+            resume=resume,
+            data_hash=built.data_hash,
+            backend=built.backend,
+        )
+    finally:
+        shutil.rmtree(work / "restored", ignore_errors=True)
+    if result.status == "nan_loss":
+        raise TrialFailed(result.message)
+
+
+def _restore(checkpoint: Any, into: Path) -> Path | None:
+    """Copy Tune's checkpoint (possibly remote) to a local folder; None on a first start."""
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as folder:
+        shutil.copytree(folder, into)
+    return into

@@ -1,0 +1,201 @@
+"""Builds the Ray Tune ``Tuner`` for a search (or restores an interrupted one) and shows progress.
+
+One owner per concern: Optuna samples (TPE, or random for comparison), ASHA stops trials early,
+Tune retries failed trials and keeps checkpoints, W&B only observes (a driver-side callback).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import TYPE_CHECKING, Any
+
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search import ConcurrencyLimiter
+from ray.tune.search.optuna import OptunaSearch
+
+from lobsearch.trial import run_trial
+from lobsearch.tune import elapsed, fmt
+
+if TYPE_CHECKING:
+    from lobsearch.search import Search
+
+
+def trial_resources(cpus: float, gpus: float) -> dict[str, float]:
+    """Ray resources of one trial; fractional GPUs let several trials share one device."""
+    resources = {"cpu": cpus}
+    if gpus:
+        resources["gpu"] = gpus
+    return resources
+
+
+def default_concurrency(cluster: dict[str, float], cpus: float, gpus: float) -> int:
+    """How many trials fit the cluster at once: bounded by CPUs, and by GPUs when trials use them.
+
+    >>> default_concurrency({"CPU": 16, "GPU": 1}, cpus=1, gpus=0.125)
+    8
+    """
+    fits = [math.floor(cluster.get("CPU", 1) / cpus)]
+    if gpus:
+        fits.append(math.floor(cluster.get("GPU", 0) / gpus + 1e-9))
+    return max(1, min(fits))
+
+
+def _searcher(search: Search) -> Any:
+    import optuna
+
+    spec = search.space.spec
+    objective = spec.objective
+    seed = spec.search.seed
+    if spec.search.searcher == "random":
+        sampler = optuna.samplers.RandomSampler(seed=seed)
+    elif objective.multi:
+        sampler = optuna.samplers.NSGAIISampler(seed=seed)
+    else:
+        sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(5, max(2, spec.search.num_samples // 4)))
+    metrics = [objective.metric] + [t.metric for t in objective.also]
+    modes = [objective.direction] + [t.mode for t in objective.also]
+    searcher = OptunaSearch(
+        space=search.space.define_by_run,
+        metric=metrics if objective.multi else metrics[0],
+        mode=modes if objective.multi else modes[0],
+        sampler=sampler,
+        points_to_evaluate=[dict(p) for p in spec.search.enqueue] or None,
+    )
+    return searcher
+
+
+def _scheduler(search: Search) -> Any:
+    spec = search.space.spec
+    if spec.search.scheduler == "none":
+        return FIFOScheduler()
+    max_epochs = spec.fixed.get("train", {}).get("epochs", 10)
+    return ASHAScheduler(
+        time_attr="training_iteration",
+        max_t=max(max_epochs, spec.search.grace_period),
+        grace_period=spec.search.grace_period,
+        reduction_factor=spec.search.reduction_factor,
+    )
+
+
+def build_tuner(search: Search, prepared: dict[str, Any]) -> tune.Tuner:
+    """A new Tuner for ``search``, or the restored one when its storage already holds the experiment."""
+    import ray
+
+    spec = search.space.spec
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, data=prepared, space=search.space),
+        trial_resources(spec.search.cpus_per_trial, spec.search.gpus_per_trial),
+    )
+    path = f"{search.storage.rstrip('/')}/{search.name}"
+    if tune.Tuner.can_restore(path):
+        search.say(f"resuming {search.name!r} from {path}: finished trials are kept")
+        return tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
+    if search.resume:
+        from lobsearch.errors import DataError
+
+        raise DataError(f"--resume: no search named {search.name!r} under {search.storage} (nothing to continue)")
+    concurrency = spec.search.max_concurrent or default_concurrency(
+        ray.cluster_resources(), spec.search.cpus_per_trial, spec.search.gpus_per_trial
+    )
+    search.say(f"running up to {concurrency} trials at once")
+    objective = spec.objective
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            metric=None if objective.multi else objective.metric,
+            mode=None if objective.multi else objective.direction,
+            num_samples=spec.search.num_samples,
+            search_alg=ConcurrencyLimiter(_searcher(search), max_concurrent=concurrency),
+            scheduler=_scheduler(search) if not objective.multi else FIFOScheduler(),
+            time_budget_s=spec.search.time_budget_s,
+            reuse_actors=False,
+        ),
+        run_config=tune.RunConfig(
+            name=search.name,
+            storage_path=search.storage,
+            verbose=0,
+            callbacks=_callbacks(search),
+            failure_config=tune.FailureConfig(max_failures=spec.search.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        ),
+    )
+
+
+def _callbacks(search: Search) -> list[Any]:
+    from lobsearch.tracking import WandbCallback
+
+    callbacks: list[Any] = [Progress(search)]
+    wandb = WandbCallback.for_search(search)
+    if wandb is not None:
+        callbacks.append(wandb)
+    return callbacks
+
+
+class Progress(tune.Callback):
+    """One status line every few seconds: trials done / running / pruned / failed, best so far."""
+
+    def __init__(self, search: Search, every_s: float = 10.0):
+        self.search = search
+        self.every_s = every_s
+        self.last = 0.0
+        self.best: float | None = None
+        self.best_trial = ""
+        self.metric = search.space.spec.objective.metric
+        self.sign = 1 if search.space.spec.objective.direction == "max" else -1
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        value = result.get(self.metric)
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            if self.best is None or self.sign * value > self.sign * self.best:
+                self.best, self.best_trial = value, trial.trial_id
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.search.say(f"trial {trial.trial_id} failed: {_first_line(trial)} (the search goes on)")
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        now = time.monotonic()
+        if now - self.last < self.every_s:
+            return
+        self.last = now
+        self.search.say(self.line(trials))
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        self.search.say(self.line(trials))
+
+    def line(self, trials: list) -> str:
+        counts = trial_counts(trials, self.search.space.spec.fixed.get("train", {}).get("epochs", 10))
+        best = f"best {self.metric} {fmt(self.best)} ({self.best_trial})" if self.best is not None else "no result yet"
+        total = self.search.space.spec.search.num_samples
+        return (
+            f"trials {counts['done']}/{total} done ({counts['pruned']} pruned by ASHA), "
+            f"{counts['running']} running, {counts['failed']} failed | {best} | elapsed {elapsed(self.search.started)}"
+        )
+
+
+def trial_counts(trials: list, max_epochs: int) -> dict[str, int]:
+    """Counts by state; a terminated trial that stopped before its last epoch on its own was pruned."""
+    counts = {"done": 0, "pruned": 0, "running": 0, "failed": 0, "pending": 0}
+    for trial in trials:
+        if trial.status == "RUNNING":
+            counts["running"] += 1
+        elif trial.status == "ERROR":
+            counts["failed"] += 1
+        elif trial.status == "TERMINATED":
+            counts["done"] += 1
+            last = trial.last_result or {}
+            if last.get("fit_status") == "running":
+                counts["pruned"] += 1
+        else:
+            counts["pending"] += 1
+    return counts
+
+
+def _first_line(trial: Any) -> str:
+    error = getattr(trial, "error_file", None)
+    try:
+        text = open(error).read().strip().splitlines() if error else []
+    except OSError:
+        text = []
+    return text[-1] if text else "see its error.txt"
