@@ -122,7 +122,8 @@ BROKEN = {
         "available_node_types.gpu_worker.node_config.ImageId", "CUDA 11.2 driver"),
     "torch other than lobsearch's pin": (
         lambda c: c["worker_setup_commands"].__setitem__(0, "pip install torch==2.12.0+cu128"),
-        "worker_setup_commands[0]", "installs torch 2.12.0+cu128, but lobsearch pins torch==2.13.0"),
+        "worker_setup_commands[0]",
+        f"installs torch 2.12.0+cu128, but lobsearch pins torch=={cluster.lobsearch_torch_pin()}"),
     "literal W&B key": (
         lambda c: c["setup_commands"].append("echo 'export WANDB_API_KEY=0123abcd' >> ~/.bashrc"),
         "setup_commands[0]", "holds a literal WANDB_API_KEY"),
@@ -176,6 +177,20 @@ def test_only_ray_catches_a_docker_block_without_container_name(tmp_path):
     config["docker"].pop("container_name")
     problems = check_file(write(tmp_path, config))
     assert len(problems) == 1 and problems[0].message.startswith("Ray's own validation rejects")
+
+
+@pytest.mark.parametrize("config", [
+    {"cluster_name": 3, "provider": "aws", "max_workers": 2},
+    {"cluster_name": "x", "provider": {"type": "aws"}, "max_workers": 2,
+     "available_node_types": ["a"], "head_node_type": 5, "docker": "img"},
+    {"cluster_name": "x", "provider": {"type": "aws"}, "max_workers": "2", "head_node_type": "h",
+     "available_node_types": {"h": {"node_config": "m5", "resources": "GPU"},
+                              "w": {"node_config": {"InstanceType": 5}, "max_workers": "3"}},
+     "setup_commands": "pip", "head_setup_commands": [1, None]},
+], ids=["scalars", "wrong containers", "wrong leaves"])
+def test_malformed_values_are_problems_not_crashes(tmp_path, config):
+    problems = check_file(write(tmp_path, config))
+    assert problems and all(p.key for p in problems)
 
 
 @pytest.mark.parametrize("text, fragment", [

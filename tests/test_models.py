@@ -297,6 +297,9 @@ def test_transformer_variants_build_and_run(hp):
 def test_transformer_checks_heads_divide_the_width_and_the_input_length():
     with pytest.raises(ConfigError, match="d_model=10 must be divisible by nhead=4"):
         create_model("transformer_tiny", N_FEATURES, 8, d_model=10, nhead=4)
+    assert model_spec("transformer").problems({"d_model": 10, "nhead": 4}) == [
+        "d_model=10 must be divisible by nhead=4"
+    ]
     model = create_model("transformer_tiny", N_FEATURES, 8)
     with pytest.raises(ValueError, match="input has 9 time steps, built for window=8"):
         model(torch.randn(1, 9, N_FEATURES))

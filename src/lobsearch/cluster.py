@@ -225,6 +225,8 @@ def worker_count_problems(config: dict) -> list[Problem]:
 def image_problems(config: dict) -> list[Problem]:
     """A docker image is set, and each image tag names the installed Ray and running Python."""
     images = docker_images(config)
+    if not isinstance(config.get("docker", {}), dict):
+        return []
     if not images:
         return [Problem("docker.image", "required: lobsearch pins Ray and Python through the "
                         f"image, e.g. {_suggest_image('rayproject/ray', '')}")]
@@ -272,7 +274,7 @@ def ami_problems(config: dict) -> list[Problem]:
         return []
     problems = []
     for name in gpu_node_types(config, startable_only=False):
-        image_id = node_types(config)[name].get("node_config", {}).get("ImageId", "")
+        image_id = _node_config(node_types(config)[name]).get("ImageId", "")
         if str(image_id).lower() in ("", "latest_dlami"):
             problems.append(Problem(f"available_node_types.{name}.node_config.ImageId",
                                     "required for a GPU node type: Ray's default AMI has a CUDA "
@@ -419,9 +421,12 @@ def _has_gpu(spec: dict, provider: str | None) -> bool:
     declared = spec.get("resources")
     if isinstance(declared, dict) and "GPU" in declared:
         return _int(declared["GPU"], 0) > 0
-    node_config = spec.get("node_config") if isinstance(spec.get("node_config"), dict) else {}
-    instance = node_config.get("InstanceType")
+    instance = _node_config(spec).get("InstanceType")
     return provider == "aws" and isinstance(instance, str) and bool(_AWS_GPU_INSTANCE.match(instance))
+
+
+def _node_config(spec: dict) -> dict:
+    return spec["node_config"] if isinstance(spec.get("node_config"), dict) else {}
 
 
 def _is_gpu_image(image: str) -> bool:
@@ -465,8 +470,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m lobsearch.cluster",
         description="Tools for the Ray cluster launcher files in cluster/ (the YAML for `ray up`).")
-    commands_ = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    check = commands_.add_parser(
+    subcommands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    check = subcommands.add_parser(
         "check", help="check cluster files offline; exit 1 when any has a problem",
         description="Check each FILE against the schema inside the installed ray package, Ray's "
         "own config validation and lobsearch's rules (head node type, worker counts, docker "

@@ -284,6 +284,16 @@ def epoch_batches(
     return order.to(device).split(batch_size)
 
 
+def train_batches(step: TrainStep, windows: WindowSet, batches: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Run ``step`` on each batch of window indices; the summed loss x batch size, a 0-d tensor
+    on the device (the caller syncs once). This is the inner loop of an epoch."""
+    loss_sum = torch.zeros((), device=windows.x.device)
+    for idx in batches:
+        x, y = windows.batch(idx)
+        loss_sum += step(x, y) * len(idx)
+    return loss_sum
+
+
 # --------------------------------------------------------------------------- evaluation
 
 
@@ -489,12 +499,8 @@ def _run_epoch(
     started = time.perf_counter()
     model.train()
     batches = epoch_batches(len(train), cfg.batch_size, steps, progress.generator, train.x.device)
-    loss_sum = torch.zeros((), device=train.x.device)
-    for idx in batches:
-        x, y = train.batch(idx)
-        loss_sum += step(x, y) * len(idx)
     n_samples = sum(len(idx) for idx in batches)
-    train_loss = float(loss_sum) / n_samples
+    train_loss = float(train_batches(step, train, batches)) / n_samples  # the epoch's one sync
     train_seconds = time.perf_counter() - started
     lr = step.scheduler.get_last_lr()[0]
     if not math.isfinite(train_loss):
@@ -659,5 +665,5 @@ __all__ = [
     "Backend", "COMPILE_MIN_STEPS", "EpochResult", "FitResult", "STATUSES", "TrainStep",
     "class_weights", "device_setup", "epoch_batches", "epoch_steps", "evaluate", "fit",
     "focal_loss", "load_checkpoint", "lr_factor", "make_loss", "make_train_step", "place_model",
-    "plain", "predict", "save_checkpoint", "seed_everything", "subsample",
+    "plain", "predict", "save_checkpoint", "seed_everything", "subsample", "train_batches",
 ]

@@ -69,7 +69,7 @@ class Search:
             self.export = demo_export()
             self.say(f"no --data given: using the built-in synthetic demo export at {self.export}")
         export = discover_export(self.export)
-        validate_export(export)
+        validate_export(export, deep=False)  # headers now; every row is checked as it is prepared
         self.run_dir.mkdir(parents=True, exist_ok=True)
         settings = self.space.spec.search
         self.say(
@@ -196,9 +196,9 @@ def dry_run(space: SearchSpace, *, export: Path | None = None, n: int = 5) -> li
 
     n_columns = FEATURE_COUNT
     if export is not None:
-        from lobsearch.data.days import discover_export
+        from lobsearch.data.days import discover_export, validate_export
 
-        n_columns = discover_export(export).n_features()
+        n_columns = validate_export(discover_export(export), deep=False).n_features
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=space.spec.search.seed))
     configs = []

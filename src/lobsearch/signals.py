@@ -104,6 +104,13 @@ class SignalReport:
         order = np.argsort(-np.nan_to_num(ic, nan=-1.0), kind="stable")
         return [int(i) for i in order[:n]]
 
+    def ic_noise(self) -> float:
+        """About two standard errors of an IC over ``rows`` independent rows: 2 / sqrt(rows).
+
+        Neighbouring rows are correlated, so the real noise level is higher.
+        """
+        return 2.0 / math.sqrt(max(self.rows, 1))
+
     def to_json(self) -> dict:
         """A JSON-ready dict (NaN becomes null)."""
         return {
@@ -116,6 +123,7 @@ class SignalReport:
             "days": list(self.days),
             "rows": self.rows,
             "rows_per_day": self.rows_per_day,
+            "ic_noise": self.ic_noise(),
             "features": [self._feature_json(i) for i in range(len(self.names))],
             "top": {str(h): [self.names[i] for i in self.top(h)] for h in self.horizons},
             "sign_ok": self.sign_ok,
@@ -202,13 +210,29 @@ class _DayRows:
 
 
 def _label_columns(day: Day, horizons: Sequence[int]) -> list[int]:
-    """Columns of ``day.labels`` for ``horizons``; ConfigError naming the day when one is absent."""
-    missing = [h for h in horizons if h not in day.horizons]
-    if day.labels is None or missing:
-        choices = [str(h) for h in day.horizons] if day.labels is not None else []
-        problems = [unknown_choice("horizon", h, choices) for h in missing or horizons]
+    """Columns of ``day.labels`` for ``horizons``.
+
+    Raises DataError when the day has no labels, ConfigError naming each horizon it lacks.
+    """
+    if day.labels is None:
+        raise DataError(f"{day.source}: no labels file and no book columns to compute labels from "
+                        "(rule: the mutual information needs a class label per row)")
+    choices = [str(h) for h in day.horizons]
+    problems = [unknown_choice("horizon", h, choices) for h in horizons if h not in day.horizons]
+    if problems:
         raise ConfigError(f"horizons (labels of {day.source})", problems)
     return [day.horizons.index(h) for h in horizons]
+
+
+def _smoothing(day: Day) -> int:
+    """k of the day's labeling (metadata ``labeling.smoothing``), else the contract default."""
+    labeling = day.metadata.get("labeling")
+    value = labeling.get("smoothing") if isinstance(labeling, dict) else None
+    if value is None:
+        return DEFAULT_SMOOTHING
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise DataError(f"{day.source}: metadata labeling.smoothing is {value!r} (rule: an integer >= 0)")
+    return value
 
 
 def _keep_rows(ok: np.ndarray, max_rows: int | None) -> np.ndarray:
@@ -317,9 +341,8 @@ def _mutual_information(counts: np.ndarray) -> np.ndarray:
     total = counts.sum(axis=(1, 2), keepdims=True).astype(np.float64)
     p = np.divide(counts, total, out=np.zeros(counts.shape), where=total > 0)
     expected = p.sum(axis=2, keepdims=True) * p.sum(axis=1, keepdims=True)
-    terms = np.zeros(p.shape)
-    np.log2(p / expected, out=terms, where=p > 0)
-    return (p * terms).sum(axis=(1, 2))
+    ratio = np.divide(p, expected, out=np.ones(p.shape), where=p > 0)
+    return (p * np.log2(ratio)).sum(axis=(1, 2))
 
 
 def _sign_check(ic: np.ndarray, names: Sequence[str]) -> dict[str, bool | None]:
@@ -336,15 +359,17 @@ def analyze(
     *,
     horizons: Sequence[int] | None = None,
     max_rows_per_day: int | None = None,
-    smoothing: int = DEFAULT_SMOOTHING,
+    smoothing: int | None = None,
     bins: int = DEFAULT_BINS,
 ) -> SignalReport:
     """Signal measures of every feature on the training days of the export at ``export_dir``.
 
     horizons: label horizons (rows) to analyze, default every horizon of the labels; each must
     be one of the labels' horizons. max_rows_per_day: analyze at most this many evenly spaced
-    rows per day. smoothing: k of the forward-return rule, in rows.
-    Raises DataError (no training days, no usable rows, bad files) or ConfigError (bad argument).
+    rows per day (default all). smoothing: k of the forward-return rule in rows (default the
+    first training day's metadata ``labeling.smoothing``, else 10). bins: quantile bins for MI.
+    Reads one day at a time, memory-mapped. Raises DataError (no training days, no usable rows,
+    broken files) or ConfigError (bad argument, a horizon the labels lack).
     """
     _check_arguments(max_rows_per_day, smoothing, bins)
     export = discover_export(export_dir)
@@ -352,47 +377,63 @@ def analyze(
     if not files:
         raise DataError(
             f"{export.root}: no {TRAIN_SPLIT!r} days; signal analysis reads the training split "
-            f"only (splits found: {', '.join(export.splits) or 'none'})"
+            f"only (splits found: {', '.join(export.splits)})"
         )
-    return _analyze_days(export.root, files, horizons, max_rows_per_day, smoothing, bins)
+    totals = _Fold(horizons, max_rows_per_day, smoothing, bins)
+    for file in files:
+        totals.add(load_day(file))
+    return totals.report(export.root)
 
 
-def _check_arguments(max_rows: int | None, smoothing: int, bins: int) -> None:
-    """ConfigError listing every argument that is not a positive integer."""
-    values = {"max_rows_per_day": max_rows, "smoothing": smoothing, "bins": bins}
-    minimum = {"max_rows_per_day": 1, "smoothing": 0, "bins": 2}
+def _check_arguments(max_rows: int | None, smoothing: int | None, bins: int) -> None:
+    """ConfigError listing every argument that is not an integer at or above its minimum."""
+    values = {"max_rows_per_day": (max_rows, 1), "smoothing": (smoothing, 0), "bins": (bins, 2)}
     problems = [
-        f"{name} must be an integer >= {minimum[name]}, got {value!r}"
-        for name, value in values.items()
+        f"{name} must be an integer >= {minimum}, got {value!r}"
+        for name, (value, minimum) in values.items()
         if value is not None
-        and (isinstance(value, bool) or not isinstance(value, int) or value < minimum[name])
+        and (isinstance(value, bool) or not isinstance(value, int) or value < minimum)
     ]
     if problems:
         raise ConfigError("signal analysis", problems)
 
 
-def _analyze_days(root, files, horizons, max_rows, smoothing, bins) -> SignalReport:
-    """Fold the training days one at a time (one day's rows in memory at once)."""
-    totals, names, rows_per_day = None, (), {}
-    for file in files:
-        day = load_day(file)
-        horizons = tuple(day.horizons if horizons is None else horizons)
-        rows = _day_rows(day, horizons, smoothing, max_rows)
-        if totals is None:
-            names = tuple(feature_name(i) for i in range(rows.x.shape[1]))
-            totals = _Totals(len(names), len(horizons), bins)
-        elif rows.x.shape[1] != len(names):
-            raise DataError(f"{day.source}: {rows.x.shape[1]} features, earlier days {len(names)}")
-        totals.add(rows)
-        rows_per_day[day.date] = rows.x.shape[0]
-    if totals.rows == 0:
-        raise DataError(f"{root}: no training row passes the gates with a defined label")
-    ic = totals.ic()
-    constant = tuple(n for n, c in zip(names, totals.constant()) if c)
-    return SignalReport(
-        root, horizons, names, ic, totals.mi(), _sign_check(ic, names), constant,
-        tuple(rows_per_day), totals.rows, smoothing, bins, rows_per_day,
-    )
+class _Fold:
+    """Folds training days in one at a time; the first day fixes horizons, smoothing, width."""
+
+    def __init__(self, horizons, max_rows: int | None, smoothing: int | None, bins: int):
+        self.horizons = None if horizons is None else tuple(int(h) for h in horizons)
+        self.max_rows, self.smoothing, self.bins = max_rows, smoothing, bins
+        self.totals: _Totals | None = None
+        self.names: tuple[str, ...] = ()
+        self.rows_per_day: dict[str, int] = {}
+
+    def add(self, day: Day) -> None:
+        """Fold in one loaded day; DataError when its width differs from the first day's."""
+        if self.totals is None:
+            self.horizons = self.horizons or tuple(day.horizons)
+            self.smoothing = _smoothing(day) if self.smoothing is None else self.smoothing
+            self.names = tuple(feature_name(i) for i in range(day.features.shape[1]))
+            self.totals = _Totals(len(self.names), len(self.horizons), self.bins)
+        if day.features.shape[1] != len(self.names):
+            raise DataError(f"{day.source}: {day.features.shape[1]} features, but the first "
+                            f"training day has {len(self.names)} (rule: one width per export)")
+        rows = _day_rows(day, self.horizons, self.smoothing, self.max_rows)
+        self.totals.add(rows)
+        self.rows_per_day[day.date] = rows.x.shape[0]
+
+    def report(self, root: Path) -> SignalReport:
+        """The finished report; DataError when no row of any day was usable."""
+        if self.totals is None or self.totals.rows == 0:
+            raise DataError(f"{root}: no training row passes the gates with a defined label "
+                            f"and forward return at horizons {self.horizons}")
+        ic = self.totals.ic()
+        constant = tuple(n for n, c in zip(self.names, self.totals.constant()) if c)
+        return SignalReport(
+            root, self.horizons, self.names, ic, self.totals.mi(), _sign_check(ic, self.names),
+            constant, tuple(self.rows_per_day), self.totals.rows, self.smoothing, self.bins,
+            dict(self.rows_per_day),
+        )
 
 
 def format_report(report: SignalReport, top: int = DEFAULT_TOP) -> str:
@@ -408,26 +449,32 @@ def format_report(report: SignalReport, top: int = DEFAULT_TOP) -> str:
         for rank, i in enumerate(report.top(h, top), start=1):
             label = f"{report.names[i]} ({i})"
             lines.append(f"  {rank:>4}  {label:<30} {report.ic[i, j]:+8.4f}  {report.mi[i, j]:9.5f}")
-    lines += ["", "sign check (bullish features need IC > 0 at every horizon):"]
+    noise = report.ic_noise()
+    lines += ["", f"sign check (bullish features need IC > 0 at every horizon; |IC| < {noise:.4f} "
+              "is within the noise of independent rows):"]
     for name, ok in report.sign_ok.items():
+        ic = report.ic[report.names.index(name)]
         verdict = {True: "ok", False: "FLAGGED", None: "constant"}[ok]
-        ics = " ".join(f"{v:+.4f}" for v in report.ic[report.names.index(name)])
-        lines.append(f"  {verdict:<8} {name:<22} IC {ics}")
+        weak = " (within noise)" if ok is False and np.nanmax(np.abs(ic)) < noise else ""
+        ics = " ".join(f"{v:+.4f}" for v in ic)
+        lines.append(f"  {verdict:<8} {name:<22} IC {ics}{weak}")
     lines += ["", f"constant or nearly constant ({len(report.constant)}): "
               + (", ".join(report.constant) or "none")]
     return "\n".join(lines)
 
 
 def plot_ic(report: SignalReport, path: Path) -> None:
-    """Write the IC heatmap (features x horizons, diverging colours) as a PNG at ``path``."""
+    """Write the IC heatmap (features x horizons, diverging colours, grey where undefined) as a PNG."""
+    from matplotlib import colormaps
     from matplotlib.figure import Figure
 
     n_features = len(report.names)
     fig = Figure(figsize=(2.5 + 0.9 * len(report.horizons), 1.5 + 0.16 * n_features))
     ax = fig.subplots()
     limit = float(np.nanmax(np.abs(report.ic))) if np.isfinite(report.ic).any() else 1.0
-    image = ax.imshow(report.ic, aspect="auto", cmap="RdBu_r", vmin=-limit, vmax=limit,
-                      interpolation="nearest")
+    cmap = colormaps["RdBu_r"].with_extremes(bad="0.8")
+    image = ax.imshow(np.ma.masked_invalid(report.ic), aspect="auto", cmap=cmap, vmin=-limit,
+                      vmax=limit, interpolation="nearest")
     ax.set_xticks(range(len(report.horizons)), [str(h) for h in report.horizons])
     ax.set_yticks(range(n_features), [f"{n} ({i})" for i, n in enumerate(report.names)], fontsize=6)
     ax.set_xlabel("horizon (rows)")
@@ -447,6 +494,13 @@ def write_report(report: SignalReport, out_dir: str | Path) -> tuple[Path, Path]
     return png, js
 
 
+def _positive(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return int(text)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m lobsearch.signals",
@@ -456,8 +510,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("export_dir", metavar="EXPORT_DIR", type=Path)
     parser.add_argument("--out", type=Path, help=f"report folder (default {REPORT_ROOT}/<export name>)")
     parser.add_argument("--horizons", type=int, nargs="+", help="label horizons (default all)")
-    parser.add_argument("--top", type=int, default=DEFAULT_TOP, help="features per horizon table")
-    parser.add_argument("--max-rows-per-day", type=int, default=CLI_MAX_ROWS_PER_DAY,
+    parser.add_argument("--top", type=_positive, default=DEFAULT_TOP, help="features per horizon table")
+    parser.add_argument("--max-rows-per-day", type=_positive, default=CLI_MAX_ROWS_PER_DAY,
                         help=f"evenly spaced rows analyzed per day (default {CLI_MAX_ROWS_PER_DAY})")
     return parser
 

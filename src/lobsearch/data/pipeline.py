@@ -16,12 +16,14 @@ Trials receive ``Prepared`` through the object store (``tune.with_parameters``),
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import hashlib
 import json
 import logging
 import os
 import shutil
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -99,20 +101,28 @@ def cache_key(export: Export, prep: PrepConfig) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
-def label_rule(prep: PrepConfig) -> LabelRule | None:
-    """The rule for computing labels from MID_PRICE, or None to read the labels files."""
+def label_rule(prep: PrepConfig) -> LabelRule:
+    """The smoothed-return rule used when labels are computed from MID_PRICE."""
     labels = prep.labels
-    rule = LabelRule(horizons=tuple(labels.horizons), smoothing=labels.smoothing, threshold=float(labels.threshold))
-    return None if labels.source == "file" else rule
+    return LabelRule(horizons=tuple(labels.horizons), smoothing=labels.smoothing, threshold=float(labels.threshold))
 
 
 # ---------------------------------------------------------------- the per-day steps (pure)
 
 
 def _load(day_file: DayFile, prep: PrepConfig) -> Any:
-    day = load_day(day_file, rule=label_rule(prep), force_computed=prep.labels.source == "computed")
+    """Load one day with labels from its file (``file``, ``auto``) or computed (``computed``, or
+    ``auto`` without a labels file). Raises DataError when labels cannot be had."""
+    source = prep.labels.source
+    if source == "file" and day_file.labels is None:
+        raise DataError(f"{day_file.features}: no labels file beside it, and labels.source is 'file' "
+                        "(use 'auto' or 'computed' to compute labels from MID_PRICE)")
+    if source == "computed":
+        day_file = dataclasses.replace(day_file, labels=None)
+    day = load_day(day_file, rule=label_rule(prep))
     if day.labels is None:
-        raise DataError(f"{day_file.features}: no labels file and labels.source is 'file'")
+        raise DataError(f"{day_file.features}: no labels file, and too few columns to compute labels "
+                        f"from the book (found {day.features.shape[1]}, need 40)")
     return day
 
 
@@ -181,7 +191,12 @@ def _local_map(fn: Callable[..., dict], files: list[DayFile], **kwargs: Any) -> 
 
 
 def _ray_map(fn: Callable[..., dict], files: list[DayFile], **kwargs: Any) -> Iterator[dict]:
-    """Run ``fn`` on every day as a Ray Data map, one block per day, streaming rows back in order."""
+    """Run ``fn`` on every day as a Ray Data map, one block per day, streaming rows back in order.
+
+    On a multi-node cluster the day files travel through the object store (a worker on another
+    node has no path to the driver's disk) unless ``LOBSEARCH_SHARED_EXPORT=1`` says the export
+    is on storage every node mounts at the same path.
+    """
     import ray
     import ray.data
 
@@ -192,13 +207,51 @@ def _ray_map(fn: Callable[..., dict], files: list[DayFile], **kwargs: Any) -> It
     items = [{"order": i, "day": day_file} for i, day_file in enumerate(files)]
     stats = kwargs.pop("stats", None)
     stats_ref = ray.put(stats) if stats is not None else None
+    blobs = [ray.put(_day_bytes(f)) for f in files] if _ship_files() else None
 
     def apply(row: dict) -> dict:
         extra = {"stats": ray.get(stats_ref)[row["order"]]} if stats_ref is not None else {}
-        return {"order": row["order"], **fn(row["day"], **kwargs, **extra)}
+        if blobs is None:
+            return {"order": row["order"], **fn(row["day"], **kwargs, **extra)}
+        with tempfile.TemporaryDirectory(prefix="lobsearch-day-") as folder:
+            day_file = _write_day(ray.get(blobs[row["order"]]), row["day"], Path(folder))
+            out = fn(day_file, **kwargs, **extra)
+            return {"order": row["order"], **{k: np.array(v) if isinstance(v, np.ndarray) else v for k, v in out.items()}}
 
     dataset = ray.data.from_items(items, override_num_blocks=len(items))
     yield from dataset.map(apply, **_data_resources()).iter_rows()
+
+
+def _ship_files() -> bool:
+    """True on a multi-node cluster whose export is not declared shared."""
+    import ray
+
+    if os.environ.get("LOBSEARCH_SHARED_EXPORT") == "1":
+        return False
+    return sum(1 for node in ray.nodes() if node.get("Alive")) > 1
+
+
+def _day_bytes(day_file: DayFile) -> dict[str, bytes | None]:
+    """The raw bytes of one day's files and of its export's manifest."""
+    manifest = day_file.features.parent.parent / "dataset_manifest.json"
+    paths = {"features": day_file.features, "labels": day_file.labels, "metadata": day_file.metadata,
+             "manifest": manifest if manifest.is_file() else None}
+    return {k: (None if p is None else Path(p).read_bytes()) for k, p in paths.items()}
+
+
+def _write_day(blob: dict[str, bytes | None], day_file: DayFile, folder: Path) -> DayFile:
+    """Lay one shipped day out as a one-day export under ``folder``; returns its DayFile."""
+    split_dir = folder / "export" / day_file.split
+    split_dir.mkdir(parents=True)
+    if blob["manifest"] is not None:
+        (folder / "export" / "dataset_manifest.json").write_bytes(blob["manifest"])
+    moved = {}
+    for key in ("features", "labels", "metadata"):
+        source = getattr(day_file, key)
+        if source is not None:
+            moved[key] = split_dir / Path(source).name
+            moved[key].write_bytes(blob[key])
+    return dataclasses.replace(day_file, **moved)
 
 
 def _data_resources() -> dict[str, Any]:

@@ -109,7 +109,9 @@ class DeepLOB(nn.Module):
         return self.head(out[:, -1])
 
 
-def _check(hp: Mapping[str, Any], n_features: int) -> list[str]:
+def _check(hp: Mapping[str, Any], n_features: int | None) -> list[str]:
+    if n_features is None:
+        return []
     if n_features < BOOK_COLUMNS:
         return [
             f"n_features={n_features}: deeplob needs the 40 book columns first (ASK_PRICE 0-9, "

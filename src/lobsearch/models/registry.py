@@ -28,8 +28,8 @@ from torch import nn
 
 from lobsearch.errors import ConfigError, unknown_choice
 
-Check = Callable[[Mapping[str, Any], int], list[str]]
-"""Cross-field rule of a model: (hyperparameters, n_features) -> problems (empty when fine)."""
+Check = Callable[[Mapping[str, Any], int | None], list[str]]
+"""Cross-field rules of a model: (hyperparameters, n_features or None when unknown) -> problems."""
 
 
 @dataclass(frozen=True)
@@ -127,7 +127,7 @@ class ModelSpec:
         if found:
             return found
         full = self.resolve(hyperparameters)
-        if self.check is not None and n_features is not None:
+        if self.check is not None:
             found += self.check(full, n_features)
         minimum = self.minimum_window(full)
         if window is not None and window < minimum:
@@ -171,10 +171,10 @@ def register(
             f"{name}_tiny", family, builder, MappingProxyType(full.resolve(tiny)), min_window,
             full.tiny, backend, window_rule, check, twin_of=name,
         )
-        for spec in (full, twin):
-            if spec.name in _REGISTRY:
-                raise ValueError(f"model name {spec.name!r} is already registered")
-            _REGISTRY[spec.name] = spec
+        taken = [spec.name for spec in (full, twin) if spec.name in _REGISTRY]
+        if taken:
+            raise ValueError(f"model name {taken[0]!r} is already registered")
+        _REGISTRY.update({full.name: full, twin.name: twin})
         return builder
 
     return decorator

@@ -89,7 +89,7 @@ class TimeTransformer(nn.Module):
         return self.head(h[:, -1] if self.pooling == "last" else h.mean(dim=1))
 
 
-def _check(hp: Mapping[str, Any], n_features: int) -> list[str]:
+def _check(hp: Mapping[str, Any], n_features: int | None) -> list[str]:
     if hp["d_model"] % hp["nhead"]:
         return [f"d_model={hp['d_model']} must be divisible by nhead={hp['nhead']}"]
     return []

@@ -1,0 +1,729 @@
+"""The local report of a search: one self-contained HTML file, for readers without a W&B account.
+
+``python -m lobsearch.report RUN_DIR`` reads ``RUN_DIR/results.json`` (written by
+``lobsearch.tune``), writes ``RUN_DIR/report.html`` and prints its path. Figures are PNGs drawn
+with matplotlib's Agg canvas and embedded as base64; the page loads nothing from anywhere (its
+Content-Security-Policy forbids it). Every missing piece of the results (no finished trial, no
+test metrics, no gate report) renders as a note.
+
+Sections: header, best trials, optimization history, parallel coordinates, parameter
+importance (Optuna), learning curves, best model (confusion matrices, lift over naive
+baselines), data gates, Pareto front, failures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import json
+import math
+import sys
+import warnings
+from collections import Counter
+from datetime import datetime
+from html import escape
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lobsearch.contract import CLASS_NAMES
+from lobsearch.errors import DataError
+
+TOP_TRIALS = 10
+CURVE_TRIALS = 5
+STATUS_COLORS = {
+    "completed": "#2a9d8f",
+    "early_stopped": "#8ab17d",
+    "pruned": "#e9c46a",
+    "stopped": "#f4a261",
+    "failed": "#e76f51",
+}
+METRIC_ROWS = ("accuracy", "macro_f1", "f1_down", "f1_stable", "f1_up", "mcc", "kappa", "log_loss")
+CSS = """
+body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#1d2327;margin:0;background:#f6f7f9}
+main{max-width:1180px;margin:0 auto;padding:24px 28px 48px;background:#fff}
+h1{font-size:24px;margin:0 0 4px}h2{font-size:18px;margin:32px 0 8px;border-bottom:1px solid #dde1e6;padding-bottom:4px}
+.sub{color:#5a6570}.grid{display:grid;grid-template-columns:max-content 1fr;gap:3px 16px;margin:12px 0}
+.grid dt{color:#5a6570}.grid dd{margin:0}code{background:#f0f2f4;padding:1px 4px;border-radius:3px}
+nav a{margin-right:12px;color:#2a6f97}table{border-collapse:collapse;font-size:13px;margin:8px 0}
+th,td{padding:3px 9px;border-bottom:1px solid #e6e9ec;text-align:right;white-space:nowrap}
+th{background:#f0f2f4}td.l,th.l{text-align:left}.scroll{overflow-x:auto}
+.note{background:#fff8e1;border-left:4px solid #e9c46a;padding:8px 12px;margin:8px 0}
+.badge{display:inline-block;padding:1px 8px;border-radius:10px;color:#fff;margin-right:6px;font-size:12px}
+img{max-width:100%;display:block;margin:8px 0}footer{margin-top:40px;color:#8a949e;font-size:12px}
+"""
+CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI: write ``RUN_DIR/report.html`` and print its path; exit 2 when results cannot be read."""
+    parser = argparse.ArgumentParser(prog="python -m lobsearch.report", description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", type=Path, help="a search's run folder (holds results.json)")
+    args = parser.parse_args(argv)
+    try:
+        path = write_report(args.run_dir)
+    except DataError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(path)
+    return 0
+
+
+def write_report(run_dir: Path) -> Path:
+    """Render ``run_dir/results.json`` into ``run_dir/report.html``; returns the absolute path."""
+    run_dir = Path(run_dir).resolve()
+    out = run_dir / "report.html"
+    out.write_text(render(load_results(run_dir), run_dir), encoding="utf-8")
+    return out
+
+
+def load_results(run_dir: Path) -> dict:
+    """The parsed ``results.json`` of a run folder. Raises DataError naming the file and problem."""
+    path = Path(run_dir) / "results.json"
+    if not path.is_file():
+        raise DataError(f"{path}: not found (a search writes it when it ends: python -m lobsearch.tune SPACE.yaml)")
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise DataError(f"{path}: not valid JSON ({error})") from None
+    if not isinstance(results, dict) or not isinstance(results.get("trials", []), list):
+        raise DataError(f"{path}: must be an object with a 'trials' list (got {type(results).__name__})")
+    return results
+
+
+def render(results: dict, run_dir: Path | None = None) -> str:
+    """The report page of ``results`` (the results.json schema) as one HTML string."""
+    sections = [
+        ("best-trials", "Best trials", section_best_trials),
+        ("history", "Optimization history", section_history),
+        ("parallel", "Parameters", section_parallel),
+        ("importance", "Parameter importance", section_importance),
+        ("curves", "Learning curves", section_curves),
+        ("best-model", "Best model", section_best_model),
+        ("gates", "Data gates", section_gates),
+        ("pareto", "Pareto front", section_pareto),
+        ("failures", "Failures", section_failures),
+    ]
+    nav = " ".join(f'<a href="#{key}">{title}</a>' for key, title, _ in sections)
+    body = "".join(f'<section id="{key}"><h2>{title}</h2>{build(results)}</section>' for key, title, build in sections)
+    title = escape(str(results.get("name", "search")))
+    return (
+        f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
+        f"<title>lobsearch report: {title}</title><style>{CSS}</style></head><body><main>"
+        f"{section_header(results, run_dir)}<nav>{nav}</nav>{body}"
+        f"<footer>Generated by lobsearch on {datetime.now():%Y-%m-%d %H:%M} from results.json.</footer>"
+        f"</main></body></html>"
+    )
+
+
+# ---- reading the results -------------------------------------------------------------------
+
+
+def objective(results: dict) -> tuple[str, str]:
+    """(metric, mode) of the search; ``("val_macro_f1", "max")`` when absent."""
+    spec = results.get("objective") or {}
+    return str(spec.get("metric", "val_macro_f1")), str(spec.get("mode", "max"))
+
+
+def trial_value(trial: dict, metric: str, mode: str = "max") -> float | None:
+    """A trial's best value of ``metric``: from ``best``, else its history's best; None if none."""
+    value = (trial.get("best") or {}).get(metric)
+    if value is None:
+        values = [row[metric] for row in trial.get("history") or [] if _finite(row.get(metric))]
+        value = (max if mode == "max" else min)(values, default=None)
+    return float(value) if _finite(value) else None
+
+
+def ranked(results: dict) -> list[tuple[dict, float]]:
+    """Trials that have an objective value, best first, each with its value."""
+    metric, mode = objective(results)
+    scored = [(t, v) for t in results.get("trials") or [] if (v := trial_value(t, metric, mode)) is not None]
+    return sorted(scored, key=lambda tv: -tv[1] if mode == "max" else tv[1])
+
+
+def param_names(trials: list[dict]) -> list[str]:
+    """Every parameter name seen, ``model.name`` first, then data.*, train.*, the rest (sorted)."""
+    names = {name for t in trials for name in t.get("params") or {}}
+    order = {"model": 0, "data": 1, "train": 2}
+    return sorted(names, key=lambda n: (n != "model.name", order.get(n.split(".")[0], 3), n))
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+# ---- small HTML pieces ---------------------------------------------------------------------
+
+
+def fmt(value: Any) -> str:
+    """A value for a table cell: 4 significant digits for floats, '—' for None."""
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.4g}" if math.isfinite(value) else str(value)
+    return escape(str(value))
+
+
+def duration(seconds: float | None) -> str:
+    """``12.3 s``, ``3 min 12 s`` or ``1 h 02 min``."""
+    if not _finite(seconds):
+        return "—"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes} min {secs:02d} s" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
+
+
+def note(text: str) -> str:
+    return f'<p class="note">{text}</p>'
+
+
+def table(header: list[str], rows: list[list[Any]], left: int = 1) -> str:
+    """An HTML table; the first ``left`` columns are left-aligned, cells are formatted by ``fmt``."""
+    cls = [' class="l"' if i < left else "" for i in range(len(header))]
+    head = "".join(f"<th{c}>{escape(h)}</th>" for c, h in zip(cls, header))
+    body = "".join("<tr>" + "".join(f"<td{c}>{fmt(v)}</td>" for c, v in zip(cls, row)) + "</tr>" for row in rows)
+    return f'<div class="scroll"><table><tr>{head}</tr>{body}</table></div>'
+
+
+def image(fig: Any, alt: str) -> str:
+    """A matplotlib Figure as an embedded PNG ``<img>``."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight", metadata={"Software": None})
+    data = base64.b64encode(buffer.getvalue()).decode("ascii")
+    return f'<img alt="{escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def figure(width: float, height: float, ncols: int = 1) -> tuple[Any, list[Any]]:
+    """A pyplot-free Figure (no global state, Agg on save) and its ``ncols`` axes."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), layout="constrained")
+    axes = fig.subplots(1, ncols, squeeze=False)[0]
+    return fig, list(axes)
+
+
+# ---- header --------------------------------------------------------------------------------
+
+
+def section_header(results: dict, run_dir: Path | None) -> str:
+    """Name, objective, export, timing, trial counts by status, best value and oracle ceiling."""
+    metric, mode = objective(results)
+    best = ranked(results)
+    rows = [
+        ("Objective", f"<code>{escape(metric)}</code> ({'maximize' if mode == 'max' else 'minimize'})"),
+        ("Search space", escape(str(results.get("space", "—")))),
+        ("Export", f"<code>{escape(str(results.get('export', '—')))}</code>"),
+        ("Ran", _timing(results)),
+        ("Stopped by", escape(str(results.get("stopped_by", "—")))),
+        ("Trials", _status_badges(results.get("trials") or [])),
+        ("Best", f"<b>{fmt(best[0][1])}</b> (trial {fmt(best[0][0].get('trial_id'))})" if best else "no finished trial"),
+        ("Oracle ceiling", _oracle_text(results)),
+    ]
+    command = _sync_command(run_dir)
+    if command:
+        rows.append(("W&B", f"offline runs; upload with <code>{escape(command)}</code>"))
+    items = "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in rows)
+    name = escape(str(results.get("name", "search")))
+    return f'<header><h1>{name}</h1><div class="sub">lobsearch search report</div><dl class="grid">{items}</dl></header>'
+
+
+def _timing(results: dict) -> str:
+    start, end = results.get("started_at"), results.get("finished_at")
+    try:
+        took = (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
+    except (TypeError, ValueError):
+        return f"{escape(str(start or '—'))} to {escape(str(end or '—'))}"
+    return f"{escape(start)} to {escape(end)} ({duration(took)})"
+
+
+def _status_badges(trials: list[dict]) -> str:
+    counts = Counter(str(t.get("status", "unknown")) for t in trials)
+    badges = "".join(
+        f'<span class="badge" style="background:{STATUS_COLORS.get(s, "#6c757d")}">{escape(s)} {n}</span>'
+        for s, n in sorted(counts.items(), key=lambda sn: -sn[1])
+    )
+    return f"{len(trials)} {badges}"
+
+
+def oracle_for(results: dict) -> tuple[str, float] | None:
+    """(horizon, oracle macro-F1) for the searched horizon when it is known, else None."""
+    oracle = results.get("oracle_macro_f1") or {}
+    horizon = results.get("horizon") or ((results.get("best") or {}).get("params") or {}).get("data.horizon")
+    if horizon is None and len(oracle) == 1:
+        horizon = next(iter(oracle))
+    value = oracle.get(str(horizon)) if horizon is not None else None
+    return (str(horizon), float(value)) if _finite(value) else None
+
+
+def _oracle_text(results: dict) -> str:
+    oracle = results.get("oracle_macro_f1")
+    if not oracle:
+        return "unknown (the export has no planted signal; only synthetic exports know their ceiling)"
+    searched = (oracle_for(results) or ("",))[0]
+    parts = [f"h={escape(str(h))}: {fmt(v)}" for h, v in oracle.items()]
+    parts = [f"<b>{p}</b>" if str(h) == searched else p for p, h in zip(parts, oracle)]
+    return "macro-F1 of a model that knows the planted signal, by horizon: " + ", ".join(parts)
+
+
+def _sync_command(run_dir: Path | None) -> str | None:
+    if run_dir is None:
+        return None
+    from lobsearch.tracking import sync_command
+
+    return sync_command(run_dir)
+
+
+# ---- best trials ---------------------------------------------------------------------------
+
+
+def section_best_trials(results: dict) -> str:
+    """The top trials by objective, with their status, epochs, duration and parameters."""
+    scored = ranked(results)
+    if not scored:
+        return note(_no_values(results))
+    metric, _ = objective(results)
+    top = scored[:TOP_TRIALS]
+    names = param_names([t for t, _ in top])
+    header = ["#", "trial", "status", metric, "best epoch", "epochs", "duration"] + names
+    rows = [
+        [rank, t.get("trial_id"), t.get("status"), value, (t.get("best") or {}).get("epoch"), t.get("epochs"),
+         duration(t.get("duration_s"))] + [(t.get("params") or {}).get(n) for n in names]
+        for rank, (t, value) in enumerate(top, start=1)
+    ]
+    shown = f"top {len(top)} of {len(scored)}" if len(scored) > len(top) else f"all {len(scored)}"
+    return f"<p>Trials with a value, {shown}, best first.</p>" + table(header, rows, left=3)
+
+
+def _no_values(results: dict) -> str:
+    trials = results.get("trials") or []
+    if not trials:
+        return "No trials ran."
+    failed = sum(t.get("status") == "failed" for t in trials)
+    return f"No trial produced a value ({len(trials)} trials, {failed} failed; see Failures)."
+
+
+# ---- optimization history ------------------------------------------------------------------
+
+
+def section_history(results: dict) -> str:
+    scored = ranked(results)
+    if not scored:
+        return note(_no_values(results))
+    return image(fig_history(results), "objective against trial number and time")
+
+
+def fig_history(results: dict) -> Any:
+    """Objective per trial against trial number and against finish time, with best-so-far lines."""
+    metric, mode = objective(results)
+    fig, (by_number, by_time) = figure(11, 3.6, ncols=2)
+    scored = ranked(results)
+    for ax, key, label in ((by_number, _number, "trial number"), (by_time, _finish_s, "finished at (s)")):
+        points = sorted((key(t), v, str(t.get("status"))) for t, v in scored if key(t) is not None)
+        if not points:
+            ax.text(0.5, 0.5, f"no {label} recorded", ha="center", transform=ax.transAxes)
+            continue
+        xs, ys, statuses = zip(*points)
+        for status in dict.fromkeys(statuses):
+            mask = [s == status for s in statuses]
+            ax.scatter(np.array(xs)[mask], np.array(ys)[mask], s=22, label=status, color=STATUS_COLORS.get(status, "#6c757d"))
+        running = np.maximum.accumulate(ys) if mode == "max" else np.minimum.accumulate(ys)
+        ax.step(xs, running, where="post", color="#264653", lw=1.5, label="best so far")
+        ax.set_xlabel(label)
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+    by_number.legend(fontsize=8, loc="best")
+    return fig
+
+
+def _number(trial: dict) -> float | None:
+    return trial.get("number") if _finite(trial.get("number")) else None
+
+
+def _finish_s(trial: dict) -> float | None:
+    if _finite(trial.get("end_s")):
+        return float(trial["end_s"])
+    start, took = trial.get("start_s"), trial.get("duration_s")
+    return float(start + took) if _finite(start) and _finite(took) else None
+
+
+# ---- parallel coordinates ------------------------------------------------------------------
+
+
+def section_parallel(results: dict) -> str:
+    scored = ranked(results)
+    names = param_names([t for t, _ in scored])
+    if len(scored) < 2 or not names:
+        return note("Not enough trials with a value to compare parameters (need 2).")
+    return (
+        "<p>One line per trial with a value; each axis spans the values tried (log scale where they span "
+        "20x or more); lines are colored by the objective, the best trial is drawn in red.</p>"
+        + image(fig_parallel(results), "parallel coordinates of parameters and objective")
+    )
+
+
+def fig_parallel(results: dict) -> Any:
+    """Parallel coordinates: one normalized axis per parameter plus the objective, lines by objective."""
+    import matplotlib
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    metric, mode = objective(results)
+    scored = ranked(results)
+    names = param_names([t for t, _ in scored])
+    columns = [[(t.get("params") or {}).get(n) for t, _ in scored] for n in names] + [[v for _, v in scored]]
+    axes = [axis_positions(values) for values in columns]
+    values = np.array([v for _, v in scored])
+    norm = Normalize(values.min(), values.max()) if np.ptp(values) > 0 else Normalize(values.min() - 1, values.max() + 1)
+    cmap = matplotlib.colormaps["viridis" if mode == "max" else "viridis_r"]
+    fig, (ax,) = figure(max(7.0, 1.3 * len(axes) + 1), 4.2)
+    xs = np.arange(len(axes))
+    for i in reversed(range(len(scored))):
+        ys = [positions[i] for positions, _ in axes]
+        ax.plot(xs, ys, color="#d62828" if i == 0 else cmap(norm(values[i])), lw=2.4 if i == 0 else 1.1, alpha=0.85, zorder=3 if i == 0 else 2)
+    _draw_axes(ax, xs, [ticks for _, ticks in axes], names + [metric])
+    fig.colorbar(ScalarMappable(norm, cmap), ax=ax, label=metric, shrink=0.85)
+    return fig
+
+
+def axis_positions(values: list[Any]) -> tuple[np.ndarray, list[tuple[float, str]]]:
+    """Values mapped into [0, 1] (NaN where absent) and the axis ticks as (position, label).
+
+    Numbers are min-max scaled (log10 when positive and spanning 20x or more); anything else is
+    categorical: each distinct value gets an evenly spaced position.
+    """
+    present = [v for v in values if v is not None]
+    if present and all(_finite(v) for v in present):
+        return _numeric_axis(values)
+    choices = sorted({str(v) for v in present})
+    spots = {c: (i / (len(choices) - 1) if len(choices) > 1 else 0.5) for i, c in enumerate(choices)}
+    positions = np.array([spots[str(v)] if v is not None else np.nan for v in values])
+    return positions, [(p, c) for c, p in spots.items()]
+
+
+def _numeric_axis(values: list[Any]) -> tuple[np.ndarray, list[tuple[float, str]]]:
+    raw = np.array([np.nan if v is None else float(v) for v in values])
+    low, high = np.nanmin(raw), np.nanmax(raw)
+    log = low > 0 and high / low >= 20
+    scaled = np.log10(raw) if log else raw
+    lo, hi = (math.log10(low), math.log10(high)) if log else (low, high)
+    if hi == lo:
+        return np.where(np.isnan(raw), np.nan, 0.5), [(0.5, fmt(float(low)))]
+    mid = 10 ** ((lo + hi) / 2) if log else (lo + hi) / 2
+    return (scaled - lo) / (hi - lo), [(0.0, fmt(float(low))), (0.5, fmt(float(mid))), (1.0, fmt(float(high)))]
+
+
+def _draw_axes(ax: Any, xs: np.ndarray, ticks: list[list[tuple[float, str]]], names: list[str]) -> None:
+    for x, axis_ticks in zip(xs, ticks):
+        ax.axvline(x, color="#333", lw=0.8, zorder=1)
+        for position, label in axis_ticks:
+            ax.text(x + 0.04, position, label, fontsize=7.5, va="center", zorder=4,
+                    bbox={"facecolor": "white", "alpha": 0.7, "pad": 0.5, "edgecolor": "none"})
+    ax.set_xticks(xs, names, rotation=20, ha="right", fontsize=8.5)
+    ax.set_xlim(xs[0] - 0.15, xs[-1] + 0.6)
+    ax.set_ylim(-0.06, 1.06)
+    ax.set_yticks([])
+    for side in ("top", "right", "left"):
+        ax.spines[side].set_visible(False)
+
+
+# ---- parameter importance ------------------------------------------------------------------
+
+
+def section_importance(results: dict) -> str:
+    scored = ranked(results)
+    if len(scored) < 2:
+        return note(f"Not enough trials to estimate importance ({len(scored)} with a value; need 2).")
+    try:
+        importances, method = param_importances(results)
+    except Exception as error:  # Optuna's evaluators raise on degenerate studies (constant values, ...)
+        return note(f"Importance could not be computed: {escape(type(error).__name__)}: {escape(str(error))}")
+    if not importances or not any(v > 0 for v in importances.values()):
+        return note(f"No parameter explains the spread of the objective ({escape(method)} found none).")
+    text = (f"<p>{escape(method)} over the {len(scored)} trials with a value (trials stopped early count "
+            "with the best value they reached). Importances sum to 1.</p>")
+    return text + image(fig_importance(importances, objective(results)[0]), "parameter importance")
+
+
+def param_importances(results: dict) -> tuple[dict[str, float], str]:
+    """Optuna's parameter importances over the trials with a value, and the method's name.
+
+    fANOVA (seed 0) when scikit-learn is installed: it assesses the parameters every trial has.
+    Otherwise PED-ANOVA, which needs no scikit-learn and also weighs conditional parameters.
+    """
+    import optuna
+    from optuna.importance import get_param_importances
+
+    study = build_study(results)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        evaluator, method = _evaluator(len(study.trials))
+        return dict(get_param_importances(study, evaluator=evaluator)), method
+
+
+def _evaluator(n_trials: int) -> tuple[Any, str]:
+    from optuna.importance import FanovaImportanceEvaluator, PedAnovaImportanceEvaluator
+
+    try:
+        import sklearn  # noqa: F401  (fANOVA's random forest)
+    except ImportError:
+        quantile = min(0.5, max(0.1, 3 / n_trials))  # at least ~3 trials in the top group
+        return PedAnovaImportanceEvaluator(target_quantile=quantile), f"PED-ANOVA (top {quantile:.0%} of trials)"
+    return FanovaImportanceEvaluator(seed=0), "fANOVA"
+
+
+def build_study(results: dict) -> Any:
+    """An in-memory Optuna study holding one complete trial per trial with a value."""
+    import optuna
+
+    metric, mode = objective(results)
+    scored = ranked(results)
+    distributions = infer_distributions([t for t, _ in scored])
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize" if mode == "max" else "minimize")
+    for trial, value in scored:
+        params = {k: v for k, v in (trial.get("params") or {}).items() if v is not None}
+        dists = {k: distributions[k] for k in params}
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=value))
+    return study
+
+
+def infer_distributions(trials: list[dict]) -> dict[str, Any]:
+    """An Optuna distribution per parameter from the values observed (conditional ones included).
+
+    Whole numbers -> IntDistribution, other numbers -> FloatDistribution (log when positive and
+    spanning 20x or more), anything else (strings, booleans, mixed) -> CategoricalDistribution.
+    """
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    out = {}
+    for name in param_names(trials):
+        seen = [v for t in trials if (v := (t.get("params") or {}).get(name)) is not None]
+        if not all(_finite(v) for v in seen):
+            out[name] = CategoricalDistribution(sorted(set(seen), key=str))
+            continue
+        low, high = min(seen), max(seen)
+        log = low > 0 and high / low >= 20
+        if all(isinstance(v, int) for v in seen):
+            out[name] = IntDistribution(int(low), int(high), log=log)
+        else:
+            out[name] = FloatDistribution(float(low), float(high), log=log)
+    return out
+
+
+def fig_importance(importances: dict[str, float], metric: str) -> Any:
+    """Horizontal bars, most important on top."""
+    items = sorted(importances.items(), key=lambda kv: kv[1])
+    fig, (ax,) = figure(8, 0.42 * len(items) + 1.0)
+    bars = ax.barh([k for k, _ in items], [v for _, v in items], color="#2a9d8f")
+    ax.bar_label(bars, fmt="%.2f", fontsize=8, padding=3)
+    ax.set_xlabel(f"importance for {metric}")
+    ax.set_xlim(0, max(v for _, v in items) * 1.15)
+    ax.grid(axis="x", alpha=0.3)
+    return fig
+
+
+# ---- learning curves -----------------------------------------------------------------------
+
+
+def section_curves(results: dict) -> str:
+    best = [(t, v) for t, v in ranked(results) if t.get("history")][:CURVE_TRIALS]
+    if not best:
+        return note("No trial recorded a training history.")
+    return f"<p>The best {len(best)} trials, epoch by epoch.</p>" + image(fig_curves(results, best), "learning curves")
+
+
+def fig_curves(results: dict, best: list[tuple[dict, float]]) -> Any:
+    """The objective (left) and training loss (right) per epoch of the given trials."""
+    metric, _ = objective(results)
+    fig, (left, right) = figure(11, 3.6, ncols=2)
+    for rank, (trial, value) in enumerate(best):
+        epochs = [row.get("epoch") for row in trial["history"]]
+        label = f"#{rank + 1} {trial.get('trial_id')} ({value:.4g})"
+        for ax, key in ((left, metric), (right, "train_loss")):
+            ys = [row.get(key) if _finite(row.get(key)) else np.nan for row in trial["history"]]
+            ax.plot(epochs, ys, marker="o", ms=3, lw=1.5 if rank else 2.4, label=label)
+    for ax, key in ((left, metric), (right, "train_loss")):
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(key)
+        ax.grid(alpha=0.3)
+    left.legend(fontsize=8)
+    return fig
+
+
+# ---- best model ----------------------------------------------------------------------------
+
+
+def section_best_model(results: dict) -> str:
+    best = results.get("best")
+    if not best or not best.get("val"):
+        return note("No best model was evaluated (no trial finished with a checkpoint).")
+    parts = [f"<p>Trial <b>{fmt(best.get('trial_id'))}</b>, retrained or restored from its best checkpoint.</p>"]
+    parts.append(_scores_table(best))
+    if not best.get("test"):
+        parts.append(note("No test metrics: the export has no test split, or the search did not evaluate on it."))
+    parts.append(image(fig_confusion(best), "confusion matrices of the best model"))
+    if _baseline_scores(best, "val"):
+        parts.append(image(fig_lift(best, oracle_for(results)), "macro-F1 of the model, naive baselines and oracle"))
+    else:
+        parts.append(note("No naive baselines recorded, so no lift."))
+    return "".join(parts)
+
+
+def _scores_table(best: dict) -> str:
+    splits = [s for s in ("val", "test") if best.get(s)]
+    rows = [[key] + [best[s].get(key) for s in splits] for key in METRIC_ROWS if any(key in best[s] for s in splits)]
+    for split_scores in ((best.get("baselines") or {}).get(s) or {} for s in splits[:1]):
+        for key in (k for k in split_scores if k.endswith(("_macro_f1", "_accuracy"))):
+            rows.append([f"baseline {key}"] + [((best.get("baselines") or {}).get(s) or {}).get(key) for s in splits])
+    lift = best.get("lift") or {}
+    rows.append(["lift (macro-F1 over best baseline)"] + [lift.get(s) for s in splits])
+    names = {"val": "validation", "test": "test"}
+    return table(["metric"] + [names[s] for s in splits], rows)
+
+
+def _baseline_scores(best: dict, split: str) -> dict[str, float]:
+    scores = (best.get("baselines") or {}).get(split) or {}
+    return {k.removesuffix("_macro_f1"): float(v) for k, v in scores.items() if k.endswith("_macro_f1") and _finite(v)}
+
+
+def fig_confusion(best: dict) -> Any:
+    """Row-normalized confusion matrices (true class in rows) of validation and, if present, test."""
+    splits = [s for s in ("val", "test") if (best.get(s) or {}).get("confusion")]
+    fig, axes = figure(5.2 * max(len(splits), 1), 4.2, ncols=max(len(splits), 1))
+    for ax, split in zip(axes, splits):
+        counts = np.array(best[split]["confusion"], dtype=float)
+        share = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+        ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+        for (i, j), n in np.ndenumerate(counts):
+            ax.text(j, i, f"{int(n):,}\n{share[i, j]:.0%}", ha="center", va="center", fontsize=9,
+                    color="white" if share[i, j] > 0.6 else "#1d2327")
+        labels = list(CLASS_NAMES)[: len(counts)]
+        ax.set_xticks(range(len(counts)), labels)
+        ax.set_yticks(range(len(counts)), labels)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        lift = (best.get("lift") or {}).get(split)
+        extra = f", lift {lift:+.3f}" if _finite(lift) else ""
+        ax.set_title(f"{'validation' if split == 'val' else 'test'}: macro-F1 {best[split].get('macro_f1', float('nan')):.3f}{extra}", fontsize=10)
+    if not splits:
+        axes[0].text(0.5, 0.5, "no confusion matrix recorded", ha="center", transform=axes[0].transAxes)
+    return fig
+
+
+def fig_lift(best: dict, oracle: tuple[str, float] | None) -> Any:
+    """Macro-F1 of the naive baselines, the model and (when known) the oracle, per split."""
+    splits = [s for s in ("val", "test") if best.get(s) and _baseline_scores(best, s)]
+    fig, axes = figure(5.2 * len(splits), 2.6, ncols=len(splits))
+    for ax, split in zip(axes, splits):
+        bars = {f"{k} baseline": v for k, v in _baseline_scores(best, split).items()}
+        bars["model"] = float(best[split].get("macro_f1", float("nan")))
+        if oracle:
+            bars[f"oracle (h={oracle[0]})"] = oracle[1]
+        colors = ["#adb5bd"] * (len(bars) - 1 - bool(oracle)) + ["#2a9d8f"] + ["#6c757d"] * bool(oracle)
+        drawn = ax.barh(list(bars), list(bars.values()), color=colors)
+        ax.bar_label(drawn, fmt="%.3f", fontsize=8, padding=3)
+        ax.invert_yaxis()
+        ax.set_xlim(0, max(1e-9, *bars.values()) * 1.2)
+        ax.set_xlabel("macro-F1")
+        ax.set_title("validation" if split == "val" else "test", fontsize=10)
+    return fig
+
+
+# ---- data gates ----------------------------------------------------------------------------
+
+
+def section_gates(results: dict) -> str:
+    report = results.get("gate_report")
+    days = (report or {}).get("days") or []
+    if not days:
+        return note("No gate report: the data preparation did not record one.")
+    rules = sorted({rule for d in days for rule in d.get("rows_dropped") or {}})
+    header = ["split", "date", "rows"] + [f"fail {r}" for r in rules] + ["kept", "kept %"]
+    rows = [
+        [d.get("split"), d.get("date"), d.get("rows")] + [(d.get("rows_dropped") or {}).get(r) for r in rules]
+        + [d.get("rows_kept"), _percent(d.get("rows_kept"), d.get("rows"))]
+        for d in days
+    ]
+    parts = [image(fig_gates(days, rules), "rows kept and dropped by the gates per day"), table(header, rows, left=2)]
+    dropped = report.get("days_dropped") or []
+    if dropped:
+        listed = ", ".join(f"{escape(str(d.get('split')))} {escape(str(d.get('date')))} ({escape(str(d.get('reason')))})" for d in dropped)
+        parts.append(note(f"Days left out of the data: {listed}."))
+    return "<p>A row is kept only when it passes every enabled gate; a row can fail several.</p>" + "".join(parts)
+
+
+def _percent(part: Any, whole: Any) -> str:
+    return f"{100 * part / whole:.1f}" if _finite(part) and _finite(whole) and whole else "—"
+
+
+def fig_gates(days: list[dict], rules: list[str]) -> Any:
+    """Per day: rows kept (colored by split) stacked under rows dropped (left); rows failing each rule (right)."""
+    split_colors = {"train": "#2a9d8f", "val": "#e9c46a", "test": "#e76f51"}
+    fig, (left, right) = figure(11, 3.8, ncols=2)
+    xs = np.arange(len(days))
+    kept = np.array([d.get("rows_kept") or 0 for d in days], dtype=float)
+    total = np.array([d.get("rows") or 0 for d in days], dtype=float)
+    left.bar(xs, kept, color=[split_colors.get(d.get("split"), "#6c757d") for d in days])
+    left.bar(xs, total - kept, bottom=kept, color="#ced4da", label="dropped")
+    handles = [left.bar(0, 0, color=c, label=f"kept ({s})") for s, c in split_colors.items() if any(d.get("split") == s for d in days)]
+    left.legend(fontsize=8, handles=[*handles, left.containers[1]])
+    width = 0.8 / max(len(rules), 1)
+    for k, rule in enumerate(rules):
+        right.bar(xs + k * width - 0.4 + width / 2, [(d.get("rows_dropped") or {}).get(rule, 0) for d in days], width, label=rule)
+    if rules:
+        right.legend(fontsize=8)
+    for ax, title in ((left, "rows per day"), (right, "rows failing each gate")):
+        ax.set_xticks(xs, [str(d.get("date")) for d in days], rotation=60, ha="right", fontsize=7)
+        ax.set_title(title, fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+    return fig
+
+
+# ---- pareto front and failures ------------------------------------------------------------
+
+
+def section_pareto(results: dict) -> str:
+    front = results.get("pareto")
+    if not front:
+        return note("Single-objective search: no Pareto front.")
+    keys = [k for k in dict.fromkeys(k for row in front for k in row) if k != "trial_id"]
+    rows = [[row.get("trial_id")] + [row.get(k) for k in keys] for row in front]
+    parts = [f"<p>{len(front)} trials that no other trial beats on every objective.</p>", table(["trial"] + keys, rows)]
+    numeric = [k for k in keys if all(_finite(row.get(k)) for row in front)]
+    if len(numeric) >= 2:
+        parts.append(image(fig_pareto(front, numeric[0], numeric[1]), "Pareto front"))
+    return "".join(parts)
+
+
+def fig_pareto(front: list[dict], x_key: str, y_key: str) -> Any:
+    fig, (ax,) = figure(6, 4)
+    points = sorted((row[x_key], row[y_key], str(row.get("trial_id"))) for row in front)
+    ax.plot([p[0] for p in points], [p[1] for p in points], "o-", color="#2a9d8f")
+    for x, y, name in points:
+        ax.annotate(name, (x, y), fontsize=7, xytext=(4, 4), textcoords="offset points")
+    ax.set_xlabel(x_key)
+    ax.set_ylabel(y_key)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def section_failures(results: dict) -> str:
+    failed = [t for t in results.get("trials") or [] if t.get("status") == "failed" or t.get("error")]
+    if not failed:
+        return "<p>No trial failed.</p>"
+    by_error: dict[str, list[str]] = {}
+    for trial in failed:
+        lines = str(trial.get("error") or "no message").strip().splitlines() or ["no message"]
+        by_error.setdefault(lines[-1][:300], []).append(str(trial.get("trial_id")))
+    rows = [[error, len(ids), ", ".join(ids[:8]) + (" ..." if len(ids) > 8 else "")] for error, ids in by_error.items()]
+    rows.sort(key=lambda row: -row[1])
+    return f"<p>{len(failed)} trial(s) failed; the last line of each error:</p>" + table(["error", "trials", "ids"], rows)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,314 @@
+"""The HTML report: written, self-contained, every section present, partial results still render."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import math
+import random
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lobsearch.errors import DataError
+from lobsearch.report import (
+    axis_positions,
+    infer_distributions,
+    main,
+    param_importances,
+    ranked,
+    render,
+    write_report,
+)
+
+SECTIONS = ("best-trials", "history", "parallel", "importance", "curves", "best-model", "gates", "pareto", "failures")
+
+
+def make_results(n_trials: int = 16, seed: int = 0, *, families=("lstm", "deeplob"), failed: int = 1) -> dict:
+    """A results.json as ``lobsearch.tune`` writes it: an ASHA search over two model families.
+
+    The planted truth: the objective rises with ``data.window``, LSTM beats DeepLOB by 0.04 and
+    a learning rate near 1e-3 is best. ``failed`` trials end with an error and no value.
+    """
+    rng = random.Random(seed)
+    trials, clock = [], [0.5, 0.7]
+    for number in range(n_trials):
+        slot = clock.index(min(clock))
+        trial = _make_trial(rng, number, families, failed=number in range(3, 3 + failed), start_s=clock[slot])
+        clock[slot] = trial["end_s"] + 0.2
+        trials.append(trial)
+    results = {
+        "name": "lstm-20261126-1200",
+        "space": "search_spaces/lstm.yaml",
+        "objective": {"metric": "val_macro_f1", "mode": "max"},
+        "started_at": "2026-11-26T12:00:00",
+        "finished_at": "2026-11-26T12:08:03",
+        "export": "/data/exports/nvda_98feat",
+        "horizon": 10,
+        "oracle_macro_f1": {"10": 0.61, "20": 0.58, "50": 0.52, "100": 0.47},
+        "stopped_by": "time_budget",
+        "trials": trials,
+        "gate_report": make_gate_report(rng),
+        "pareto": None,
+    }
+    results["best"] = make_best(results)
+    return results
+
+
+def _make_trial(rng: random.Random, number: int, families, *, failed: bool, start_s: float) -> dict:
+    family = rng.choice(families)
+    params = {
+        "data.window": rng.choice([20, 40, 60, 80, 100]),
+        "train.learning_rate": 10 ** rng.uniform(-4, -2),
+        "train.batch_size": rng.choice([128, 256, 512]),
+        "model.name": family,
+    }
+    if family == "lstm":
+        params |= {"lstm.hidden_size": rng.choice([16, 32, 64, 128]), "lstm.bidirectional": rng.choice([True, False])}
+    else:
+        params |= {"deeplob.conv_channels": rng.choice([16, 32]), "deeplob.dropout": round(rng.uniform(0, 0.5), 3)}
+    ceiling = (0.34 + params["data.window"] / 1000 + 0.04 * (family == "lstm")
+               - 0.03 * abs(math.log10(params["train.learning_rate"]) + 3) + rng.gauss(0, 0.004))
+    status = "failed" if failed else rng.choice(["pruned", "pruned", "completed", "early_stopped", "stopped"])
+    epochs = {"failed": 0, "pruned": rng.choice([1, 3]), "completed": 8}.get(status, rng.randint(4, 7))
+    history = [
+        {"epoch": e, "train_loss": round(1.1 - 0.05 * e + rng.gauss(0, 0.01), 4),
+         "val_macro_f1": round(ceiling - 0.08 / e + rng.gauss(0, 0.003), 4),
+         "val_accuracy": round(0.45 + ceiling / 4 - 0.02 / e, 4), "time_s": round(2.5 + rng.random(), 2)}
+        for e in range(1, epochs + 1)
+    ]
+    best_row = max(history, key=lambda row: row["val_macro_f1"], default=None)
+    took = sum(row["time_s"] for row in history) + (1.5 if failed else 0.8)
+    return {
+        "trial_id": f"a1b2_{number:05d}",
+        "number": number,
+        "status": status,
+        "params": params,
+        "best": None if best_row is None else {k: best_row[k] for k in ("val_macro_f1", "val_accuracy", "epoch")},
+        "epochs": epochs,
+        "duration_s": round(took, 2),
+        "start_s": round(start_s, 2),
+        "end_s": round(start_s + took, 2),
+        "history": history,
+        "error": "Traceback (most recent call last):\n  ...\ntorch.OutOfMemoryError: CUDA out of memory" if failed else None,
+    }
+
+
+def _metrics(rng: random.Random, n: int, skill: float) -> dict:
+    confusion = []
+    for true in range(3):
+        row = [int(n * rng.uniform(0.05, 0.2)) for _ in range(3)]
+        row[true] = int(n * skill)
+        confusion.append(row)
+    f1 = [2 * c[i] / (sum(c) + sum(r[i] for r in confusion)) for i, c in enumerate(confusion)]
+    total = sum(map(sum, confusion))
+    return {
+        "accuracy": sum(confusion[i][i] for i in range(3)) / total, "macro_f1": sum(f1) / 3,
+        "f1_down": f1[0], "f1_stable": f1[1], "f1_up": f1[2], "mcc": skill / 2, "kappa": skill / 2.2,
+        "confusion": confusion,
+    }
+
+
+def make_best(results: dict) -> dict | None:
+    scored = ranked(results)
+    if not scored:
+        return None
+    rng = random.Random(1)
+    val, test = _metrics(rng, 4000, 0.55), _metrics(rng, 4000, 0.5)
+    baselines = {split: {"majority_class": 1, "majority_macro_f1": 0.21, "majority_accuracy": 0.46,
+                         "previous_macro_f1": 0.33, "previous_accuracy": 0.41} for split in ("val", "test")}
+    return {
+        "trial_id": scored[0][0]["trial_id"], "params": scored[0][0]["params"], "val": val, "test": test,
+        "baselines": baselines,
+        "lift": {"val": val["macro_f1"] - 0.33, "test": test["macro_f1"] - 0.33},
+    }
+
+
+def make_gate_report(rng: random.Random) -> dict:
+    days = []
+    for i, split in enumerate(["train"] * 8 + ["val"] * 2 + ["test"] * 2):
+        rows = rng.randint(18000, 22000)
+        failed = {"book_valid": rng.randint(0, 300), "mbo_ready": rng.randint(500, 1500), "invalidity": rng.randint(0, 80)}
+        days.append({"split": split, "date": f"202401{i + 2:02d}", "rows": rows, "rows_dropped": failed,
+                     "rows_kept": rows - max(failed.values()) - rng.randint(0, 60),
+                     "windows_dropped": {"total": 2000}, "label_balance": {"10": [5000, 9000, 5000]}})
+    return {"days": days, "totals": {"rows": sum(d["rows"] for d in days)},
+            "days_dropped": [{"split": "train", "date": "20240101", "reason": "prior_days"}], "report_window": 100}
+
+
+def write_run(tmp_path: Path, results: dict) -> Path:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir(exist_ok=True)
+    (run_dir / "results.json").write_text(json.dumps(results))
+    return run_dir
+
+
+def images(html: str) -> list[bytes]:
+    return [base64.b64decode(data) for data in re.findall(r'src="data:image/png;base64,([^"]+)"', html)]
+
+
+@pytest.fixture(scope="module")
+def full_html(tmp_path_factory) -> str:
+    run_dir = write_run(tmp_path_factory.mktemp("full"), make_results())
+    return write_report(run_dir).read_text()
+
+
+def test_cli_writes_the_report_and_prints_its_path(tmp_path, capsys):
+    run_dir = write_run(tmp_path, make_results(n_trials=6))
+    assert main([str(run_dir)]) == 0
+    printed = Path(capsys.readouterr().out.strip())
+    assert printed == (run_dir / "report.html").resolve() and printed.stat().st_size > 10_000
+
+
+def test_module_runs_as_a_script(tmp_path):
+    run_dir = write_run(tmp_path, make_results(n_trials=3))
+    done = subprocess.run([sys.executable, "-m", "lobsearch.report", str(run_dir)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str((run_dir / "report.html").resolve())
+
+
+def test_the_report_is_self_contained(full_html):
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", full_html, re.IGNORECASE)
+    assert not re.search(r"<(script|link|iframe)\b", full_html, re.IGNORECASE)
+    assert "Content-Security-Policy" in full_html and "img-src data:" in full_html
+    pngs = images(full_html)
+    assert len(pngs) == 7 and all(png.startswith(b"\x89PNG\r\n\x1a\n") for png in pngs)
+
+
+def test_every_section_and_the_header_facts_are_there(full_html):
+    for key in SECTIONS:
+        assert f'<section id="{key}">' in full_html
+    results = make_results()
+    best_id = ranked(results)[0][0]["trial_id"]
+    for text in ("lstm-20261126-1200", "val_macro_f1", "/data/exports/nvda_98feat", "time_budget",
+                 "<b>h=10: 0.61</b>", best_id, "CUDA out of memory", "20240102", "prior_days", "lift"):
+        assert text in full_html, text
+    assert re.search(r"16 <span class=\"badge\"", full_html)
+    assert "Single-objective search: no Pareto front." in full_html
+
+
+def _without_test(r):
+    r["best"]["test"] = None
+    r["best"]["lift"].pop("test")
+
+
+def _all_failed(r):
+    for t in r["trials"]:
+        t.update(status="failed", best=None, history=[], error="ValueError: window 100 > day length")
+    r["best"] = r["pareto"] = None
+
+
+PARTIAL = {
+    "no test metrics": (_without_test, "No test metrics"),
+    "no gate report": (lambda r: r.update(gate_report=None), "No gate report"),
+    "no oracle": (lambda r: r.update(oracle_macro_f1=None), "unknown (the export has no planted signal"),
+    "no best model": (lambda r: r.update(best=None), "No best model was evaluated"),
+    "no baselines": (lambda r: r["best"].update(baselines=None, lift=None), "No naive baselines recorded"),
+    "all failed": (_all_failed, "No trial produced a value (16 trials, 16 failed"),
+    "no trials": (lambda r: r.update(trials=[], best=None), "No trials ran."),
+    "one trial": (lambda r: r.update(trials=[t for t in r["trials"] if t["best"]][:1]), "Not enough trials to estimate importance"),
+    "bare minimum": (lambda r: [r.pop(k) for k in list(r) if k != "trials"], "Single-objective search"),
+}
+
+
+@pytest.mark.parametrize("case", PARTIAL, ids=list(PARTIAL))
+def test_partial_results_render_with_a_note(case, tmp_path):
+    edit, expected = PARTIAL[case]
+    results = make_results()
+    edit(results)
+    html = write_report(write_run(tmp_path, results)).read_text()
+    assert expected in html
+    assert all(f'<section id="{key}">' in html for key in SECTIONS)
+    assert all(png.startswith(b"\x89PNG") for png in images(html))
+
+
+def test_a_minimized_multi_objective_search_ranks_low_first_and_shows_the_front(tmp_path):
+    results = make_results(n_trials=8)
+    results["objective"] = {"metric": "val_loss", "mode": "min"}
+    for t in results["trials"]:
+        for row in t["history"]:
+            row["val_loss"] = 1.2 - row["val_macro_f1"]
+        t["best"] = None
+    front = [{"trial_id": "a1b2_00001", "val_loss": 0.8, "n_params": 12000},
+             {"trial_id": "a1b2_00004", "val_loss": 0.75, "n_params": 56000}]
+    results["pareto"] = front
+    html = render(results)
+    values = [v for _, v in ranked(results)]
+    assert values == sorted(values) and "2 trials that no other trial beats" in html
+    assert "Pareto front" in html and len(images(html)) >= 6
+
+
+def test_text_from_the_results_is_escaped():
+    results = make_results(n_trials=3)
+    results["name"] = "<script>alert(1)</script>"
+    results["trials"][0]["error"] = "<img src=x onerror=alert(1)>"
+    html = render(results)
+    assert "<script>alert" not in html and "<img src=x" not in html and "&lt;script&gt;" in html
+
+
+def test_distributions_are_inferred_from_the_observed_values():
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    trials = [{"params": {"w": 20, "lr": 1e-4, "name": "lstm", "bi": True, "drop": 0.1}},
+              {"params": {"w": 100, "lr": 1e-2, "name": "deeplob", "drop": 0.3}},
+              {"params": {"w": 60, "lr": 3e-3, "name": "lstm", "bi": False, "drop": None}}]
+    d = infer_distributions(trials)
+    assert d["w"] == IntDistribution(20, 100)
+    assert d["lr"] == FloatDistribution(1e-4, 1e-2, log=True)
+    assert d["drop"] == FloatDistribution(0.1, 0.3)
+    assert d["name"] == CategoricalDistribution(["deeplob", "lstm"])
+    assert d["bi"] == CategoricalDistribution([False, True])
+
+
+def test_importance_finds_the_planted_parameters():
+    importances, method = param_importances(make_results(n_trials=40, failed=0))
+    assert method.startswith(("fANOVA", "PED-ANOVA"))
+    assert math.isclose(sum(importances.values()), 1.0, rel_tol=1e-6)
+    top_two = sorted(importances, key=importances.get, reverse=True)[:2]
+    assert set(top_two) <= {"data.window", "model.name", "train.learning_rate"}, importances
+
+
+def test_axes_scale_numbers_log_when_wide_and_place_categories_evenly():
+    positions, ticks = axis_positions([1e-4, 1e-3, None, 1e-2])
+    assert positions[[0, 1, 3]].tolist() == pytest.approx([0, 0.5, 1]) and math.isnan(positions[2])
+    assert [label for _, label in ticks] == ["0.0001", "0.001", "0.01"]
+    positions, ticks = axis_positions(["lstm", "deeplob", "lstm"])
+    assert positions.tolist() == [1.0, 0.0, 1.0] and ticks == [(0.0, "deeplob"), (1.0, "lstm")]
+
+
+def test_missing_or_broken_results_are_named(tmp_path, capsys):
+    with pytest.raises(DataError, match=r"results.json: not found"):
+        write_report(tmp_path)
+    (tmp_path / "results.json").write_text("{not json")
+    assert main([str(tmp_path)]) == 2
+    assert "results.json: not valid JSON" in capsys.readouterr().err
+
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+PROBE = """<script>addEventListener("load", () => { for (const img of document.images)
+  img.dataset.decoded = img.complete && img.naturalWidth > 0 ? "yes" : "no"; });</script>"""
+
+
+def chromium() -> str:
+    found = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if not found:
+        pytest.skip("headless Chromium not installed (Debian: apt-get install chromium)")
+    return found
+
+
+def test_every_figure_decodes_in_a_headless_browser(full_html, tmp_path):
+    browser = chromium()
+    page = tmp_path / "probe.html"
+    page.write_text(full_html.replace("<head>", "<head>" + PROBE, 1))  # before the CSP, which forbids scripts
+    done = subprocess.run(
+        [browser, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", page.as_uri()],
+        capture_output=True, text=True, timeout=120,
+    )
+    decoded = re.findall(r'data-decoded="(\w+)"', done.stdout)
+    assert decoded == ["yes"] * len(images(full_html)), done.stderr[-2000:]
