@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import copy
 import json
 import math
 import random
@@ -17,12 +16,22 @@ import pytest
 
 from lobsearch.errors import DataError
 from lobsearch.report import (
+    NOT_APPLICABLE,
     axis_positions,
+    importance_scopes,
     infer_distributions,
     main,
     param_importances,
     ranked,
     render,
+    section_best_model,
+    section_failures,
+    section_curves,
+    section_gates,
+    section_header,
+    section_importance,
+    section_parallel,
+    section_pareto,
     write_report,
 )
 
@@ -78,6 +87,7 @@ def _make_trial(rng: random.Random, number: int, families, *, failed: bool, star
     epochs = {"failed": 0, "pruned": rng.choice([1, 3]), "completed": 8}.get(status, rng.randint(4, 7))
     history = [
         {"epoch": e, "train_loss": round(1.1 - 0.05 * e + rng.gauss(0, 0.01), 4),
+         "val_loss": round(1.08 - 0.03 * e + 0.006 * e * e + rng.gauss(0, 0.01), 4),
          "val_macro_f1": round(ceiling - 0.08 / e + rng.gauss(0, 0.003), 4),
          "val_accuracy": round(0.45 + ceiling / 4 - 0.02 / e, 4), "time_s": round(2.5 + rng.random(), 2)}
         for e in range(1, epochs + 1)
@@ -100,17 +110,19 @@ def _make_trial(rng: random.Random, number: int, families, *, failed: bool, star
 
 
 def _metrics(rng: random.Random, n: int, skill: float) -> dict:
+    """Classification metrics of a confusion matrix whose diagonal holds about ``skill`` of each row."""
     confusion = []
     for true in range(3):
-        row = [int(n * rng.uniform(0.05, 0.2)) for _ in range(3)]
-        row[true] = int(n * skill)
+        hit = int(n * (skill + rng.gauss(0, 0.01)))
+        wrong = rng.randint((n - hit) // 3, 2 * (n - hit) // 3)
+        row = [wrong, n - hit - wrong]
+        row.insert(true, hit)
         confusion.append(row)
-    f1 = [2 * c[i] / (sum(c) + sum(r[i] for r in confusion)) for i, c in enumerate(confusion)]
-    total = sum(map(sum, confusion))
+    f1 = [2 * confusion[i][i] / (sum(confusion[i]) + sum(r[i] for r in confusion)) for i in range(3)]
+    accuracy = sum(confusion[i][i] for i in range(3)) / (3 * n)
     return {
-        "accuracy": sum(confusion[i][i] for i in range(3)) / total, "macro_f1": sum(f1) / 3,
-        "f1_down": f1[0], "f1_stable": f1[1], "f1_up": f1[2], "mcc": skill / 2, "kappa": skill / 2.2,
-        "confusion": confusion,
+        "accuracy": accuracy, "macro_f1": sum(f1) / 3, "f1_down": f1[0], "f1_stable": f1[1], "f1_up": f1[2],
+        "mcc": (accuracy - 1 / 3) * 1.4, "kappa": (accuracy - 1 / 3) * 1.5, "confusion": confusion,
     }
 
 
@@ -119,12 +131,12 @@ def make_best(results: dict) -> dict | None:
     if not scored:
         return None
     rng = random.Random(1)
-    val, test = _metrics(rng, 4000, 0.55), _metrics(rng, 4000, 0.5)
+    trial, value = scored[0]
+    val, test = _metrics(rng, 1500, value), _metrics(rng, 1500, value - 0.02)
     baselines = {split: {"majority_class": 1, "majority_macro_f1": 0.21, "majority_accuracy": 0.46,
                          "previous_macro_f1": 0.33, "previous_accuracy": 0.41} for split in ("val", "test")}
     return {
-        "trial_id": scored[0][0]["trial_id"], "params": scored[0][0]["params"], "val": val, "test": test,
-        "baselines": baselines,
+        "trial_id": trial["trial_id"], "params": trial["params"], "val": val, "test": test, "baselines": baselines,
         "lift": {"val": val["macro_f1"] - 0.33, "test": test["macro_f1"] - 0.33},
     }
 
@@ -183,6 +195,7 @@ def test_the_report_is_self_contained(full_html):
 def test_every_section_and_the_header_facts_are_there(full_html):
     for key in SECTIONS:
         assert f'<section id="{key}">' in full_html
+    assert "could not be drawn" not in full_html
     results = make_results()
     best_id = ranked(results)[0][0]["trial_id"]
     for text in ("lstm-20261126-1200", "val_macro_f1", "/data/exports/nvda_98feat", "time_budget",
@@ -203,52 +216,88 @@ def _all_failed(r):
     r["best"] = r["pareto"] = None
 
 
-PARTIAL = {
-    "no test metrics": (_without_test, "No test metrics"),
-    "no gate report": (lambda r: r.update(gate_report=None), "No gate report"),
-    "no oracle": (lambda r: r.update(oracle_macro_f1=None), "unknown (the export has no planted signal"),
-    "no best model": (lambda r: r.update(best=None), "No best model was evaluated"),
-    "no baselines": (lambda r: r["best"].update(baselines=None, lift=None), "No naive baselines recorded"),
-    "all failed": (_all_failed, "No trial produced a value (16 trials, 16 failed"),
-    "no trials": (lambda r: r.update(trials=[], best=None), "No trials ran."),
-    "one trial": (lambda r: r.update(trials=[t for t in r["trials"] if t["best"]][:1]), "Not enough trials to estimate importance"),
-    "bare minimum": (lambda r: [r.pop(k) for k in list(r) if k != "trials"], "Single-objective search"),
+PARTIAL = {  # what is missing -> (edit, the section it shows in, the note it shows)
+    "no test metrics": (_without_test, section_best_model, "No test metrics"),
+    "no baselines": (lambda r: r["best"].update(baselines=None, lift=None), section_best_model, "No naive baselines"),
+    "no best model": (lambda r: r.update(best=None), section_best_model, "No best model was evaluated"),
+    "best not evaluated again": (lambda r: r.update(best={"trial_id": "a1b2_00002", "params": {}, "val": {
+        "epoch": 3, "val_macro_f1": 0.41, "val_accuracy": 0.5}}), section_best_model, "No confusion matrix"),
+    "no gate report": (lambda r: r.update(gate_report=None), section_gates, "No gate report"),
+    "no oracle": (lambda r: r.update(oracle_macro_f1=None), lambda r: section_header(r, None), "unknown (the export"),
+    "one trial": (lambda r: r.update(trials=[t for t in r["trials"] if t["best"]][:1]), section_importance,
+                  "Not enough trials to estimate importance (1 with a value; need 2)"),
+    "one trial, parallel": (lambda r: r.update(trials=[t for t in r["trials"] if t["best"]][:1]), section_parallel,
+                            "Not enough trials with a value"),
+    "no history": (lambda r: [t.update(history=[]) for t in r["trials"]], section_curves, "No trial recorded a training history"),
+    "constant objective": (lambda r: [t["best"] and t["best"].update(val_macro_f1=0.4) for t in r["trials"]],
+                           section_importance, "No parameter explains the spread"),
 }
 
 
 @pytest.mark.parametrize("case", PARTIAL, ids=list(PARTIAL))
-def test_partial_results_render_with_a_note(case, tmp_path):
-    edit, expected = PARTIAL[case]
+def test_a_missing_piece_renders_a_note(case):
+    edit, section, expected = PARTIAL[case]
+    results = make_results(n_trials=8)
+    edit(results)
+    html = section(results)
+    assert expected in html
+    assert all(png.startswith(b"\x89PNG") for png in images(html))
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [(_all_failed, "No trial produced a value (16 trials, 16 failed"),
+     (lambda r: r.update(trials=[], best=None), "No trials ran."),
+     (lambda r: [r.pop(k) for k in list(r) if k != "trials"], "Single-objective search")],
+    ids=["all failed", "no trials", "only trials"],
+)
+def test_partial_results_render_every_section(edit, expected, tmp_path):
     results = make_results()
     edit(results)
     html = write_report(write_run(tmp_path, results)).read_text()
-    assert expected in html
+    assert expected in html and "could not be drawn" not in html
     assert all(f'<section id="{key}">' in html for key in SECTIONS)
     assert all(png.startswith(b"\x89PNG") for png in images(html))
 
 
-def test_a_minimized_multi_objective_search_ranks_low_first_and_shows_the_front(tmp_path):
+def test_a_minimized_multi_objective_search_ranks_low_first_and_shows_the_front():
     results = make_results(n_trials=8)
     results["objective"] = {"metric": "val_loss", "mode": "min"}
     for t in results["trials"]:
         for row in t["history"]:
             row["val_loss"] = 1.2 - row["val_macro_f1"]
         t["best"] = None
-    front = [{"trial_id": "a1b2_00001", "val_loss": 0.8, "n_params": 12000},
-             {"trial_id": "a1b2_00004", "val_loss": 0.75, "n_params": 56000}]
-    results["pareto"] = front
-    html = render(results)
+    results["pareto"] = [{"trial_id": "a1b2_00001", "val_loss": 0.8, "n_params": 12000},
+                         {"trial_id": "a1b2_00004", "val_loss": 0.75, "n_params": 56000}]
     values = [v for _, v in ranked(results)]
-    assert values == sorted(values) and "2 trials that no other trial beats" in html
-    assert "Pareto front" in html and len(images(html)) >= 6
+    assert len(values) == 7 and values == sorted(values)
+    html = section_pareto(results)
+    assert "2 trials that no other trial beats" in html and "56000" in html and len(images(html)) == 1
+    assert "minimize" in section_header(results, None)
+
+
+def test_a_section_that_cannot_read_its_data_becomes_a_note_not_a_crash():
+    results = make_results(n_trials=3)
+    results["gate_report"] = {"days": [{"split": "train", "date": "20240102", "rows": "many", "rows_kept": 5}]}
+    html = render(results)
+    assert "This section could not be drawn from results.json: ValueError" in html
+    assert html.count("could not be drawn") == 1 and '<section id="failures">' in html
+
+
+def test_the_header_tells_how_to_upload_offline_wandb_runs(tmp_path):
+    results = make_results(n_trials=3)
+    assert "wandb sync" not in section_header(results, tmp_path)
+    (tmp_path / "wandb" / "offline-run-20261126_120000-abc123").mkdir(parents=True)
+    assert f"<code>wandb sync {tmp_path.resolve()}/wandb/offline-run-*</code>" in section_header(results, tmp_path)
 
 
 def test_text_from_the_results_is_escaped():
     results = make_results(n_trials=3)
     results["name"] = "<script>alert(1)</script>"
-    results["trials"][0]["error"] = "<img src=x onerror=alert(1)>"
-    html = render(results)
-    assert "<script>alert" not in html and "<img src=x" not in html and "&lt;script&gt;" in html
+    results["trials"][0].update(status="failed", error="<img src=x onerror=alert(1)>")
+    html = section_header(results, None) + section_failures(results)
+    assert "<script>alert" not in html and "<img src=x" not in html
+    assert "&lt;script&gt;" in html and "&lt;img src=x" in html
 
 
 def test_distributions_are_inferred_from_the_observed_values():
@@ -265,18 +314,27 @@ def test_distributions_are_inferred_from_the_observed_values():
     assert d["bi"] == CategoricalDistribution([False, True])
 
 
-def test_importance_finds_the_planted_parameters():
-    importances, method = param_importances(make_results(n_trials=40, failed=0))
-    assert method.startswith(("fANOVA", "PED-ANOVA"))
-    assert math.isclose(sum(importances.values()), 1.0, rel_tol=1e-6)
-    top_two = sorted(importances, key=importances.get, reverse=True)[:2]
-    assert set(top_two) <= {"data.window", "model.name", "train.learning_rate"}, importances
+def test_importance_finds_the_planted_parameters_overall_and_per_family():
+    results = make_results(n_trials=40, failed=0)
+    for t in results["trials"]:  # the planted truth, without the noise of trials stopped early
+        p = t["params"]
+        t["best"]["val_macro_f1"] = 0.3 + p["data.window"] / 1000 + 0.01 * (p["model.name"] == "lstm")
+    scopes = importance_scopes(results)
+    counts = {f: sum(t["params"]["model.name"] == f for t in results["trials"]) for f in ("deeplob", "lstm")}
+    assert [title for title, _ in scopes] == ["all 40 trials"] + [f"model.name = {f} ({n} trials)" for f, n in counts.items()]
+    for title, scored in scopes:
+        importances, method = param_importances(results, scored)
+        assert method in ("fANOVA", "PED-ANOVA")
+        assert math.isclose(sum(importances.values()), 1.0, rel_tol=1e-6)
+        assert max(importances, key=importances.get) == "data.window", (title, importances)
+        assert "model.name" not in importances or title.startswith("all")
+    assert "lstm.hidden_size" in param_importances(results, scopes[2][1])[0]
 
 
 def test_axes_scale_numbers_log_when_wide_and_place_categories_evenly():
     positions, ticks = axis_positions([1e-4, 1e-3, None, 1e-2])
-    assert positions[[0, 1, 3]].tolist() == pytest.approx([0, 0.5, 1]) and math.isnan(positions[2])
-    assert [label for _, label in ticks] == ["0.0001", "0.001", "0.01"]
+    assert positions.tolist() == pytest.approx([0, 0.5, NOT_APPLICABLE, 1])
+    assert [label for _, label in ticks] == ["0.0001", "0.001", "0.01", "n/a"]
     positions, ticks = axis_positions(["lstm", "deeplob", "lstm"])
     assert positions.tolist() == [1.0, 0.0, 1.0] and ticks == [(0.0, "deeplob"), (1.0, "lstm")]
 

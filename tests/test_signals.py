@@ -19,13 +19,14 @@ from lobsearch.signals import (
     format_report,
     forward_returns,
     main,
-    write_report,
 )
 from lobsearch.synth import write_synthetic_export
 
 PLANTED = (FI.TRUE_OFI, FI.DEPTH_NORM_OFI, FI.VOLUME_IMBALANCE)
 FLOW_DRIVEN = {
-    *PLANTED, *range(FI.ASK_SIZE_L0, FI.ASK_SIZE_L2 + 1), *range(FI.BID_SIZE_L0, FI.BID_SIZE_L2 + 1),
+    *PLANTED,
+    *range(FI.ASK_SIZE_L0, FI.ASK_SIZE_L2 + 1),
+    *range(FI.BID_SIZE_L0, FI.BID_SIZE_L2 + 1),
     *range(FI.TOTAL_BID_VOLUME, FI.AGGRESSIVE_ORDER_RATIO + 1), FI.FLOW_REGIME_INDICATOR,
     FI.LARGE_ORDER_IMBALANCE, *range(FI.EXECUTED_PRESSURE, FI.DEPTH_ASYMMETRY + 1),
 }
@@ -55,10 +56,13 @@ def planted_day(rng, rows, n_features, signal_column, sign=1.0):
 
 
 def hand_export(root, *, n_features=98, rows=1500, signal_column=FI.TRUE_OFI, sign=1.0,
-                schema=2.2, horizons=(10, 20), train=3, seed=0):
+                schema=2.2, horizons=(10, 20), train=3, seed=0, smoothing=None):
     """An export of ``train`` train days and one val day whose planted column leads the mid."""
     rng = np.random.default_rng(seed)
-    meta = {"schema_version": schema, "labeling": {"horizons": list(horizons)}}
+    labeling = {"horizons": list(horizons)}
+    if smoothing is not None:
+        labeling["smoothing"] = smoothing
+    meta = {"schema_version": schema, "labeling": labeling}
     for i in range(train + 1):
         split = "train" if i < train else "val"
         x = planted_day(rng, rows, n_features, signal_column, sign)
@@ -162,8 +166,9 @@ def test_constant_features_are_listed_and_have_no_ic(tmp_path):
         x[:, FI.DT_SECONDS] = float(i)
         np.save(path, x)
     report = analyze(root)
-    assert set(report.constant) == {"AVG_QUEUE_POSITION", "BOOK_VALID", "MBO_READY",
-                                    "INVALIDITY_DELTA", "SCHEMA_VERSION", "TIME_REGIME", "DT_SECONDS"}
+    gates = {"BOOK_VALID", "MBO_READY", "INVALIDITY_DELTA"}
+    assert set(report.constant) == gates | {"AVG_QUEUE_POSITION", "SCHEMA_VERSION", "TIME_REGIME",
+                                            "DT_SECONDS"}
     assert np.isnan(report.ic[FI.SCHEMA_VERSION]).all()
     assert np.abs(report.mi[FI.SCHEMA_VERSION]).max() < 1e-12
     assert report.to_json()["features"][FI.SCHEMA_VERSION]["ic"] == {"10": None, "20": None}
@@ -196,6 +201,24 @@ def test_narrow_and_wide_exports_are_named_by_index(tmp_path, n_features):
         assert report.rows == 3 * (1500 - 20 - 2 * 10)
 
 
+def test_smoothing_comes_from_the_labeling_metadata(tmp_path):
+    root = hand_export(tmp_path / "e", n_features=48, signal_column=FI.VOLUME_IMBALANCE,
+                       smoothing=3, train=1)
+    report = analyze(root)
+    assert report.smoothing == 3
+    assert report.rows == 1500 - 20 - 2 * 3
+    assert analyze(root, smoothing=5).rows == 1500 - 20 - 2 * 5
+
+
+def test_windowed_export_matches_its_flat_twin(tmp_path):
+    # a window shorter than the MBO warm-up: the rows without a label are gated anyway
+    kwargs = dict(days=2, rows=600, seed=3, splits=(0.5, 0.5, 0.0), horizons=(10, 20))
+    flat = analyze(write_synthetic_export(tmp_path / "flat", **kwargs))
+    windowed = analyze(write_synthetic_export(tmp_path / "win", fmt="windowed", window=5, **kwargs))
+    assert (windowed.days, windowed.rows) == (flat.days, flat.rows)
+    np.testing.assert_allclose(windowed.ic, flat.ic, atol=1e-3)
+
+
 def test_max_rows_per_day_thins_each_day(tmp_path):
     report = analyze(hand_export(tmp_path / "e"), max_rows_per_day=400)
     assert set(report.rows_per_day.values()) == {400}
@@ -204,7 +227,8 @@ def test_max_rows_per_day_thins_each_day(tmp_path):
 
 def test_bad_arguments_and_missing_training_days_are_errors(tmp_path):
     root = hand_export(tmp_path / "e")
-    with pytest.raises(ConfigError, match="unknown horizon 200; did you mean '20'\? choices: 10, 20"):
+    hint = r"unknown horizon 200; did you mean '20'\? choices: 10, 20"
+    with pytest.raises(ConfigError, match=hint):
         analyze(root, horizons=[10, 200])
     with pytest.raises(ConfigError) as error:
         analyze(root, max_rows_per_day=0, bins=1)
@@ -229,7 +253,8 @@ def test_planted_bullish_features_pass_the_sign_check(synth_report):
 
 
 def test_constant_synthetic_columns_are_found(synth_report):
-    assert {"SCHEMA_VERSION", "AVG_QUEUE_POSITION", "QUEUE_SIZE_AHEAD"} <= set(synth_report.constant)
+    constant = set(synth_report.constant)
+    assert {"SCHEMA_VERSION", "AVG_QUEUE_POSITION", "QUEUE_SIZE_AHEAD"} <= constant
 
 
 def test_only_training_days_are_read(synth_export, synth_report, tmp_path):
@@ -246,12 +271,12 @@ def test_only_training_days_are_read(synth_export, synth_report, tmp_path):
 
 def test_cli_prints_the_table_and_writes_the_report(synth_export, synth_report, tmp_path):
     done = subprocess.run(
-        [sys.executable, "-m", "lobsearch.signals", str(synth_export), "--top", "5"],
+        [sys.executable, "-m", "lobsearch.signals", str(synth_export), "--top", "12"],
         cwd=tmp_path, capture_output=True, text=True, timeout=60, check=True,
     )
-    assert "horizon 10: top 5 features by |IC|" in done.stdout
+    assert "horizon 10: top 12 features by |IC|" in done.stdout
     assert "TRUE_OFI (84)" in done.stdout and "sign check" in done.stdout
-    out = tmp_path / "reports" / "signals" / synth_export.name
+    out = tmp_path / "runs" / "signals" / synth_export.name
     assert (out / "signals.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     saved = json.loads((out / "signals.json").read_text())
     assert saved["mi_unit"] == "bits" and saved["days"] == list(synth_report.days)
@@ -262,9 +287,3 @@ def test_cli_reports_a_missing_export_and_writes_nothing(tmp_path, capsys):
     assert main([str(tmp_path / "nope"), "--out", str(tmp_path / "out")]) == 2
     assert "no such folder" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
-
-
-def test_write_report_writes_both_files(tmp_path):
-    report = analyze(hand_export(tmp_path / "e"))
-    png, js = write_report(report, tmp_path / "r" / "s")
-    assert png.stat().st_size > 1000 and json.loads(js.read_text())["days"] == list(report.days)

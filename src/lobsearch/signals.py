@@ -3,13 +3,17 @@
 ``python -m lobsearch.signals EXPORT_DIR`` prints, per label horizon, the features ranked by
 |rank IC| with their mutual information, the sign check of the bullish features and the
 (nearly) constant features; it writes ``signals.png`` (IC heatmap, features x horizons) and
-``signals.json`` to ``--out`` (default ``reports/signals/<export folder name>`` under the
+``signals.json`` to ``--out`` (default ``runs/signals/<export folder name>`` under the
 current directory).
 
 Rows: the training days only (validation and test days are never read), the rows passing every
 gate (``data.gating.gate_rows``), and only those whose forward return and label are defined for
-every analyzed horizon (so the last ``max(h) + k`` rows of a day are left out for all horizons).
+every analyzed horizon (so the first k and the last ``max(h) + k`` rows of a day are left out
+at every horizon). ``analyze(max_rows_per_day=M)`` keeps M evenly spaced rows of those per day;
+the CLI keeps at most 50,000 (``--max-rows-per-day``). One day is in memory at a time.
 Columns 55 and 56 are negated first on schema-2.0 days (``contract.SIGN_FLIP_SCHEMA_2_0``).
+Features are read as float32, the precision the models see (so float64 rounding noise such as
+0.01 vs 0.0099999 in a spread does not break ties); the return is computed in float64.
 
 Measures, each computed within a day and then pooled over days (a feature that only moves
 between days carries no within-day signal and scores 0 here):
@@ -61,7 +65,8 @@ ZERO_STD_RTOL = 1e-10
 DEFAULT_TOP = 15
 CLI_MAX_ROWS_PER_DAY = 50_000
 """The CLI's default cap on analyzed rows per day (evenly spaced); the API has no cap."""
-REPORT_ROOT = Path("reports") / "signals"
+REPORT_ROOT = Path("runs") / "signals"
+"""Default parent of report folders, relative to the working directory (beside runs/train/)."""
 
 
 def feature_name(index: int) -> str:
@@ -95,7 +100,8 @@ class SignalReport:
     def horizon_index(self, horizon: int) -> int:
         """Column of ``horizon`` in ``ic``/``mi``; ConfigError when it was not analyzed."""
         if horizon not in self.horizons:
-            raise ConfigError("horizon", [unknown_choice("horizon", horizon, map(str, self.horizons))])
+            choices = map(str, self.horizons)
+            raise ConfigError("horizon", [unknown_choice("horizon", horizon, choices)])
         return self.horizons.index(horizon)
 
     def top(self, horizon: int, n: int = DEFAULT_TOP) -> list[int]:
@@ -148,7 +154,7 @@ def average_ranks(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     counts of the most common value. Vectorized: one argsort, no Python loop over columns.
     """
     n = x.shape[0]
-    order = np.argsort(x, axis=0, kind="stable")
+    order = np.argsort(x, axis=0)
     xs = np.take_along_axis(x, order, axis=0)
     pos = np.broadcast_to(np.arange(n)[:, None], x.shape)
     starts = np.ones(x.shape, dtype=bool)
@@ -202,7 +208,7 @@ def mid_prices(features: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True, eq=False)
 class _DayRows:
-    """The analyzed rows of one day: x (n, F) float64 sign-fixed, returns (n, H), labels (n, H)."""
+    """The analyzed rows of one day: x (n, F) float32 sign-fixed, returns (n, H), labels (n, H)."""
 
     x: np.ndarray
     returns: np.ndarray
@@ -231,7 +237,8 @@ def _smoothing(day: Day) -> int:
     if value is None:
         return DEFAULT_SMOOTHING
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise DataError(f"{day.source}: metadata labeling.smoothing is {value!r} (rule: an integer >= 0)")
+        raise DataError(f"{day.source}: metadata labeling.smoothing is {value!r} "
+                        "(rule: an integer >= 0)")
     return value
 
 
@@ -260,7 +267,7 @@ def _day_rows(day: Day, horizons: Sequence[int], smoothing: int, max_rows: int |
     ok = gate_rows(day.features).row_ok
     ok &= np.isfinite(returns).all(axis=1) & (labels >= 0).all(axis=1)
     rows = _keep_rows(ok, max_rows)
-    x = np.asarray(day.features[rows], dtype=np.float64)
+    x = np.asarray(day.features[rows], dtype=np.float32)
     bad = np.argwhere(~np.isfinite(x))
     if bad.size:
         raise DataError(
@@ -299,8 +306,8 @@ class _Totals:
             self.joint[j] += _joint_counts(bins, day.labels[:, j], self.bins)
         self.rows += n
         self.mode_rows += runs
-        self.sum += day.x.sum(axis=0)
-        self.sq_dev += ((day.x - day.x.mean(axis=0)) ** 2).sum(axis=0)
+        self.sum += day.x.sum(axis=0, dtype=np.float64)
+        self.sq_dev += day.x.var(axis=0, dtype=np.float64) * n
 
     def ic(self) -> np.ndarray:
         """(F, H) row-weighted mean of the daily ICs; NaN where no day defines it."""
@@ -444,27 +451,38 @@ def format_report(report: SignalReport, top: int = DEFAULT_TOP) -> str:
         f"MI in {MI_UNIT} over {report.bins} within-day quantile bins",
     ]
     for h in report.horizons:
-        j = report.horizon_index(h)
-        lines += ["", f"horizon {h}: top {top} features by |IC|", "  rank  feature" + " " * 28 + "IC   MI (bits)"]
-        for rank, i in enumerate(report.top(h, top), start=1):
-            label = f"{report.names[i]} ({i})"
-            lines.append(f"  {rank:>4}  {label:<30} {report.ic[i, j]:+8.4f}  {report.mi[i, j]:9.5f}")
+        lines += ["", *_top_lines(report, h, top)]
+    lines += ["", *_sign_lines(report)]
+    constant = ", ".join(report.constant) or "none"
+    lines += ["", f"constant or nearly constant ({len(report.constant)}): {constant}"]
+    return "\n".join(lines)
+
+
+def _top_lines(report: SignalReport, horizon: int, top: int) -> list[str]:
+    j = report.horizon_index(horizon)
+    lines = [f"horizon {horizon}: top {top} features by |IC|",
+             f"  rank  {'feature':<30} {'IC':>8}  {'MI (bits)':>9}"]
+    for rank, i in enumerate(report.top(horizon, top), start=1):
+        label = f"{report.names[i]} ({i})"
+        lines.append(f"  {rank:>4}  {label:<30} {report.ic[i, j]:+8.4f}  {report.mi[i, j]:9.5f}")
+    return lines
+
+
+def _sign_lines(report: SignalReport) -> list[str]:
     noise = report.ic_noise()
-    lines += ["", f"sign check (bullish features need IC > 0 at every horizon; |IC| < {noise:.4f} "
-              "is within the noise of independent rows):"]
+    lines = [f"sign check (bullish features need IC > 0 at every horizon; |IC| < {noise:.4f} is "
+             "within the noise of independent rows):"]
     for name, ok in report.sign_ok.items():
         ic = report.ic[report.names.index(name)]
         verdict = {True: "ok", False: "FLAGGED", None: "constant"}[ok]
         weak = " (within noise)" if ok is False and np.nanmax(np.abs(ic)) < noise else ""
         ics = " ".join(f"{v:+.4f}" for v in ic)
         lines.append(f"  {verdict:<8} {name:<22} IC {ics}{weak}")
-    lines += ["", f"constant or nearly constant ({len(report.constant)}): "
-              + (", ".join(report.constant) or "none")]
-    return "\n".join(lines)
+    return lines
 
 
 def plot_ic(report: SignalReport, path: Path) -> None:
-    """Write the IC heatmap (features x horizons, diverging colours, grey where undefined) as a PNG."""
+    """Write the IC heatmap (features x horizons, grey where undefined) as a PNG at ``path``."""
     from matplotlib import colormaps
     from matplotlib.figure import Figure
 
@@ -508,11 +526,15 @@ def _parser() -> argparse.ArgumentParser:
         "export's training days (after gating).",
     )
     parser.add_argument("export_dir", metavar="EXPORT_DIR", type=Path)
-    parser.add_argument("--out", type=Path, help=f"report folder (default {REPORT_ROOT}/<export name>)")
-    parser.add_argument("--horizons", type=int, nargs="+", help="label horizons (default all)")
-    parser.add_argument("--top", type=_positive, default=DEFAULT_TOP, help="features per horizon table")
+    parser.add_argument("--out", type=Path,
+                        help=f"report folder (default {REPORT_ROOT}/<export folder name>)")
+    parser.add_argument("--horizons", type=_positive, nargs="+",
+                        help="label horizons in rows (default every horizon of the labels)")
+    parser.add_argument("--top", type=_positive, default=DEFAULT_TOP,
+                        help=f"features per horizon in the table (default {DEFAULT_TOP})")
     parser.add_argument("--max-rows-per-day", type=_positive, default=CLI_MAX_ROWS_PER_DAY,
-                        help=f"evenly spaced rows analyzed per day (default {CLI_MAX_ROWS_PER_DAY})")
+                        help="evenly spaced rows analyzed per day "
+                        f"(default {CLI_MAX_ROWS_PER_DAY})")
     return parser
 
 

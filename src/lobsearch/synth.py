@@ -54,7 +54,7 @@ DEMO_DAYS = 12
 DEMO_ROWS = 6000
 DEMO_SEED = 0
 DEMO_LAG = 20
-"""The demo export: 7 train, 2 val and 3 test days, about 40,000 training windows at stride 1."""
+"""The demo export: 7 train, 3 val and 2 test days, about 40,000 training windows at stride 1."""
 
 TICK = 0.01
 SESSION_SECONDS = 6.5 * 3600
@@ -64,11 +64,11 @@ midday, afternoon, run-up to the close, closing minutes)."""
 
 FLOW_PERSISTENCE = 0.9
 """AR(1) coefficient of the latent flow: its memory is about 10 rows, shorter than the lag."""
-SIGNAL_SHARE = 0.25
+SIGNAL_SHARE = 0.35
 """Share of a row's return standard deviation carried by the planted drift."""
-ROW_VOLATILITY = 3.3e-4
-"""Standard deviation of a row's log-return (3.3 bp): with the default labeling, Stable is about
-half of the rows at horizon 10, a third at 20 and a tenth at 100."""
+ROW_VOLATILITY = 3.0e-4
+"""Standard deviation of a row's log-return (3 bp): with the default labeling, Stable is about
+half of the rows at horizon 10, a quarter at 20 and a tenth at 100."""
 OFI_NOISE = 1.5
 """Standard deviation of the noise in TRUE_OFI, in units of the flow's standard deviation."""
 _REGIME_VOLATILITY = np.array([1.5, 1.2, 1.0, 0.85, 0.95, 1.1, 1.35])
@@ -145,8 +145,10 @@ def _check_spec(spec: _Spec, out: Path) -> None:
     if spec.days < 1:
         problems.append(f"days: {spec.days} (rule: at least 1)")
     if spec.horizons and spec.smoothing >= 0 and spec.rows < 2 * spec.margin:
-        problems.append(f"rows: {spec.rows} (rule: at least {2 * spec.margin}, twice max(horizons) + "
-                        f"2 * smoothing)")
+        problems.append(f"rows: {spec.rows} (rule: at least {2 * spec.margin}, twice "
+                        f"(max(horizons) + 2 * smoothing))")
+    if spec.seed < 0:
+        problems.append(f"seed: {spec.seed} (rule: a non-negative integer)")
     if spec.lag < 1:
         problems.append(f"lag: {spec.lag} (rule: at least 1 row)")
     if len(spec.splits) != 3 or min(spec.splits) < 0 or abs(sum(spec.splits) - 1) > 1e-6 or spec.splits[0] <= 0:
@@ -182,7 +184,7 @@ def _assign_splits(days: int, shares: tuple[float, float, float]) -> list[str]:
     for i in np.argsort(-(exact - counts), kind="stable")[: days - counts.sum()]:
         counts[i] += 1
     if counts[0] == 0:
-        counts[np.argmax(counts)] -= 1
+        counts[len(counts) - 1 - np.argmax(counts[::-1])] -= 1  # the largest split, test before val
         counts[0] = 1
     return [split for split, n in zip(SPLITS, counts) for _ in range(n)]
 
@@ -482,7 +484,7 @@ def _oracle_macro_f1(days: dict[str, list[_SimDay]], n_horizons: int) -> list[fl
 
 
 def _write_json(path: Path, value: dict) -> None:
-    path.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n")
+    path.write_text(json.dumps(value, indent=2) + "\n")
 
 
 def _labeling(spec: _Spec) -> dict:
@@ -558,6 +560,7 @@ def demo_export(cache_root: str | Path | None = None) -> Path:
     scratch = Path(tempfile.mkdtemp(prefix=".demo-", dir=root))
     try:
         write_synthetic_export(scratch, days=DEMO_DAYS, rows=DEMO_ROWS, seed=DEMO_SEED, lag=DEMO_LAG)
+        scratch.chmod(0o755)
         os.rename(scratch, target)
     except OSError:
         if not (target / MANIFEST_NAME).is_file():
@@ -573,7 +576,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Write a synthetic limit-order-book export in the day-file contract (98 features, "
                     "signed labels, metadata, manifest) with a planted signal: the mid drifts with the "
                     "mean latent order flow of the previous LAG rows, which TRUE_OFI shows with noise.")
-    parser.add_argument("out_dir", nargs="?", help="new or empty folder for the export (not with --demo)")
+    parser.add_argument("out_dir", nargs="?", metavar="OUT_DIR",
+                        help="new or empty folder for the export (not with --demo)")
     parser.add_argument("--days", type=int, default=20, help="trading days (default: 20)")
     parser.add_argument("--rows", type=int, default=20000, help="rows per day (default: 20000)")
     parser.add_argument("--seed", type=int, default=0, help="random seed; same seed, same files (default: 0)")
@@ -591,7 +595,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="write NaN into a few columns of the rows that fail BOOK_VALID")
     parser.add_argument("--demo", action="store_true",
                         help=f"generate the cached demo export once ({DEMO_DAYS} days x {DEMO_ROWS} rows, "
-                             "in $LOBSEARCH_CACHE or ~/.cache/lobsearch) and print its path")
+                             "in $LOBSEARCH_CACHE or ~/.cache/lobsearch) and print its path; the other "
+                             "options are ignored")
     return parser
 
 
@@ -614,7 +619,8 @@ def main(argv: list[str] | None = None) -> int:
     for split in (s for s in SPLITS if s in manifest["splits"]):
         info = manifest["splits"][split]
         print(f"  {split}: {info['days']} day(s), {info['rows']} rows")
-    print(f"  planted lag {manifest['planted_lag']}; oracle macro-F1 by horizon {manifest['oracle_macro_f1']}")
+    oracle = ", ".join(f"h={h}: {f1:.3f}" for h, f1 in manifest["oracle_macro_f1"].items())
+    print(f"  planted lag {manifest['planted_lag']} rows; oracle macro-F1 {oracle}")
     print(f"  {time.perf_counter() - start:.1f} s")
     return 0
 

@@ -125,7 +125,7 @@ class TrialTracker:
     """
 
     run: Any = None
-    _warned: set[str] = field(default_factory=set)
+    _warned: set[str] = field(default_factory=set, init=False, repr=False)
 
     @classmethod
     def start(cls, settings: WandbSettings, *, group: str, job_type: str, name: str, config: dict) -> TrialTracker:

@@ -25,7 +25,7 @@ import hashlib
 import json
 import re
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,6 +124,7 @@ def discover_export(root: str | Path) -> Export:
     if not root.is_dir():
         found = "not a folder" if root.exists() else "no such folder"
         raise _error(root, found, "an export is a folder holding train/, val/ and/or test/")
+    _check_folder_names(root)
     splits = {}
     for split in SPLITS:
         days = _discover_split(root / split, split) if (root / split).is_dir() else ()
@@ -135,6 +136,14 @@ def discover_export(root: str | Path) -> Export:
                      "an export holds <DAY>_features.npy or <DAY>_sequences.npy in a split folder")
     _check_split_order(splits)
     return Export(root=root, manifest=_read_manifest(root), splits=splits)
+
+
+def _check_folder_names(root: Path) -> None:
+    """A folder of day files that is not a split folder is a misspelled split, not something to skip."""
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and p.name not in SPLITS):
+        if any(_DAY_FILE.match(p.name) for p in folder.iterdir()):
+            raise _error(folder, f"holds day files, but {unknown_choice('split folder', folder.name, SPLITS)}",
+                         "day files live in train/, val/ or test/")
 
 
 def _discover_split(folder: Path, split: str) -> tuple[DayFile, ...]:
@@ -487,7 +496,7 @@ def _check_feature_count(day: DayFile, header: NpyHeader, meta: dict, manifest: 
     )
     for where, value in claims:
         if value is not None and value != found:
-            raise _error(day.features, f"{found} features, but {where} is {value}",
+            raise _error(day.features, f"{found} features, but {where} is {value!r}",
                          "every day of an export has the feature count its manifest and metadata state")
 
 
@@ -609,7 +618,7 @@ def _common_feature_count(export: Export, headers: dict[DayFile, NpyHeader]) -> 
     count = next(iter(by_count))
     stated = (export.manifest or {}).get("feature_count")
     if stated is not None and stated != count:
-        raise _error(export.root / MANIFEST_NAME, f"feature_count is {stated}, but the day files have {count}",
+        raise _error(export.root / MANIFEST_NAME, f"feature_count is {stated!r}, but the day files have {count}",
                      "the manifest states the feature count of every day")
     return count
 
@@ -684,7 +693,7 @@ def validate_export(export: str | Path | Export, *, rule: LabelRule | None = Non
     )
 
 
-def _collect(export: Export, days: Sequence[DayFile], check) -> dict:
+def _collect(export: Export, days: Sequence[DayFile], check: Callable[[DayFile], object]) -> dict:
     """``check(day)`` for every day; all DataErrors raised as one (a single one unchanged)."""
     results, problems = {}, []
     for day in days:

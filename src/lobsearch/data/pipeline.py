@@ -2,16 +2,21 @@
 
 One Ray Dataset block per day file, so days spread over the cluster's workers. Two passes:
 
-1. per day (on the workers): load, gate, and compute Chan partial moments of the passing rows,
-   plus gate counts and label balance. The partials are combined on the driver (a few KB per
-   day), so training statistics never need the rows themselves in one place;
+1. per day (on the workers), only for the days whose statistics the mode needs (mode ``train``:
+   the training days): load, gate, and compute Chan partial moments of the passing rows. The
+   partials are combined on the driver (a few KB per day), so training statistics never need
+   the rows themselves in one place;
 2. per day (on the workers): normalize with the statistics that day uses (mode ``train``: those
-   of the training days only) and return float32 rows, labels and the gate mask.
+   of the training days only), and count rows and windows dropped per gate and the label
+   balance. A worker that sees the cache folder (same node, or shared storage) writes the
+   float32 rows, labels and gate mask there itself; otherwise they travel back to the driver.
 
-The output of a prep config is cached under a key that hashes the export's files (name, size,
-mtime) and the config. The cache is written to a temporary folder and renamed into place, so an
-interrupted write never looks complete; a file lock makes concurrent requests compute it once.
-Trials receive ``Prepared`` through the object store (``tune.with_parameters``), never a path.
+Every task's result travels pickled, and a DataError raised on a worker is raised again on the
+driver as itself. The output of a prep config is cached under a key that hashes the export's
+files (name, size, mtime) and the config. The cache is written to a temporary folder and
+renamed into place, so an interrupted write never looks complete; a file lock makes concurrent
+requests compute it once. Trials receive ``Prepared`` through the object store
+(``tune.with_parameters``), never a path.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import hashlib
 import json
 import logging
 import os
+import pickle
 import shutil
 import tempfile
 import uuid
@@ -131,14 +137,9 @@ def _gates(day: Any, prep: PrepConfig) -> Any:
     return gate_rows(day.features, book_valid=g.book_valid, mbo_ready=g.mbo_ready, invalidity=g.invalidity)
 
 
-def day_partials(day_file: DayFile, prep: PrepConfig) -> dict[str, Any]:
-    """Pass 1 for one day: moments of the passing rows, gate counts and label balance."""
-    day = _load(day_file, prep)
-    gates = _gates(day, prep)
-    if day.normalized or prep.normalization.mode == "none":
-        moments = Moments.empty(day.features.shape[1])
-    else:
-        moments = day_moments(day.features, gates.row_ok, day.schema_version)
+def _day_report(day_file: DayFile, day: Any, gates: Any, prep: PrepConfig) -> dict[str, Any]:
+    """What the gate report says of one day: rows and windows (REPORT_WINDOW, stride 1) dropped
+    per rule, label counts per horizon (Down, Stable, Up; all rows), and the day's shape."""
     windows = window_gate_counts(gates, REPORT_WINDOW, 1, last_row=prep.gates.last_row)
     balance = [np.bincount(col[col >= 0], minlength=3).tolist() for col in np.asarray(day.labels).T]
     return {
@@ -152,12 +153,24 @@ def day_partials(day_file: DayFile, prep: PrepConfig) -> dict[str, Any]:
         "horizons": list(day.horizons),
         "n_features": int(day.features.shape[1]),
         "normalized": bool(day.normalized),
-        "moments": (moments.count, moments.mean, moments.m2),
     }
 
 
+def day_partials(day_file: DayFile, prep: PrepConfig) -> dict[str, Any]:
+    """Pass 1 for one day: its report plus ``moments``, the Chan partials (count, mean (F,),
+    m2 (F,)) of its passing rows; no rows for a day already normalized or with mode none."""
+    day = _load(day_file, prep)
+    gates = _gates(day, prep)
+    if day.normalized or prep.normalization.mode == "none":
+        moments = Moments.empty(day.features.shape[1])
+    else:
+        moments = day_moments(day.features, gates.row_ok, day.schema_version)
+    return {**_day_report(day_file, day, gates, prep), "moments": (moments.count, moments.mean, moments.m2)}
+
+
 def day_arrays(day_file: DayFile, prep: PrepConfig, stats: NormStats | None) -> dict[str, Any]:
-    """Pass 2 for one day: normalized float32 rows, int8 labels and the gate mask."""
+    """Pass 2 for one day: its report plus x (N, F) float32 normalized with ``stats`` (only cast
+    for a day already normalized), labels (N, H) int8 and row_ok (N,) bool."""
     day = _load(day_file, prep)
     gates = _gates(day, prep)
     x = normalize_day(
@@ -167,16 +180,28 @@ def day_arrays(day_file: DayFile, prep: PrepConfig, stats: NormStats | None) -> 
         clip=float(prep.normalization.clip),
         row_ok=gates.row_ok,
     )
-    return {
-        "split": day_file.split,
-        "date": day_file.date,
-        "x": x,
-        "labels": np.ascontiguousarray(day.labels, dtype=np.int8),
-        "row_ok": gates.row_ok,
-    }
+    labels = np.ascontiguousarray(day.labels, dtype=np.int8)
+    return {**_day_report(day_file, day, gates, prep), "x": x, "labels": labels, "row_ok": gates.row_ok}
 
 
 # ---------------------------------------------------------------- engines
+
+ARRAYS = ("x", "labels", "row_ok")
+"""The arrays of a prepared day, each saved as ``<name>_<array>.npy``."""
+
+
+@dataclass(frozen=True)
+class _Task:
+    """One day for one pass: its position among every day of the export, and extra arguments."""
+
+    order: int
+    day: DayFile
+    args: tuple = ()
+
+    @property
+    def name(self) -> str:
+        """The stem of the day's array files in the cache folder (sorts chronologically)."""
+        return f"{self.order:04d}_{self.day.split}_{self.day.date}"
 
 
 def _day_files(export: Export) -> list[DayFile]:
@@ -185,13 +210,49 @@ def _day_files(export: Export) -> list[DayFile]:
     return sorted(files, key=lambda f: f.date)
 
 
-def _local_map(fn: Callable[..., dict], files: list[DayFile], **kwargs: Any) -> Iterator[dict]:
-    for i, day_file in enumerate(files):
-        yield {"order": i, **fn(day_file, **{k: (v[i] if k == "stats" else v) for k, v in kwargs.items()})}
+def _save_arrays(result: dict[str, Any], out: Path, name: str) -> dict[str, Any]:
+    """Write the day's arrays into ``out``; returns the result without them."""
+    for part in ARRAYS:
+        np.save(out / f"{name}_{part}.npy", result[part])
+    return {k: v for k, v in result.items() if k not in ARRAYS}
 
 
-def _ray_map(fn: Callable[..., dict], files: list[DayFile], **kwargs: Any) -> Iterator[dict]:
-    """Run ``fn`` on every day as a Ray Data map, one block per day, streaming rows back in order.
+def _run_task(fn: Callable[..., dict], task: _Task, prep: PrepConfig, out: str | None
+              ) -> dict | DataError:
+    """``fn`` on one day, here or on a worker: its result, or the DataError it raised (returned,
+    so that it reaches the driver as itself). When this process sees the folder ``out`` (same
+    node, or storage every node mounts), the arrays are written there and never travel."""
+    try:
+        result = fn(task.day, prep, *task.args)
+    except DataError as error:
+        return error
+    if out is not None and "x" in result and os.path.isdir(out):
+        return _save_arrays(result, Path(out), task.name)
+    return result
+
+
+def _outcome(result: dict | DataError) -> dict:
+    """The result of a task, or its DataError raised here."""
+    if isinstance(result, DataError):
+        raise result
+    return result
+
+
+Mapper = Callable[[Callable[..., dict], list[_Task], PrepConfig, "Path | None"], Iterator[tuple[_Task, dict]]]
+"""An engine: runs a per-day step on every task, yielding (task, result) in task order."""
+
+
+def _local_map(fn: Callable[..., dict], tasks: list[_Task], prep: PrepConfig, out: Path | None
+               ) -> Iterator[tuple[_Task, dict]]:
+    """The engine ``local``: every task in this process, one after another."""
+    for task in tasks:
+        yield task, _outcome(_run_task(fn, task, prep, None if out is None else str(out)))
+
+
+def _ray_map(fn: Callable[..., dict], tasks: list[_Task], prep: PrepConfig, out: Path | None
+             ) -> Iterator[tuple[_Task, dict]]:
+    """Run ``fn`` on every task as a Ray Data map, one block per day, streaming results back in
+    order. Tasks and results travel pickled (exact, and no Arrow type guessing).
 
     On a multi-node cluster the day files travel through the object store (a worker on another
     node has no path to the driver's disk) unless ``LOBSEARCH_SHARED_EXPORT=1`` says the export
@@ -200,26 +261,39 @@ def _ray_map(fn: Callable[..., dict], files: list[DayFile], **kwargs: Any) -> It
     import ray
     import ray.data
 
+    if not tasks:
+        return
+    _start_ray()
+    blobs = [ray.put(_day_bytes(t.day)) for t in tasks] if _ship_files() else None
+    folder = None if out is None else str(out)
+
+    def apply(row: dict) -> dict:
+        task = pickle.loads(row["task"])
+        if blobs is None:
+            return {"pos": row["pos"], "result": pickle.dumps(_run_task(fn, task, prep, folder))}
+        with tempfile.TemporaryDirectory(prefix="lobsearch-day-") as local:
+            day_file = _write_day(ray.get(blobs[row["pos"]]), task.day, Path(local))
+            shipped = dataclasses.replace(task, day=day_file)
+            return {"pos": row["pos"], "result": pickle.dumps(_run_task(fn, shipped, prep, folder))}
+
+    items = [{"pos": i, "task": pickle.dumps(task)} for i, task in enumerate(tasks)]
+    dataset = ray.data.from_items(items, override_num_blocks=len(items))
+    for row in dataset.map(apply, **_data_resources()).iter_rows():
+        yield tasks[row["pos"]], _outcome(pickle.loads(row["result"]))
+
+
+def _start_ray() -> None:
+    """Join the running Ray, or start a local one; quiet Ray Data and keep its output in order."""
+    import ray
+    import ray.data
+
+    if not ray.is_initialized():
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     context.execution_options.preserve_order = True
     logging.getLogger("ray.data").setLevel(logging.WARNING)
-    items = [{"order": i, "day": day_file} for i, day_file in enumerate(files)]
-    stats = kwargs.pop("stats", None)
-    stats_ref = ray.put(stats) if stats is not None else None
-    blobs = [ray.put(_day_bytes(f)) for f in files] if _ship_files() else None
-
-    def apply(row: dict) -> dict:
-        extra = {"stats": ray.get(stats_ref)[row["order"]]} if stats_ref is not None else {}
-        if blobs is None:
-            return {"order": row["order"], **fn(row["day"], **kwargs, **extra)}
-        with tempfile.TemporaryDirectory(prefix="lobsearch-day-") as folder:
-            day_file = _write_day(ray.get(blobs[row["order"]]), row["day"], Path(folder))
-            out = fn(day_file, **kwargs, **extra)
-            return {"order": row["order"], **{k: np.array(v) if isinstance(v, np.ndarray) else v for k, v in out.items()}}
-
-    dataset = ray.data.from_items(items, override_num_blocks=len(items))
-    yield from dataset.map(apply, **_data_resources()).iter_rows()
 
 
 def _ship_files() -> bool:
@@ -261,11 +335,12 @@ def _data_resources() -> dict[str, Any]:
     CPU that never frees); with none free the tasks run beside the trials, two at a time.
     """
     import ray
+    import ray.data
 
     if ray.available_resources().get("CPU", 0) >= 1:
         return {"num_cpus": 1}
     log.warning("every CPU in the Ray cluster is held (by trials?): data tasks run beside them, 2 at a time")
-    return {"num_cpus": 0, "concurrency": 2}
+    return {"num_cpus": 0, "compute": ray.data.TaskPoolStrategy(size=2)}
 
 
 # ---------------------------------------------------------------- driver
@@ -281,13 +356,14 @@ def prepare(
     """Gate and normalize every day of ``export`` under ``prep``; cached, computed once per key.
 
     ``engine`` is ``ray`` (Ray Data; uses the running Ray, or starts a local one) or ``local``
-    (the same steps in this process). Raises DataError for a bad export or unusable data.
+    (the same steps in this process). The result lives in ``prepared_root(cache_dir) / key``.
+    Raises DataError for a bad export or unusable data (naming the file).
     """
     if engine not in ("ray", "local"):
         raise DataError(f"engine: must be 'ray' or 'local' (got {engine!r})")
     export = export if isinstance(export, Export) else discover_export(export)
     key = cache_key(export, prep)
-    root = Path(cache_dir).resolve() if cache_dir else cache_root() / "prepared"
+    root = prepared_root(cache_dir)
     root.mkdir(parents=True, exist_ok=True)
     final = root / key
     if (final / "prepared.json").is_file():
@@ -306,42 +382,76 @@ def prepare(
     return load_prepared(final)
 
 
-def _compute(export: Export, prep: PrepConfig, key: str, out: Path, mapper: Callable[..., Iterator[dict]]) -> None:
+def prepared_root(cache_dir: str | Path | None = None) -> Path:
+    """The folder holding one sub-folder per cache key: ``cache_dir``, else ``cache_root()/prepared``."""
+    return Path(cache_dir).expanduser().resolve() if cache_dir else cache_root() / "prepared"
+
+
+def _needs_moments(mode: str, day_file: DayFile) -> bool:
+    """Whether pass 1 must read this day: mode train reads training days only, none reads none."""
+    return mode in ("per_day", "prior_days") or (mode == "train" and day_file.split == "train")
+
+
+def _compute(export: Export, prep: PrepConfig, key: str, out: Path, mapper: Mapper) -> None:
+    """Both passes over the days of ``export``; writes the arrays and ``prepared.json`` into ``out``.
+
+    Pass 1 reads only the days whose moments the mode needs (mode train: the training days).
+    Raises DataError when the mode leaves no day.
+    """
     files = _day_files(export)
-    if not files:
-        raise DataError(f"{export.root}: the export has no day files")
-    partials = sorted(mapper(day_partials, files, prep=prep), key=lambda r: r["order"])
-    _check_consistent(partials, files)
-    mode = "none" if all(p["normalized"] for p in partials) else prep.normalization.mode
-    per_day = stats_for_days(
-        mode,
-        [(p["split"], Moments(*p["moments"])) for p in partials],
-        prep.normalization.prior_days,
-        normalize_dt=prep.normalization.normalize_dt,
-    )
-    kept = [i for i, s in enumerate(per_day) if s is not DROP]
-    stats = next((s for s in per_day if isinstance(s, NormStats)), None) if mode == "train" else None
-    kept_files = [files[i] for i in kept]
-    days = []
-    for row in mapper(day_arrays, kept_files, prep=prep, stats=[per_day[i] for i in kept]):
-        name = f"{row['order']:04d}_{row['split']}_{row['date']}"
-        for part in ("x", "labels", "row_ok"):
-            np.save(out / f"{name}_{part}.npy", row[part])
-        days.append({"name": name, "split": row["split"], "date": row["date"]})
-    days.sort(key=lambda d: d["name"])
-    dropped_days = [{"split": files[i].split, "date": files[i].date, "reason": "prior_days"} for i in range(len(files)) if i not in kept]
+    mode = prep.normalization.mode
+    needed = [_Task(i, f) for i, f in enumerate(files) if _needs_moments(mode, f)]
+    first = {task.order: result for task, result in mapper(day_partials, needed, prep, None)}
+    per_day, stats = _day_stats(files, first, prep)
+    tasks = [_Task(i, f, (per_day[i],)) for i, f in enumerate(files) if per_day[i] is not DROP]
+    if not tasks:
+        raise DataError(f"{export.root}: normalization mode {mode!r} leaves none of its {len(files)} days "
+                        f"(prior_days is {prep.normalization.prior_days}; it must be below the number of days)")
+    second = {}
+    for task, result in mapper(day_arrays, tasks, prep, out):
+        second[task.order] = _save_arrays(result, out, task.name) if "x" in result else result
+    reports = [second.get(i) or first[i] for i in range(len(files))]
+    _check_consistent(reports, files)
+    dropped = [_dropped(files[i], i, prep) for i in range(len(files)) if per_day[i] is DROP]
     manifest = {
         "key": key,
         "prep": prep.model_dump(mode="json"),
         "export": str(export.root),
-        "horizons": partials[0]["horizons"],
-        "n_features": partials[0]["n_features"],
-        "days": days,
+        "horizons": reports[0]["horizons"],
+        "n_features": reports[0]["n_features"],
+        "days": [{"name": t.name, "split": t.day.split, "date": t.day.date} for t in tasks],
         "stats": None if stats is None else {k: getattr(stats, k).tolist() for k in ("mean", "std", "scaled")},
-        "gate_report": gate_report(partials, dropped_days),
+        "gate_report": gate_report(reports, dropped),
     }
     (out / "gate_report.json").write_text(json.dumps(manifest["gate_report"], indent=1))
     (out / "prepared.json").write_text(json.dumps(manifest))
+
+
+def _day_stats(files: list[DayFile], first: dict[int, dict], prep: PrepConfig) -> tuple[list, NormStats | None]:
+    """The statistics each day uses (NormStats, None or DROP) and, in mode train, the training
+    statistics. A mode whose days are all already normalized becomes ``none``; under per_day an
+    already-normalized day passes through (None) rather than being dropped."""
+    norm = prep.normalization
+    mode = "none" if first and all(r["normalized"] for r in first.values()) else norm.mode
+    width = next((r["n_features"] for r in first.values()), 0)
+    empty = Moments.empty(width)
+    moments = [(f.split, Moments(*first[i]["moments"]) if i in first else empty) for i, f in enumerate(files)]
+    per_day = stats_for_days(mode, moments, norm.prior_days, normalize_dt=norm.normalize_dt)
+    if mode == "per_day":
+        per_day = [None if first[i]["normalized"] else s for i, s in enumerate(per_day)]
+    return per_day, (per_day[0] if mode == "train" else None)
+
+
+def _dropped(day_file: DayFile, order: int, prep: PrepConfig) -> dict[str, str]:
+    """The gate report's entry for a day that its normalization mode cannot serve."""
+    k = prep.normalization.prior_days
+    if prep.normalization.mode == "prior_days" and order < k:
+        reason = f"prior_days: one of the first {k} days"
+    elif prep.normalization.mode == "prior_days":
+        reason = f"prior_days: no rows pass the gates in the {k} days before it"
+    else:
+        reason = "per_day: no rows pass the gates"
+    return {"split": day_file.split, "date": day_file.date, "reason": reason}
 
 
 def _check_consistent(partials: list[dict], files: list[DayFile]) -> None:
@@ -410,6 +520,9 @@ class _lock:
 
 
 def _clear_stale(root: Path, key: str) -> None:
-    """Remove half-written folders of ``key`` left by an interrupted run (we hold the lock)."""
+    """Remove what an interrupted run of ``key`` left (we hold the lock): its temporary folders,
+    and a ``key`` folder without ``prepared.json`` (written by hand or by an older version)."""
     for stale in root.glob(f"{key}.tmp-*"):
         shutil.rmtree(stale, ignore_errors=True)
+    if (root / key).exists():
+        shutil.rmtree(root / key, ignore_errors=True)
