@@ -284,6 +284,15 @@ def test_a_section_that_cannot_read_its_data_becomes_a_note_not_a_crash():
     assert html.count("could not be drawn") == 1 and '<section id="failures">' in html
 
 
+def test_the_searched_horizon_comes_from_best_config_when_results_lack_it(tmp_path):
+    results = make_results(n_trials=3)
+    del results["horizon"]
+    results["best"] = None
+    run_dir = write_run(tmp_path, results)
+    (run_dir / "best_config.yaml").write_text("# Best configuration\ndata:\n  horizon: 20\nmodel:\n  name: lstm\n")
+    assert "<b>h=20: 0.58</b>" in write_report(run_dir).read_text()
+
+
 def test_the_header_tells_how_to_upload_offline_wandb_runs(tmp_path):
     results = make_results(n_trials=3)
     assert "wandb sync" not in section_header(results, tmp_path)

@@ -20,19 +20,10 @@ from lobsearch.signals import (
     forward_returns,
     main,
 )
-from lobsearch.synth import write_synthetic_export
+from lobsearch.synth import PLANTED_FEATURES, write_synthetic_export
 
 PLANTED = (FI.TRUE_OFI, FI.DEPTH_NORM_OFI, FI.VOLUME_IMBALANCE)
-FLOW_DRIVEN = {
-    *PLANTED,
-    *range(FI.ASK_SIZE_L0, FI.ASK_SIZE_L2 + 1),
-    *range(FI.BID_SIZE_L0, FI.BID_SIZE_L2 + 1),
-    *range(FI.TOTAL_BID_VOLUME, FI.AGGRESSIVE_ORDER_RATIO + 1), FI.FLOW_REGIME_INDICATOR,
-    FI.LARGE_ORDER_IMBALANCE, *range(FI.EXECUTED_PRESSURE, FI.DEPTH_ASYMMETRY + 1),
-}
-"""Columns that lobsearch.synth builds from its latent flow: the planted three, the top-3 level
-sizes (which lean with the flow) and what is derived from them, the rates and net flows, and the
-asymmetry signals. The rest is noise."""
+FLOW_DRIVEN = set(PLANTED_FEATURES)
 
 
 def write_day(folder, date, x, meta):

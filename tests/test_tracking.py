@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import pickle
 import subprocess
 import sys
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from lobsearch.errors import ConfigError, DataError
+from lobsearch.space import Objective, Tracking
 from lobsearch.tracking import (
     TrackingWarning,
     TrialTracker,
@@ -50,9 +53,10 @@ def start(settings: WandbSettings, name: str = "a1b2_00000") -> TrialTracker:
     return TrialTracker.start(settings, group="lstm-20261126-1200", job_type="lstm", name=name, config=CONFIG)
 
 
-def test_importing_tracking_does_not_import_wandb():
-    code = "import sys, lobsearch.tracking; sys.exit('wandb' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+def test_importing_tracking_does_not_import_wandb_or_ray():
+    code = "import sys, lobsearch.tracking; sys.exit(' '.join({'wandb', 'ray'} & set(sys.modules)) or None)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
 
 
 def test_offline_run_records_config_history_summary_and_model(tmp_path, wandb_env):
@@ -212,3 +216,87 @@ def test_auto_reads_the_api_key_of_the_settings_file(tmp_path, wandb_env):
 def test_an_unknown_mode_names_the_field_and_the_closest_choice():
     with pytest.raises(ConfigError, match=r"(?s)tracking.wandb.*unknown W&B mode 'ofline'; did you mean 'offline'\?"):
         resolve_mode("ofline")
+
+
+def tune_result(epoch: int, metrics: dict) -> dict:
+    """A result as Ray Tune hands it to callbacks: the trial's metrics plus Tune's bookkeeping."""
+    return {**metrics, "epoch": epoch, "fit_status": "running", "training_iteration": epoch, "timestamp": 1795693019,
+            "time_this_iter_s": 2.5, "pid": 4242, "done": False, "trial_id": "a1b2_00000", "n_params": 12_345}
+
+
+def fake_search(tmp_path: Path, mode: str) -> SimpleNamespace:
+    def run_config(params):
+        return SimpleNamespace(model_dump=lambda mode: {"data": {"window": params["data.window"]}, "model": {"name": "lstm"}})
+
+    space = SimpleNamespace(spec=SimpleNamespace(tracking=Tracking(wandb=mode, project="lobsearch-test"), objective=Objective()),
+                            families=["lstm"], run_config=run_config)
+    return SimpleNamespace(space=space, name="lstm-20261126-1200", run_dir=tmp_path / "run")
+
+
+def test_the_tune_callback_records_one_run_per_trial(tmp_path, wandb_env):
+    from lobsearch.tracking import WandbCallback
+
+    callback = WandbCallback.for_search(fake_search(tmp_path, "offline"))
+    checkpoint = tmp_path / "checkpoint_000002"
+    checkpoint.mkdir()
+    (checkpoint / "model.pt").write_bytes(b"weights")
+    ok = SimpleNamespace(trial_id="a1b2_00000", config={"data.window": 40}, checkpoint=SimpleNamespace(path=str(checkpoint)))
+    bad = SimpleNamespace(trial_id="a1b2_00001", config={"data.window": 80}, checkpoint=None, error_file=str(tmp_path / "error.txt"))
+    (tmp_path / "error.txt").write_text("Traceback ...\nlobsearch.trial.TrialFailed: loss is nan at epoch 2\n")
+    for trial in (ok, bad):
+        callback.on_trial_start(iteration=0, trials=[ok, bad], trial=trial)
+    for epoch, metrics in enumerate(EPOCHS, start=1):
+        callback.on_trial_result(iteration=epoch, trials=[ok, bad], trial=ok, result=tune_result(epoch, metrics))
+    callback.on_trial_complete(iteration=4, trials=[ok, bad], trial=ok)
+    callback.on_trial_error(iteration=4, trials=[ok, bad], trial=bad)
+    callback.on_experiment_end(trials=[ok, bad])
+
+    runs = {r["name"]: r for r in map(read_offline_run, (tmp_path / "run" / "wandb").glob("offline-run-*"))}
+    assert set(runs) == {"a1b2_00000", "a1b2_00001"}
+    good = runs["a1b2_00000"]
+    assert good["group"] == "lstm-20261126-1200" and good["job_type"] == "lstm"
+    assert good["config"] == {"params": {"data.window": 40}, "data": {"window": 40}, "model": {"name": "lstm"}}
+    assert [{k: v for k, v in row.items() if not k.startswith("_")} for row in good["history"]] == [
+        {**m, "epoch": e, "n_params": 12_345} for e, m in enumerate(EPOCHS, start=1)]
+    assert good["summary"]["best_val_macro_f1"] == 0.41 and good["summary"]["best_epoch"] == 3
+    assert good["artifacts"] == [{"name": "model-a1b2_00000", "type": "model"}] and good["exit_code"] == 0
+    failed = runs["a1b2_00001"]
+    assert failed["exit_code"] == 1 and failed["summary"]["error"].endswith("loss is nan at epoch 2")
+
+
+def test_the_tune_callback_is_off_when_disabled_and_survives_pickling(tmp_path, wandb_env):
+    from lobsearch.tracking import WandbCallback
+
+    assert WandbCallback.for_search(fake_search(tmp_path, "disabled")) is None
+    callback = WandbCallback.for_search(fake_search(tmp_path, "auto"))
+    assert callback.settings.mode == "offline" and callback.settings.dir == (tmp_path / "run").resolve()
+    callback.run_config = None  # the fake space's closures are not the point: Tune pickles the callback itself
+    restored = pickle.loads(pickle.dumps(callback))
+    assert type(restored) is WandbCallback and restored.settings == callback.settings
+
+
+def test_the_tune_callback_stops_trying_after_a_failed_start(tmp_path, wandb_env, monkeypatch):
+    import wandb
+
+    from lobsearch.tracking import WandbCallback
+
+    calls = []
+
+    def unreachable(**kwargs):
+        calls.append(kwargs["name"])
+        raise wandb.errors.CommError("timed out")
+
+    monkeypatch.setattr(wandb, "init", unreachable)
+    callback = WandbCallback.for_search(fake_search(tmp_path, "online"))
+    trials = [SimpleNamespace(trial_id=f"a1b2_0000{i}", config={"data.window": 40}, checkpoint=None) for i in range(3)]
+    with pytest.warns(TrackingWarning) as caught:
+        for trial in trials:
+            callback.on_trial_start(iteration=0, trials=trials, trial=trial)
+    assert [str(w.message) for w in caught] == [
+        "W&B tracking is off for trial 'a1b2_00000': CommError: timed out",
+        "W&B tracking is off for the rest of this search",
+    ]
+    for trial in trials:
+        callback.on_trial_result(iteration=1, trials=trials, trial=trial, result=tune_result(1, EPOCHS[0]))
+        callback.on_trial_complete(iteration=1, trials=trials, trial=trial)
+    assert calls == ["a1b2_00000"]

@@ -76,9 +76,24 @@ def main(argv: list[str] | None = None) -> int:
 def write_report(run_dir: Path) -> Path:
     """Render ``run_dir/results.json`` into ``run_dir/report.html``; returns the absolute path."""
     run_dir = Path(run_dir).resolve()
+    results = load_results(run_dir)
+    if results.get("horizon") is None:
+        results["horizon"] = horizon_of_best_config(run_dir)
     out = run_dir / "report.html"
-    out.write_text(render(load_results(run_dir), run_dir), encoding="utf-8")
+    out.write_text(render(results, run_dir), encoding="utf-8")
     return out
+
+
+def horizon_of_best_config(run_dir: Path) -> int | None:
+    """``data.horizon`` of ``run_dir/best_config.yaml`` (the searched label horizon), or None."""
+    import yaml
+
+    try:
+        config = yaml.safe_load((Path(run_dir) / "best_config.yaml").read_text())
+        horizon = config["data"]["horizon"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return None
+    return horizon if isinstance(horizon, int) else None
 
 
 def load_results(run_dir: Path) -> dict:
@@ -466,10 +481,11 @@ def section_importance(results: dict) -> str:
     found = {title: imp for title, imp in found.items() if any(v > 0 for v in imp.values())}
     if not found:
         return note(f"No parameter explains the spread of the objective ({escape(method)} found none).")
+    caution = f" With only {n} trials these are rough." if n < 10 else ""
     text = (f"<p>{escape(method)} over the trials with a value (those stopped early count with the best value "
             "they reached), for the parameters that every trial of a group has and that vary; each group's "
             "importances sum to 1. "
-            "The parameters of one model family are assessed within that family.</p>")
+            f"The parameters of one model family are assessed within that family.{caution}</p>")
     return text + image(fig_importance(found, objective(results)[0]), "parameter importance")
 
 

@@ -71,6 +71,17 @@ ROW_VOLATILITY = 3.0e-4
 half of the rows at horizon 10, a quarter at 20 and a tenth at 100."""
 OFI_NOISE = 1.5
 """Standard deviation of the noise in TRUE_OFI, in units of the flow's standard deviation."""
+PLANTED_FEATURES = tuple(sorted({
+    FI.TRUE_OFI, FI.DEPTH_NORM_OFI, FI.VOLUME_IMBALANCE,
+    *range(FI.ASK_SIZE_L0, FI.ASK_SIZE_L2 + 1), *range(FI.BID_SIZE_L0, FI.BID_SIZE_L2 + 1),
+    *range(FI.TOTAL_BID_VOLUME, FI.AGGRESSIVE_ORDER_RATIO + 1), FI.FLOW_REGIME_INDICATOR,
+    FI.LARGE_ORDER_IMBALANCE, *range(FI.EXECUTED_PRESSURE, FI.DEPTH_ASYMMETRY + 1),
+}))
+"""Columns built from the latent flow (the planted signal): TRUE_OFI, DEPTH_NORM_OFI and
+VOLUME_IMBALANCE by design, the top-3 level sizes that lean with the flow and what derives from
+them, the order rates and net flows, and the asymmetry signals. Every other column is noise.
+The manifest lists them by name under ``planted_features``."""
+
 _REGIME_VOLATILITY = np.array([1.5, 1.2, 1.0, 0.85, 0.95, 1.1, 1.35])
 _REGIME_ACTIVITY = np.array([3.0, 1.8, 1.2, 0.8, 1.0, 1.4, 2.5])
 _SCHEMAS = ("2.2", "2.1", "2.0")
@@ -308,7 +319,7 @@ def _rates(x: np.ndarray, s: np.ndarray, flow: np.ndarray, activity: np.ndarray)
     for side, sign, col in (("BID", 1.0, 0), ("ASK", -1.0, 3)):
         add = 40 * activity * np.exp(0.3 * s[:, col] + 0.2 * sign * flow)
         x[:, FI[f"ADD_RATE_{side}"]] = add
-        x[:, FI[f"CANCEL_RATE_{side}"]] = 0.85 * add * np.exp(0.2 * s[:, col + 1] - 0.15 * sign * flow)
+        x[:, FI[f"CANCEL_RATE_{side}"]] = 0.85 * add * np.exp(0.2 * s[:, col + 1] - 0.35 * sign * flow)
         x[:, FI[f"TRADE_RATE_{side}"]] = 4 * activity * np.exp(0.4 * s[:, col + 2] - 0.3 * sign * flow)
     add_b, add_a = x[:, FI.ADD_RATE_BID], x[:, FI.ADD_RATE_ASK]
     can_b, can_a = x[:, FI.CANCEL_RATE_BID], x[:, FI.CANCEL_RATE_ASK]
@@ -522,6 +533,7 @@ def _manifest(spec: _Spec, dates: list[str], split_of: list[str], oracle: list[f
         "symbol": spec.symbol, "feature_count": FEATURE_COUNT, "schema_version": spec.schema,
         "horizons": list(spec.horizons), "label_strategy": "tlob", "labeling": _labeling(spec),
         "format": spec.fmt, "splits": splits, "planted_lag": spec.lag,
+        "planted_features": [FI(i).name for i in PLANTED_FEATURES],
         "oracle_macro_f1": {str(h): f1 for h, f1 in zip(spec.horizons, oracle)},
         "oracle_evaluated_on": [s for s in ("val", "test") if s in splits] or ["train"],
         "generator": {"name": "lobsearch.synth", "version": SYNTH_VERSION, "seed": spec.seed,

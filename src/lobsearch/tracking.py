@@ -4,14 +4,20 @@ W&B only observes. ``wandb`` is imported when a run starts, not when this module
 so a search with tracking disabled never loads it. Every W&B failure (no network, a bad key, a
 missing package) becomes a ``TrackingWarning`` and a tracker that does nothing.
 
-Offline runs are written under ``<run dir>/wandb/offline-run-*`` (``sync_command`` prints how to
-upload them); ``read_offline_run`` reads one back from its transaction log without a network.
+Two ways to use it: ``TrialTracker`` inside any process that trains, or ``WandbCallback``, a Ray
+Tune callback that keeps one ``TrialTracker`` per trial on the driver as Tune reports results (so
+trial processes never start W&B). Offline runs are written under ``<run dir>/wandb/offline-run-*``
+(``sync_command`` prints how to upload them); ``read_offline_run`` reads one back from its
+transaction log without a network.
 """
 
 from __future__ import annotations
 
 import configparser
+import dataclasses
+import functools
 import json
+import math
 import netrc
 import os
 import shlex
@@ -266,6 +272,127 @@ def _jsonable(value: Any) -> Any:
 def _cause(error: BaseException) -> str:
     text = str(error).strip().splitlines()
     return f"{type(error).__name__}: {text[0] if text else 'no message'}"
+
+
+TUNE_BOOKKEEPING = frozenset(
+    {"timestamp", "training_iteration", "time_this_iter_s", "time_total_s", "time_since_restore",
+     "iterations_since_restore", "pid", "done", "trial_id", "date", "hostname", "node_ip", "experiment_tag"}
+)
+"""Keys Ray Tune adds to every result; they are not the model's metrics."""
+
+
+def epoch_metrics(result: dict) -> dict[str, float]:
+    """The finite numbers of a Tune result, without Tune's bookkeeping (booleans and text dropped)."""
+    return {
+        k: v for k, v in result.items()
+        if k not in TUNE_BOOKKEEPING and isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+    }
+
+
+def __getattr__(name: str) -> Any:
+    # The Tune callback subclasses ray.tune.Callback; building it on first use keeps
+    # `import lobsearch.tracking` free of Ray (and of wandb).
+    if name == "WandbCallback":
+        return _wandb_callback_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+@functools.cache
+def _wandb_callback_class() -> type:
+    from ray import tune
+
+    class WandbCallback(tune.Callback):
+        """One W&B run per trial, written from the driver as Tune reports each epoch.
+
+        A run starts with the trial (group = search name, job type = model family, name = trial
+        id, config = the trial's full run config), logs every result's metrics at step ``epoch``,
+        and ends with a summary of the best epoch (``best_<metric>``), the trial's last
+        checkpoint as a "model" artifact, and failed = True when the trial errored.
+        """
+
+        def __init__(self, settings: WandbSettings, *, group: str, metric: str, mode: str,
+                     families: tuple[str, ...] = (), run_config: Any = None):
+            self.settings, self.group, self.metric, self.mode = settings, group, metric, mode
+            self.families, self.run_config = tuple(families), run_config
+            self.trackers: dict[str, TrialTracker] = {}
+            self.best: dict[str, dict] = {}
+
+        @classmethod
+        def for_search(cls, search: Any) -> Any:
+            """The callback for a ``lobsearch.search.Search``, or None when tracking is disabled."""
+            tracking, spec = search.space.spec.tracking, search.space.spec
+            mode = resolve_mode(tracking.wandb)
+            if mode == "disabled":
+                return None
+            settings = WandbSettings(mode=mode, project=tracking.project, entity=tracking.entity, dir=search.run_dir)
+            return cls(settings, group=search.name, metric=spec.objective.metric, mode=spec.objective.direction,
+                       families=tuple(search.space.families), run_config=search.space.run_config)
+
+        def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            params = dict(trial.config or {})
+            family = params.get("model.name") or (self.families[0] if self.families else "model")
+            tracker = TrialTracker.start(
+                self.settings, group=self.group, job_type=str(family), name=trial.trial_id, config=self._config(params))
+            self.trackers[trial.trial_id] = tracker
+            if not tracker.active and self.settings.mode != "disabled":
+                # the driver waits for each start: do not stall every trial on a server that is down
+                warnings.warn("W&B tracking is off for the rest of this search", TrackingWarning, stacklevel=2)
+                self.settings = dataclasses.replace(self.settings, mode="disabled")
+
+        def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+            tracker = self.trackers.get(trial.trial_id)
+            metrics = epoch_metrics(result)
+            if tracker is None or not metrics:
+                return
+            tracker.log_epoch(metrics, step=int(metrics.get("epoch", result.get("training_iteration", 0))))
+            best = self.best.get(trial.trial_id)
+            sign = 1 if self.mode == "max" else -1
+            if self.metric in metrics and (best is None or sign * metrics[self.metric] > sign * best[self.metric]):
+                self.best[trial.trial_id] = metrics
+
+        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            self._finish(trial, failed=False)
+
+        def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            self._finish(trial, failed=True)
+
+        def on_experiment_end(self, trials: list, **info: Any) -> None:
+            for trial in trials:
+                self._finish(trial, failed=False)
+
+        def _config(self, params: dict) -> dict:
+            try:
+                return {"params": params, **self.run_config(params).model_dump(mode="json")}
+            except Exception:  # a config the space rejects still gets its run; the trial reports the error
+                return {"params": params}
+
+        def _finish(self, trial: Any, *, failed: bool) -> None:
+            tracker = self.trackers.pop(trial.trial_id, None)
+            if tracker is None:
+                return
+            summary = {f"best_{k}": v for k, v in self.best.pop(trial.trial_id, {}).items()}
+            if failed:
+                summary["error"] = _last_error_line(trial)
+            tracker.finish(summary, artifact=_local_checkpoint(trial), failed=failed)
+
+    WandbCallback.__module__, WandbCallback.__qualname__ = __name__, "WandbCallback"
+    return WandbCallback
+
+
+def _last_error_line(trial: Any) -> str:
+    """The last line of the trial's error file (Tune writes the traceback there), or a placeholder."""
+    path = getattr(trial, "error_file", None)
+    try:
+        lines = Path(path).read_text(errors="replace").strip().splitlines() if path else []
+    except OSError:
+        lines = []
+    return lines[-1][:500] if lines else "the trial failed (no error file)"
+
+
+def _local_checkpoint(trial: Any) -> Path | None:
+    """The folder of the trial's latest checkpoint when it is on this machine's disk, else None."""
+    path = getattr(getattr(trial, "checkpoint", None), "path", None)
+    return Path(path) if path and Path(path).is_dir() else None
 
 
 def sync_command(run_dir: Path) -> str | None:

@@ -266,8 +266,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def _train(args: argparse.Namespace) -> int:
     config = _with_overrides(load_run_config(args.config), args)
-    out = (args.out or Path("runs/train") / datetime.now().strftime("%Y%m%d-%H%M%S")).resolve()
     device = pick_device(config.train.device)
+    config = _with_export(config, args.config)
+    out = (args.out or Path("runs/train") / datetime.now().strftime("%Y%m%d-%H%M%S")).resolve()
     from lobsearch.data.pipeline import prepare
 
     prepared = prepare(config.data.export, config.data.prep(), engine="local")
@@ -287,21 +288,28 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _with_overrides(config: RunConfig, args: argparse.Namespace) -> RunConfig:
-    """The config with the command-line overrides applied and validated; export resolved."""
+    """The config with the command-line overrides (--epochs, --device, --data) applied."""
     train = config.train.model_dump()
     if args.epochs is not None:
         train["epochs"] = args.epochs
     if args.device is not None:
         train["device"] = args.device
     train_cfg = validate(TrainConfig, train, "command line", prefix="train.")
-    export = args.data.resolve() if args.data else config.data.export
-    if export is None:
-        from lobsearch.synth import demo_export
-
-        export = demo_export()
-        print(f"no --data and no data.export in {args.config}: using the built-in demo export {export}")
-    data = config.data.model_copy(update={"export": Path(export).resolve()})
+    data = config.data
+    if args.data is not None:
+        data = data.model_copy(update={"export": args.data.resolve()})
     return config.model_copy(update={"data": data, "train": train_cfg})
+
+
+def _with_export(config: RunConfig, source: Path) -> RunConfig:
+    """The config with the demo export filled in when it names none (and saying so)."""
+    if config.data.export is not None:
+        return config
+    from lobsearch.synth import demo_export
+
+    export = demo_export().resolve()
+    print(f"no --data and no data.export in {source}: using the built-in demo export {export}")
+    return config.model_copy(update={"data": config.data.model_copy(update={"export": export})})
 
 
 def _say_plan(built: BuiltRun, prepared: Prepared) -> None:
@@ -348,10 +356,10 @@ def format_table(report: dict[str, Any]) -> str:
     for name, key in (("majority", "majority_macro_f1"), ("previous known label", "previous_macro_f1")):
         rows.append((f"{name} macro-F1", lambda s, k=key: report["baselines"][s][k]))
         rows.append((f"lift over {name}", lambda s, k=key: report[s]["macro_f1"] - report["baselines"][s][k]))
-    lines = [f"{'':<26}" + "".join(f"{s:>10}" for s in splits)]
+    lines = [f"{'':<32}" + "".join(f"{s:>10}" for s in splits)]
     for label, value in rows:
         sign = "+" if label.startswith("lift") else ""
-        lines.append(f"{label:<26}" + "".join(f"{value(s):>{sign}10.4f}" for s in splits))
+        lines.append(f"{label:<32}" + "".join(f"{value(s):>{sign}10.4f}" for s in splits))
     return "\n".join(lines)
 
 
