@@ -139,12 +139,6 @@ def test_nan_loss_is_a_status_not_an_exception():
     assert result.best_state is None and result.best_epoch == 0
 
 
-def test_huge_learning_rate_ends_as_nan_loss_or_finishes():
-    train, val = _windows()
-    result = fit(_model(), train, val, _cfg(learning_rate=1.0, grad_clip=None), device="cpu")
-    assert result.status in {"nan_loss", "completed"}
-
-
 def test_early_stopping_after_patience_epochs_without_progress():
     train, val = _windows()
     frozen = _cfg(epochs=10, patience=2, learning_rate=1e-12, schedule="none")
@@ -302,3 +296,9 @@ def test_device_setup_sets_cpu_threads(monkeypatch):
     monkeypatch.setattr(torch, "set_num_threads", calls.append)
     device_setup(None, _cfg(num_threads=1), "cpu")
     assert calls == [1]
+
+
+def test_evaluate_survives_nan_outputs():
+    _, val = _windows()
+    metrics, _, _, probs = evaluate(NaNModel(), val, device="cpu")
+    assert "log_loss" not in metrics and "macro_f1" in metrics

@@ -317,8 +317,9 @@ def evaluate(
 ) -> tuple[dict[str, Any], np.ndarray, np.ndarray, np.ndarray]:
     """(metrics, y_true (M,), y_pred (M,), probs (M, C)) of ``model`` on ``windows``.
 
-    ``metrics`` is ``classification_metrics`` as plain Python values, plus ``loss`` (the mean of
-    ``loss_fn``, e.g. the training loss on validation windows) when ``loss_fn`` is given.
+    ``metrics`` is ``classification_metrics`` as plain Python values (log_loss left out when a
+    probability is not finite), plus ``loss`` (the mean of ``loss_fn``, e.g. the training loss
+    on validation windows) when ``loss_fn`` is given.
     Raises DataError when ``windows`` is empty.
     """
     if len(windows) == 0:
@@ -330,9 +331,11 @@ def evaluate(
     if loss_fn is not None:
         with torch.inference_mode():
             extra["loss"] = float(loss_fn(torch.log(probs.clamp_min(1e-12)), windows.y))
+    finite = bool(torch.isfinite(probs).all())
     y_true, probs = windows.y.cpu().numpy(), probs.cpu().numpy()
     y_pred = probs.argmax(axis=1).astype(np.int64)
-    metrics = plain(classification_metrics(y_true, y_pred, probs)) | extra
+    # a diverged model's NaN probabilities have no log loss; its other metrics still tell
+    metrics = plain(classification_metrics(y_true, y_pred, probs if finite else None)) | extra
     return metrics, y_true, y_pred, probs
 
 

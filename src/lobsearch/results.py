@@ -142,12 +142,14 @@ def collect(grid: Any, search: Search, export: Any, prepared: dict[str, Any]) ->
         space=search.space.source,
         objective={"metric": spec.objective.metric, "mode": spec.objective.direction},
         export=str(export.root),
-        started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        started_at=search.started_at,
         stopped_by=_stopped_by(trials, search),
         trials=trials,
         oracle_macro_f1=(export.manifest or {}).get("oracle_macro_f1"),
     )
     summary.gate_report = next(iter(prepared.values())).gate_report if prepared else None
+    horizon = spec.fixed.get("data", {}).get("horizon")
+    summary.extra["horizon"] = horizon if "data.horizon" not in spec.params else None
     _pick_best(summary, search)
     if spec.objective.multi:
         summary.pareto = pareto_front(trials, spec.objective)
@@ -168,7 +170,7 @@ def _pick_best(summary: Summary, search: Search) -> None:
     if not scored:
         return
     best = max(scored, key=lambda t: sign * t["best"][metric])
-    summary.best = {"trial_id": best["trial_id"], "params": best["params"], "val": dict(best["best"])}
+    summary.best = {"trial_id": best["trial_id"], "params": best["params"], "search_val": dict(best["best"])}
     summary.best_checkpoint = best["checkpoint"]
     summary.best_run_config = search.space.run_config(best["params"])
 

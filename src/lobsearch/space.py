@@ -256,40 +256,48 @@ def _field_at(dotted: str) -> str | None:
     return None
 
 
-def _check_names(spec: SpaceFile) -> list[str]:
+def _mapping(value: Any) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
+def _check_names(raw: dict) -> list[str]:
+    """Name problems of a raw space file, checked even when its schema is broken elsewhere."""
     from lobsearch.models import list_models, model_spec
 
-    problems = [p for p in (_field_at(k) for k in spec.params) if p]
-    for key, param in spec.params.items():
-        if len(key.split(".")) > 2 and key.split(".")[1] in PREP_SECTIONS and param.type != "categorical":
+    params, models = _mapping(raw.get("params")), _mapping(raw.get("models"))
+    problems = [p for p in (_field_at(str(k)) for k in params) if p]
+    for key, param in params.items():
+        kind = _mapping(param).get("type")
+        if len(str(key).split(".")) > 2 and str(key).split(".")[1] in PREP_SECTIONS and kind != "categorical":
             problems.append(
                 f"params.{key}: preprocessing settings are searched as categorical choices "
-                f"(data is prepared once per choice before trials start; got type {param.type})"
+                f"(data is prepared once per choice before trials start; got type {kind})"
             )
-    if "model" in spec.fixed:
+    if "model" in _mapping(raw.get("fixed")):
         problems.append("fixed.model: model settings go under models.<family>.fixed")
-    for family, body in spec.models.items():
+    for family, body in models.items():
         if family not in list_models():
             problems.append(f"models.{family}: " + unknown_choice("model", family, list_models()))
             continue
         known = model_spec(family).hyperparameters
-        for key in [*body.fixed, *body.params]:
+        for key in [*_mapping(_mapping(body).get("fixed")), *_mapping(_mapping(body).get("params"))]:
             if key not in known:
                 problems.append(f"models.{family}.{key}: " + unknown_choice(f"hyperparameter of {family}", key, known))
-    if not spec.models:
+    if not models:
         problems.append("models: needs at least one model family")
-    names = param_names(spec)
-    for i, point in enumerate(spec.search.enqueue):
-        for key in point:
+    names = param_names(params, models)
+    enqueue = _mapping(raw.get("search")).get("enqueue") or []
+    for i, point in enumerate(enqueue if isinstance(enqueue, list) else []):
+        for key in _mapping(point):
             if key not in names:
                 problems.append(f"search.enqueue[{i}].{key}: " + unknown_choice("searched parameter", key, names))
     return problems
 
 
-def param_names(spec: SpaceFile) -> list[str]:
-    """Every Optuna parameter name the space can produce."""
-    names = list(spec.params) + (["model.name"] if len(spec.models) > 1 else [])
-    return names + [f"{family}.{key}" for family, body in spec.models.items() for key in body.params]
+def param_names(params: dict, models: dict) -> list[str]:
+    """Every Optuna parameter name a space with these ``params`` and ``models`` can produce."""
+    names = [str(k) for k in params] + (["model.name"] if len(models) > 1 else [])
+    return names + [f"{family}.{key}" for family, body in models.items() for key in _mapping(_mapping(body).get("params"))]
 
 
 def _check_bounds(space: SearchSpace) -> list[str]:
@@ -314,8 +322,12 @@ def _check_bounds(space: SearchSpace) -> list[str]:
 def load_space(path: str | Path) -> SearchSpace:
     """Read and validate a search-space file; raises ConfigError listing every problem at once."""
     path = Path(path)
-    spec = validate(SpaceFile, read_yaml(path), str(path))
-    problems = _check_names(spec)
+    raw = read_yaml(path)
+    problems = _check_names(raw) if isinstance(raw, dict) else []
+    try:
+        spec = validate(SpaceFile, raw, str(path))
+    except ConfigError as error:
+        raise ConfigError(str(path), list(dict.fromkeys([*error.problems, *problems]))) from None
     if problems:
         raise ConfigError(str(path), problems)
     space = SearchSpace(name=spec.name or path.stem, source=str(path), spec=spec)

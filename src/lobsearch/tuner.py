@@ -45,6 +45,7 @@ def default_concurrency(cluster: dict[str, float], cpus: float, gpus: float) -> 
 def _searcher(search: Search) -> Any:
     import optuna
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     spec = search.space.spec
     objective = spec.objective
     seed = spec.search.seed

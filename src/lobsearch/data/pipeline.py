@@ -1,6 +1,7 @@
 """The Ray Data part: shard day files across workers, gate and normalize them, cache the result.
 
-One Ray Dataset block per day file, so days spread over the cluster's workers. Two passes:
+One Ray Dataset row per day file, consecutive days grouped into a few blocks per CPU, so days
+spread over the cluster's workers. Two passes:
 
 1. per day (on the workers), only for the days whose statistics the mode needs (mode ``train``:
    the training days): load, gate, and compute Chan partial moments of the passing rows. The
@@ -31,6 +32,7 @@ import os
 import pickle
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -52,6 +54,11 @@ PIPELINE_VERSION = "1"
 
 REPORT_WINDOW = 100
 """Window size (stride 1) for which the gate report counts windows dropped per rule."""
+
+BLOCKS_PER_CPU = 4
+"""Blocks (Ray Data tasks) per cluster CPU, each holding consecutive days (one day per block when
+there are fewer days): enough to balance the load, few enough that Ray Data's cost per task (tens
+of ms on a small machine, as much as a day's work) stays small."""
 
 log = logging.getLogger(__name__)
 
@@ -277,8 +284,9 @@ def _local_map(fn: Callable[..., dict], tasks: list[_Task], steps: DaySteps, out
 
 def _ray_map(fn: Callable[..., dict], tasks: list[_Task], steps: DaySteps, out: Path | None
              ) -> Iterator[tuple[_Task, dict]]:
-    """Run ``fn`` on every task as a Ray Data map, one block per day, streaming results back in
-    order. Tasks and results travel pickled (exact, and no Arrow type guessing).
+    """Run ``fn`` on every task as a Ray Data map, one row per day (consecutive days grouped into
+    BLOCKS_PER_CPU blocks per CPU), streaming results back in order. Tasks and results travel
+    pickled (exact, and no Arrow type guessing).
 
     On a multi-node cluster the day files travel through the object store (a worker on another
     node has no path to the driver's disk) unless ``LOBSEARCH_SHARED_EXPORT=1`` says the export
@@ -303,8 +311,9 @@ def _ray_map(fn: Callable[..., dict], tasks: list[_Task], steps: DaySteps, out: 
             return {"pos": row["pos"], "result": pickle.dumps(_run_task(fn, shipped, steps, folder))}
 
     items = [{"pos": i, "task": pickle.dumps(task)} for i, task in enumerate(tasks)]
+    blocks = min(len(items), BLOCKS_PER_CPU * max(1, int(ray.cluster_resources().get("CPU", 1))))
     with _data_context():
-        dataset = ray.data.from_items(items, override_num_blocks=len(items))
+        dataset = ray.data.from_items(items, override_num_blocks=blocks)
         for row in dataset.map(apply, **_data_resources()).iter_rows():
             yield tasks[row["pos"]], _outcome(pickle.loads(row["result"]))
 

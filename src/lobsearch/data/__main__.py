@@ -1,0 +1,180 @@
+"""``python -m lobsearch.data report EXPORT_DIR``: what the safety gates drop, per day and rule.
+
+Prepares the export under the default prep config (cached, as a search would; ``--engine ray``
+uses Ray Data, the default ``local`` runs in this process), then prints one table with, per day,
+the rows and the windows (``--window`` T rows, ``--stride`` S; default 100 and 1) that each gate
+rule drops, and a summary per split: days, rows, and the label balance per horizon in percent
+Down / Stable / Up. The pipeline's JSON gate report lies beside the cache; its path is printed.
+``--json`` prints the same report as one JSON object instead. Errors print one line, exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from lobsearch.errors import LobsearchError
+
+EXIT_ERROR = 2
+SPLIT_ORDER = ("train", "val", "test")
+CLASSES = ("down", "stable", "up")
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1 (got {text!r})") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1 (got {value})")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m lobsearch.data", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    report = commands.add_parser("report", help="rows and windows the gates drop, per day and rule")
+    report.add_argument("export", type=Path, help="export folder (train/, val/, test/)")
+    report.add_argument("--window", type=_positive, default=100, help="window size T in rows (default 100)")
+    report.add_argument("--stride", type=_positive, default=1, help="stride between window ends (default 1)")
+    report.add_argument("--engine", choices=("local", "ray"), default="local", help="how to prepare (default local)")
+    report.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
+    return parser
+
+
+# ---------------------------------------------------------------- building the report
+
+
+def window_counts(export: Any, prep: Any, window: int, stride: int) -> dict[str, dict[str, int]]:
+    """Date -> windows of T rows (stride S) the day could hold (``windows``) and those each rule
+    drops (``window_gate_counts``), from the raw day features under the gates of ``prep``."""
+    from lobsearch.data.days import load_day
+    from lobsearch.data.gating import candidate_ends, gate_rows, window_gate_counts
+
+    g = prep.gates
+    counts = {}
+    for day_file in export.days():
+        features = load_day(day_file).features
+        gates = gate_rows(features, book_valid=g.book_valid, mbo_ready=g.mbo_ready, invalidity=g.invalidity)
+        dropped = window_gate_counts(gates, window, stride, last_row=g.last_row)
+        counts[day_file.date] = {"windows": int(candidate_ends(len(features), window, stride).size), **dropped}
+    return counts
+
+
+def split_summary(days: list[dict]) -> dict[str, dict[str, Any]]:
+    """Split -> days, rows, rows kept and label balance per horizon (percent down/stable/up)."""
+    summary: dict[str, dict[str, Any]] = {}
+    for split in SPLIT_ORDER:
+        members = [d for d in days if d["split"] == split]
+        if not members:
+            continue
+        balance = {}
+        for horizon in members[0]["label_balance"]:
+            counts = [sum(d["label_balance"][horizon][c] for d in members) for c in range(len(CLASSES))]
+            total = sum(counts) or 1
+            balance[horizon] = {name: round(100 * n / total, 1) for name, n in zip(CLASSES, counts)}
+        summary[split] = {
+            "days": len(members),
+            "rows": sum(d["rows"] for d in members),
+            "rows_kept": sum(d["rows_kept"] for d in members),
+            "label_balance_percent": balance,
+        }
+    return summary
+
+
+def build_report(export_dir: Path, window: int, stride: int, engine: str) -> dict[str, Any]:
+    """Prepare ``export_dir`` (default prep config) and assemble the report. Raises DataError."""
+    from lobsearch.config import PrepConfig
+    from lobsearch.data.days import discover_export
+    from lobsearch.data.pipeline import prepare, prepared_root
+
+    prep = PrepConfig()
+    export = discover_export(export_dir)
+    prepared = prepare(export, prep, engine=engine)
+    windows = window_counts(export, prep, window, stride)
+    report = prepared.gate_report
+    days = [{**{k: v for k, v in d.items() if k != "windows_dropped"}, "windows": windows[d["date"]]} for d in report["days"]]
+    return {
+        "export": str(export.root),
+        "key": prepared.key,
+        "gate_report": str(prepared_root() / prepared.key / "gate_report.json"),
+        "window": window,
+        "stride": stride,
+        "days": days,
+        "totals": report["totals"],
+        "days_dropped": report["days_dropped"],
+        "splits": split_summary(report["days"]),
+    }
+
+
+# ---------------------------------------------------------------- printing
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], left: int = 1) -> list[str]:
+    """Lines of a plain-text table: the first ``left`` columns left-aligned, the others right-aligned."""
+    cells = [[f"{v:,}" if isinstance(v, int) else str(v) for v in row] for row in rows]
+    widths = [max(len(str(h)), *(len(r[i]) for r in cells)) for i, h in enumerate(header)]
+
+    def line(values: Sequence[str]) -> str:
+        parts = [v.ljust(w) if i < left else v.rjust(w) for i, (v, w) in enumerate(zip(values, widths))]
+        return "  ".join(parts).rstrip()
+
+    return [line(header), line(["-" * w for w in widths]), *(line(r) for r in cells)]
+
+
+def day_table(report: dict[str, Any]) -> list[str]:
+    """Per day: rows, rows dropped per rule, windows, windows dropped per rule."""
+    rules = list(report["days"][0]["rows_dropped"])
+    header = ["date", "split", "rows", *(f"rows-{r}" for r in rules), "rows kept",
+              "windows", *(f"win-{r}" for r in rules), "windows kept"]
+    rows = []
+    for d in report["days"]:
+        w = d["windows"]
+        rows.append([d["date"], d["split"], d["rows"], *(d["rows_dropped"][r] for r in rules), d["rows_kept"],
+                     w["windows"], *(w[r] for r in rules), w["windows"] - w["total"]])
+    total = ["total", ""] + [sum(row[i] for row in rows) for i in range(2, len(header))]
+    return _table(header, [*rows, total], left=2)
+
+
+def split_table(report: dict[str, Any]) -> list[str]:
+    """Per split: days, rows, rows kept, and percent down/stable/up for each horizon."""
+    splits = report["splits"]
+    horizons = list(next(iter(splits.values()))["label_balance_percent"])
+    header = ["split", "days", "rows", "rows kept", *(f"h{h} D/S/U %" for h in horizons)]
+    rows = []
+    for split, s in splits.items():
+        balance = s["label_balance_percent"]
+        shares = ["/".join(f"{balance[h][c]:.1f}" for c in CLASSES) for h in horizons]
+        rows.append([split, s["days"], s["rows"], s["rows_kept"], *shares])
+    return _table(header, rows)
+
+
+def render(report: dict[str, Any]) -> str:
+    """The report as text: the per-day table, the split summary, dropped days, the JSON path."""
+    lines = [f"gate report for {report['export']}",
+             f"rows-<rule>, win-<rule>: rows and windows (T={report['window']}, stride {report['stride']}) "
+             "that fail the rule; a row or window failing several rules counts under each", ""]
+    lines += day_table(report) + [""] + split_table(report)
+    for dropped in report["days_dropped"]:
+        lines.append(f"day {dropped['date']} ({dropped['split']}) not prepared: {dropped['reason']}")
+    lines += ["", f"JSON gate report: {report['gate_report']}"]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        report = build_report(args.export, args.window, args.stride, args.engine)
+    except LobsearchError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_ERROR
+    print(json.dumps(report, indent=1) if args.json else render(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

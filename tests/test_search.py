@@ -1,0 +1,108 @@
+"""The search: dry run, command-line errors, a smoke search on a local Ray, failing trials."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lobsearch.config import load_run_config
+from lobsearch.search import dry_run
+from lobsearch.space import load_space
+from lobsearch.tune import main
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ROOT / "search_spaces" / "smoke.yaml"
+
+
+def test_dry_run_builds_every_sampled_model(capsys: pytest.CaptureFixture[str]) -> None:
+    configs = dry_run(load_space(ROOT / "search_spaces" / "all.yaml"), n=6)
+    assert len(configs) == 6
+    out = capsys.readouterr().out
+    assert out.count("logits (2, 3)") == 6
+
+
+def test_dry_run_command_needs_no_ray(capsys: pytest.CaptureFixture[str]) -> None:
+    import ray
+
+    assert main([str(SMOKE), "--dry-run"]) == 0
+    assert "lstm_tiny" in capsys.readouterr().out
+    assert not ray.is_initialized()
+
+
+def test_bad_space_exits_2_before_ray(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("models: {lstn: {}}\nsearch: {num_sample: 3}\n")
+    assert main([str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "did you mean 'lstm'" in err and "did you mean 'num_samples'" in err and str(path) in err
+
+
+def test_command_line_overrides_are_validated(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([str(SMOKE), "--num-samples", "0", "--dry-run"]) == 2
+    assert "search.num_samples" in capsys.readouterr().err
+
+
+def test_resume_needs_a_name(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([str(SMOKE), "--resume", "--storage", str(tmp_path)]) == 2
+    assert "--resume needs --name" in capsys.readouterr().err
+
+
+def _space(tmp_path: Path, **search: object) -> Path:
+    body = yaml.safe_load(SMOKE.read_text())
+    body["search"].update(search)
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(body))
+    return path
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_smoke_search_leaves_results_a_user_can_act_on(ray_session, small_export: Path, tmp_path: Path) -> None:
+    space = _space(tmp_path, num_samples=4, reduction_factor=2)
+    code = main([str(space), "--data", str(small_export), "--storage", str(tmp_path / "runs"), "--name", "smoke"])
+    assert code == 0
+    run_dir = tmp_path / "runs" / "smoke"
+    results = json.loads((run_dir / "results.json").read_text())
+    assert len(results["trials"]) == 4
+    statuses = {t["status"] for t in results["trials"]}
+    assert statuses <= {"completed", "early_stopped", "pruned"}
+    assert "pruned" in statuses, "ASHA with reduction factor 2 stops some of 4 trials early"
+    for trial in results["trials"]:
+        assert trial["history"] and trial["history"][0]["epoch"] == 1
+        assert trial["best"]["val_macro_f1"] == max(h["val_macro_f1"] for h in trial["history"])
+    best = results["best"]
+    assert best["search_val"]["val_macro_f1"] == max(t["best"]["val_macro_f1"] for t in results["trials"])
+    for split in ("val", "test"):
+        assert set(best[split]) >= {"macro_f1", "accuracy", "mcc", "confusion"}
+        assert set(best["baselines"][split]) >= {"majority_macro_f1", "previous_macro_f1"}
+    run = load_run_config(run_dir / "best_config.yaml")
+    assert run.data.window == best["params"]["data.window"]
+    assert run.model.name == "lstm_tiny"
+    csv_lines = (run_dir / "results.csv").read_text().strip().splitlines()
+    assert len(csv_lines) == 5
+    assert (run_dir / "report.html").is_file()
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_a_failing_trial_is_marked_failed_and_the_search_goes_on(ray_session, small_export: Path, tmp_path: Path) -> None:
+    body = yaml.safe_load(SMOKE.read_text())
+    # a 5,000-row window cannot fit in a 3,000-row day: that trial has no windows and fails
+    body["params"]["data.window"] = {"type": "categorical", "choices": [20, 5000]}
+    body["search"].update(num_samples=4, max_failures=0, enqueue=[{"data.window": 5000}, {"data.window": 20}])
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(body))
+    code = main([str(path), "--data", str(small_export), "--storage", str(tmp_path / "runs"), "--name", "fails"])
+    assert code == 0
+    results = json.loads((tmp_path / "runs" / "fails" / "results.json").read_text())
+    by_window = {}
+    for trial in results["trials"]:
+        by_window.setdefault(trial["params"]["data.window"], set()).add(trial["status"])
+    assert by_window[5000] == {"failed"}
+    assert by_window[20] <= {"completed", "early_stopped", "pruned"}
+    failed = next(t for t in results["trials"] if t["status"] == "failed")
+    assert "window" in failed["error"]
+    assert results["best"]["params"]["data.window"] == 20
