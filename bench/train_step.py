@@ -117,7 +117,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, help="timed steps per side and round (default 4 on CPU, 50 on CUDA)")
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     steps = args.steps or (50 if cuda else 4)
