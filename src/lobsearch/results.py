@@ -114,6 +114,7 @@ def _trial_record(number: int, result: Any, search: Search, t0: float | None) ->
         "start_s": None if start is None or t0 is None else round(start - t0, 3),
         "end_s": None if end is None or t0 is None else round(end - t0, 3),
         "n_params": last.get("n_params"),
+        "node_id": last.get("node_id"),
         "latency_ms": _plain(last.get("latency_ms")),
         "history": history,
         "error": None if result.error is None else str(result.error).strip().splitlines()[-1][:500],

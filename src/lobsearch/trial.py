@@ -30,6 +30,7 @@ def run_trial(config: dict[str, Any], *, data: dict[str, Prepared], space: Searc
     ``config`` holds the sampled parameters (Optuna names); ``data`` maps a prep-config digest to
     its prepared days. Raises TrialFailed when training cannot produce a model.
     """
+    import ray
     from ray import tune
 
     from lobsearch.loop import fit
@@ -41,7 +42,12 @@ def run_trial(config: dict[str, Any], *, data: dict[str, Prepared], space: Searc
     built = build_run(run, prepared, device=device)
     work = Path(tempfile.mkdtemp(prefix="lobsearch-trial-"))
     resume = _restore(tune.get_checkpoint(), work / "restored")
-    constants = {"n_params": built.n_params, "latency_ms": built.latency_ms, "model_family": run.model.name}
+    constants = {
+        "n_params": built.n_params,
+        "latency_ms": built.latency_ms,
+        "model_family": run.model.name,
+        "node_id": ray.get_runtime_context().get_node_id(),
+    }
 
     def report(epoch: Any) -> None:
         metrics = {**epoch.metrics(), **constants}

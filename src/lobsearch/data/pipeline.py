@@ -60,6 +60,9 @@ BLOCKS_PER_CPU = 4
 there are fewer days): enough to balance the load, few enough that Ray Data's cost per task (tens
 of ms on a small machine, as much as a day's work) stays small."""
 
+FREE_CPU_WAIT_S = 2.0
+"""How long the cluster must show no free CPU before the data tasks run without one."""
+
 log = logging.getLogger(__name__)
 
 
@@ -383,15 +386,20 @@ def _data_resources() -> dict[str, Any]:
     """CPUs a data task asks for: one when the cluster has one free, else none.
 
     Trials that hold every CPU would otherwise starve Ray Data's tasks forever (they wait for a
-    CPU that never frees); with none free the tasks run beside the trials, two at a time.
+    CPU that never frees); with none free the tasks run beside the trials, two at a time. The
+    cluster's view of free CPUs lags behind tasks that just ended (seen right after the first
+    pass), so "none free" must hold for FREE_CPU_WAIT_S before it is believed.
     """
     import ray
     import ray.data
 
-    if ray.available_resources().get("CPU", 0) >= 1:
-        return {"num_cpus": 1}
-    log.warning("every CPU in the Ray cluster is held (by trials?): data tasks run beside them, 2 at a time")
-    return {"num_cpus": 0, "compute": ray.data.TaskPoolStrategy(size=2)}
+    deadline = time.monotonic() + FREE_CPU_WAIT_S
+    while ray.available_resources().get("CPU", 0) < 1:
+        if time.monotonic() > deadline:
+            log.warning("every CPU in the Ray cluster is held (by trials?): data tasks run beside them, 2 at a time")
+            return {"num_cpus": 0, "compute": ray.data.TaskPoolStrategy(size=2)}
+        time.sleep(0.1)
+    return {"num_cpus": 1}
 
 
 # ---------------------------------------------------------------- driver
