@@ -129,7 +129,7 @@ def worker_ray(export: Path, scratch: Path, cpus: int) -> dict:
     from lobsearch.data.pipeline import prepare, prepared_root
 
     started = time.time()
-    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
     phases = {"ray.init": [started, time.time()]}
     for phase in ("cold", "warm"):
         begun = time.time()

@@ -10,7 +10,10 @@ its own process, so its cluster never meets the test session's Ray.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import sys
 import threading
 import time
@@ -32,16 +35,19 @@ def trial_rows(experiment: Path) -> dict[str, list[dict]]:
 
 
 def remove_when_busy(cluster: Cluster, node, experiment: Path, epochs: int, log: dict) -> None:
-    """Remove ``node`` once a trial on it has reported an epoch but not its last one."""
+    """Remove ``node`` once a trial on it has reported an epoch and has two or more to go."""
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
         rows = trial_rows(experiment)
-        busy = [n for n, r in rows.items() if r[-1]["node_id"] == node.node_id and r[-1]["training_iteration"] < epochs]
+        busy = [n for n, r in rows.items() if r[-1]["node_id"] == node.node_id and r[-1]["training_iteration"] <= epochs - 2]
         finished = {n: r for n, r in rows.items() if r[-1]["training_iteration"] == epochs}
         if busy and finished:
             log["interrupted"] = busy
             log["finished_before"] = finished
             cluster.remove_node(node, allow_graceful=False)
+            for name in busy:  # a lost machine takes its trial processes with it
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(rows[name][-1]["pid"], signal.SIGKILL)
             return
         time.sleep(0.2)
 
