@@ -106,3 +106,31 @@ def test_a_failing_trial_is_marked_failed_and_the_search_goes_on(ray_session, sm
     failed = next(t for t in results["trials"] if t["status"] == "failed")
     assert "window" in failed["error"]
     assert results["best"]["params"]["data.window"] == 20
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_wandb_offline_records_what_the_trials_reported(ray_session, small_export: Path, tmp_path: Path) -> None:
+    from lobsearch.tracking import read_offline_run
+
+    space = _space(tmp_path, num_samples=2, scheduler="none")
+    storage = tmp_path / "runs"
+    code = main([str(space), "--data", str(small_export), "--storage", str(storage), "--name", "wb", "--wandb", "offline"])
+    assert code == 0
+    run_dir = storage / "wb"
+    results = json.loads((run_dir / "results.json").read_text())
+    runs = [read_offline_run(p) for p in sorted((run_dir / "wandb").glob("offline-run-*"))]
+    by_name = {r["name"]: r for r in runs}
+    assert len(runs) == 3, "one run per trial plus the best configuration's run"
+    for trial in results["trials"]:
+        run = by_name[trial["trial_id"]]
+        assert run["group"] == "wb" and run["job_type"] == "lstm_tiny"
+        assert run["config"]["data"]["window"] == trial["params"]["data.window"]
+        logged = [row["val_macro_f1"] for row in run["history"] if "val_macro_f1" in row]
+        assert logged == [row["val_macro_f1"] for row in trial["history"]]
+        assert run["summary"]["best_val_macro_f1"] == trial["best"]["val_macro_f1"]
+        assert run["exit_code"] == 0
+    best = by_name["wb-best"]
+    assert best["job_type"] == "best" and best["summary"]["trial_id"] == results["best"]["trial_id"]
+    assert best["summary"]["test_macro_f1"] == results["best"]["test"]["macro_f1"]
+    assert [a["type"] for a in best["artifacts"]] == ["model"]

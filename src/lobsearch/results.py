@@ -232,6 +232,17 @@ def write_results(summary: Summary, run_dir: Path) -> None:
         print(f"warning: the HTML report could not be written: {error}")
 
 
+def upload_results(run_dir: Path, uri: str) -> None:
+    """Copy the results files to shared storage beside Tune's trials (``s3://...`` and the like)."""
+    import pyarrow.fs
+
+    filesystem, root = pyarrow.fs.FileSystem.from_uri(uri)
+    for name in ("results.json", "results.csv", "best_config.yaml", "report.html"):
+        if (run_dir / name).is_file():
+            pyarrow.fs.copy_files(str(run_dir / name), f"{root}/{name}", destination_filesystem=filesystem)
+    print(f"  results copied to {uri}")
+
+
 def _csv(trials: list[dict[str, Any]]) -> str:
     params = sorted({k for t in trials for k in t["params"]})
     metrics = sorted({k for t in trials for k in (t["best"] or {})})
@@ -282,6 +293,8 @@ def print_summary(summary: Summary, run_dir: Path, *, quiet: bool = False) -> No
         print(f"  best config: {run_dir / 'best_config.yaml'}")
     if (run_dir / "report.html").exists():
         print(f"  report: {run_dir / 'report.html'}")
+    if summary.extra.get("wandb_sync"):
+        print(f"  W&B runs are offline; upload them with:\n    {summary.extra['wandb_sync']}")
 
 
 def _short(value: Any) -> str:

@@ -111,7 +111,7 @@ class Search:
         return grid, _was_interrupted(grid, self)
 
     def _finish(self, grid: Any, prepared: dict[str, Any], export: Any, interrupted: bool) -> int:
-        from lobsearch.results import collect, evaluate_best, print_summary, write_results
+        from lobsearch.results import collect, evaluate_best, print_summary, upload_results, write_results
 
         resume_hint = (
             f"python -m lobsearch.tune {self.space.source} --name {self.name} --storage {self.storage} --resume"
@@ -124,11 +124,30 @@ class Search:
             self.say("evaluating the best configuration once on the test split")
             evaluate_best(summary, prepared)
         write_results(summary, self.run_dir)
+        self._record_best(summary)
+        if "://" in self.storage:
+            upload_results(self.run_dir, f"{self.storage.rstrip('/')}/{self.name}")
         print_summary(summary, self.run_dir, quiet=self.quiet)
         if interrupted:
             print(f"interrupted; finished trials are kept. Resume with:\n  {resume_hint}")
             return EXIT_INTERRUPTED
         return 0
+
+
+    def _record_best(self, summary: Any) -> None:
+        """The best configuration and its test metrics as one more W&B run of the search's group."""
+        from lobsearch.tracking import record_best, settings_for_search, sync_command
+
+        settings = settings_for_search(self)
+        if settings is None or summary.best is None:
+            return
+        checkpoint = Path(summary.best_checkpoint) if summary.best_checkpoint else None
+        config = summary.best_run_config.model_dump(mode="json") if summary.best_run_config else {}
+        record_best(settings, group=self.name, best=summary.best, config=config,
+                    checkpoint=checkpoint if checkpoint and checkpoint.is_dir() else None)
+        command = sync_command(self.run_dir)
+        if command:
+            summary.extra["wandb_sync"] = command
 
 
 def _was_interrupted(grid: Any, search: Search) -> bool:

@@ -320,11 +320,10 @@ def _wandb_callback_class() -> type:
         @classmethod
         def for_search(cls, search: Any) -> Any:
             """The callback for a ``lobsearch.search.Search``, or None when tracking is disabled."""
-            tracking, spec = search.space.spec.tracking, search.space.spec
-            mode = resolve_mode(tracking.wandb)
-            if mode == "disabled":
+            spec = search.space.spec
+            settings = settings_for_search(search)
+            if settings is None:
                 return None
-            settings = WandbSettings(mode=mode, project=tracking.project, entity=tracking.entity, dir=search.run_dir)
             return cls(settings, group=search.name, metric=spec.objective.metric, mode=spec.objective.direction,
                        families=tuple(search.space.families), run_config=search.space.run_config)
 
@@ -373,10 +372,34 @@ def _wandb_callback_class() -> type:
             summary = {f"best_{k}": v for k, v in self.best.pop(trial.trial_id, {}).items()}
             if failed:
                 summary["error"] = _last_error_line(trial)
-            tracker.finish(summary, artifact=_local_checkpoint(trial), failed=failed)
+            tracker.finish(summary, failed=failed)
 
     WandbCallback.__module__, WandbCallback.__qualname__ = __name__, "WandbCallback"
     return WandbCallback
+
+
+def settings_for_search(search: Any) -> WandbSettings | None:
+    """W&B settings of a ``lobsearch.search.Search`` (runs go in its run folder); None when disabled."""
+    tracking = search.space.spec.tracking
+    mode = resolve_mode(tracking.wandb)
+    if mode == "disabled":
+        return None
+    return WandbSettings(mode=mode, project=tracking.project, entity=tracking.entity, dir=search.run_dir)
+
+
+def record_best(settings: WandbSettings, *, group: str, best: dict, config: dict, checkpoint: Path | None) -> None:
+    """One more run in the search's group (job type "best"): the chosen configuration, its
+    validation and test metrics with lift over the naive baselines, and its checkpoint as a
+    "model" artifact. Like every W&B call here, a failure is a warning, never an error."""
+    summary: dict[str, Any] = {"trial_id": best.get("trial_id")}
+    for split in ("val", "test"):
+        for key, value in (best.get(split) or {}).items():
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                summary[f"{split}_{key}"] = value
+        if split in (best.get("lift") or {}):
+            summary[f"{split}_lift_macro_f1"] = best["lift"][split]
+    tracker = TrialTracker.start(settings, group=group, job_type="best", name=f"{group}-best", config=config)
+    tracker.finish(summary, artifact=checkpoint)
 
 
 def _last_error_line(trial: Any) -> str:
@@ -387,12 +410,6 @@ def _last_error_line(trial: Any) -> str:
     except OSError:
         lines = []
     return lines[-1][:500] if lines else "the trial failed (no error file)"
-
-
-def _local_checkpoint(trial: Any) -> Path | None:
-    """The folder of the trial's latest checkpoint when it is on this machine's disk, else None."""
-    path = getattr(getattr(trial, "checkpoint", None), "path", None)
-    return Path(path) if path and Path(path).is_dir() else None
 
 
 def sync_command(run_dir: Path) -> str | None:
