@@ -22,6 +22,10 @@ if TYPE_CHECKING:
     from lobsearch.search import Search
 
 
+AUTOSCALE_CONCURRENCY = 8
+"""Trials allowed at once on a cluster joined by address when the space sets no limit."""
+
+
 def trial_resources(cpus: float, gpus: float) -> dict[str, float]:
     """Ray resources of one trial; fractional GPUs let several trials share one device."""
     resources = {"cpu": cpus}
@@ -100,6 +104,9 @@ def build_tuner(search: Search, prepared: dict[str, Any]) -> tune.Tuner:
     concurrency = spec.search.max_concurrent or default_concurrency(
         ray.cluster_resources(), spec.search.cpus_per_trial, spec.search.gpus_per_trial
     )
+    if search.address and not spec.search.max_concurrent:
+        # an autoscaling cluster starts with few workers: let pending trials ask for more nodes
+        concurrency = max(concurrency, min(spec.search.num_samples, AUTOSCALE_CONCURRENCY))
     search.say(f"running up to {concurrency} trials at once")
     objective = spec.objective
     return tune.Tuner(
