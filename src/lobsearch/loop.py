@@ -386,7 +386,8 @@ class EpochResult:
 
     epoch: 1-based; train_loss: mean training loss; val: validation metrics (macro_f1, accuracy,
     mcc, ..., loss); samples_per_s: training windows per second (training part of the epoch);
-    lr: learning rate after the epoch's last step; seconds: wall time of train + evaluation.
+    lr: learning rate after the epoch's last step; seconds: wall time of train + evaluation;
+    status: "running", or how the run ends after this epoch ("completed", "early_stopped").
     """
 
     epoch: int
@@ -395,6 +396,7 @@ class EpochResult:
     samples_per_s: float
     lr: float
     seconds: float
+    status: str = "running"
 
     def metrics(self) -> dict[str, float]:
         """Flat scalars for a tracker: epoch, train_loss, lr, samples_per_s, seconds, val_<name>."""
@@ -486,6 +488,8 @@ def fit(
         result = _run_epoch(model, step, train, val, cfg, steps, progress)
         if result is None:
             break
+        ending = "completed" if progress.epoch >= cfg.epochs else "running"
+        result = dataclasses.replace(result, status=progress.status or ending)
         if checkpoint_dir is not None:
             save_checkpoint(checkpoint_dir, _checkpoint(model, step, progress, data_hash))
         if on_epoch is not None and on_epoch(result) and progress.status is None:

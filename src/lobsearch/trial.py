@@ -50,7 +50,7 @@ def run_trial(config: dict[str, Any], *, data: dict[str, Prepared], space: Searc
     }
 
     def report(epoch: Any) -> None:
-        metrics = {**epoch.metrics(), **constants}
+        metrics = {**epoch.metrics(), **constants, "fit_status": epoch.status}
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(work / "checkpoint"))
 
     try:

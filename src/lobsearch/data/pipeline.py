@@ -55,7 +55,7 @@ PIPELINE_VERSION = "1"
 REPORT_WINDOW = 100
 """Window size (stride 1) for which the gate report counts windows dropped per rule."""
 
-BLOCKS_PER_CPU = 4
+BLOCKS_PER_CPU = 2
 """Blocks (Ray Data tasks) per cluster CPU, each holding consecutive days (one day per block when
 there are fewer days): enough to balance the load, few enough that Ray Data's cost per task (tens
 of ms on a small machine, as much as a day's work) stays small."""
