@@ -192,7 +192,8 @@ def _import_psutil() -> None:
 
 
 def measure(kind: str, export: Path, scratch: Path) -> dict:
-    """Run one measurement in a child process; its phases, rows and the memory peaks of each phase."""
+    """Run one measurement in a child process: its phases, rows, and per phase (and ``before`` the
+    measured step) the tree's memory peaks and CPU seconds."""
     result_file = scratch / f"{kind}.json"
     command = [sys.executable, __file__, "--worker", kind, "--export-dir", str(export), "--scratch", str(scratch),
                "--result", str(result_file)]
@@ -207,10 +208,10 @@ def measure(kind: str, export: Path, scratch: Path) -> dict:
         raise RuntimeError(f"worker {kind} failed (exit {child.returncode}):\n{stderr[-3000:]}")
     result = json.loads(result_file.read_text())
     result["seconds"] = {name: end - start for name, (start, end) in result["phases"].items()}
-    result["memory"] = {name: sampler.peak(start, end) for name, (start, end) in result["phases"].items()}
+    result["tree"] = {name: sampler.peak(start, end) for name, (start, end) in result["phases"].items()}
     result["load_average_1min_before"] = load
     phases = result["phases"]
-    result["memory"]["before"] = sampler.peak(0, (phases["cold"] if "cold" in phases else phases["run"])[0])
+    result["tree"]["before"] = sampler.peak(0, (phases["cold"] if "cold" in phases else phases["run"])[0])
     return result
 
 
@@ -276,10 +277,10 @@ def summarize(runs: dict[str, list[dict]], facts: dict) -> dict:
         seconds = statistics.median(r["seconds"][phase] for r in runs[kind])
         table[label] = {
             "seconds": seconds, "rows_per_s": rows / seconds, "ratio_vs_numpy": base / seconds,
-            "peak_rss_gib": statistics.median(r["memory"][phase]["rss"] for r in runs[kind]) / GIB,
-            "peak_pss_gib": statistics.median(r["memory"][phase]["pss"] for r in runs[kind]) / GIB,
-            "processes": max(r["memory"][phase]["processes"] for r in runs[kind]),
-            "cpu_s": statistics.median(r["memory"][phase]["cpu_s"] for r in runs[kind]),
+            "peak_rss_gib": statistics.median(r["tree"][phase]["rss"] for r in runs[kind]) / GIB,
+            "peak_pss_gib": statistics.median(r["tree"][phase]["pss"] for r in runs[kind]) / GIB,
+            "processes": max(r["tree"][phase]["processes"] for r in runs[kind]),
+            "cpu_s": statistics.median(r["tree"][phase]["cpu_s"] for r in runs[kind]),
         }
     largest = max(facts["days_per_split"].values()) * facts["rows_per_day"] * facts["columns"] * 4
     memory_target = (1.5 * largest + 1.5 * GIB) / GIB

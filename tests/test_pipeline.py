@@ -138,6 +138,28 @@ def test_ray_engine_equals_the_local_engine_and_the_pure_steps(ray_session, smal
     assert_matches_reference(prepared, reference_days(small_export, train_stats))
 
 
+@pytest.mark.ray
+def test_ray_engine_shipping_day_files_through_the_object_store_gives_the_same_output(
+    ray_session, small_export, local_prepared, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(pipeline, "_ship_files", lambda: True)  # as on a multi-node cluster
+    assert_prepared_identical(run(small_export, engine="ray", tmp=tmp_path), local_prepared)
+
+
+def test_arrays_travel_back_when_a_worker_cannot_see_the_cache_folder(small_export, local_prepared, tmp_path, monkeypatch):
+    real = pipeline._run_task
+    returned = []
+
+    def unseen_folder(fn, task, steps, out):
+        result = real(fn, task, steps, None if out is None else str(tmp_path / "not-on-this-node"))
+        returned.append("x" in result)
+        return result
+
+    monkeypatch.setattr(pipeline, "_run_task", unseen_folder)
+    assert_prepared_identical(run(small_export, tmp=tmp_path), local_prepared)
+    assert returned.count(True) == 6  # pass 2 returned every day's arrays; the driver wrote them
+
+
 def test_gate_report_counts_rows_and_windows_per_day_and_rule(small_export, local_prepared):
     report = local_prepared.gate_report
     days = {f.date: load_day(f) for f in day_files(small_export)}

@@ -134,3 +134,24 @@ def test_wandb_offline_records_what_the_trials_reported(ray_session, small_expor
     assert best["job_type"] == "best" and best["summary"]["trial_id"] == results["best"]["trial_id"]
     assert best["summary"]["test_macro_f1"] == results["best"]["test"]["macro_f1"]
     assert [a["type"] for a in best["artifacts"]] == ["model"]
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_multi_objective_search_reports_the_pareto_front(ray_session, small_export: Path, tmp_path: Path) -> None:
+    body = yaml.safe_load(SMOKE.read_text())
+    body["objective"] = {"metric": "val_macro_f1", "also": [{"metric": "n_params", "mode": "min"}]}
+    body["search"].update(num_samples=4)
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(body))
+    code = main([str(path), "--data", str(small_export), "--storage", str(tmp_path / "runs"), "--name", "pareto"])
+    assert code == 0
+    results = json.loads((tmp_path / "runs" / "pareto" / "results.json").read_text())
+    front = results["pareto"]
+    assert front
+    scored = [(t["best"]["val_macro_f1"], t["n_params"]) for t in results["trials"] if t["best"]]
+    for point in front:
+        f1, size = point["val_macro_f1"], point["n_params"]
+        assert not any(o_f1 >= f1 and o_size <= size and (o_f1, o_size) != (f1, size) for o_f1, o_size in scored)
+    best_f1 = max(f1 for f1, _ in scored)
+    assert any(p["val_macro_f1"] == best_f1 for p in front), "the most accurate trial is always on the front"

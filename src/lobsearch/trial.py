@@ -38,6 +38,7 @@ def run_trial(config: dict[str, Any], *, data: dict[str, Prepared], space: Searc
 
     run = space.run_config(config)
     prepared = data[run.data.prep().digest()]
+    _threads_from_resources(run.train.num_threads)
     device = pick_device(run.train.device)
     built = build_run(run, prepared, device=device)
     work = Path(tempfile.mkdtemp(prefix="lobsearch-trial-"))
@@ -70,6 +71,18 @@ def run_trial(config: dict[str, Any], *, data: dict[str, Prepared], space: Searc
         shutil.rmtree(work / "restored", ignore_errors=True)
     if result.status == "nan_loss":
         raise TrialFailed(result.message)
+
+
+def _threads_from_resources(asked: int | None) -> None:
+    """torch's CPU threads = the trial's CPUs (unless the config sets them), so trials sharing a
+    node do not oversubscribe its cores."""
+    import ray
+    import torch
+
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
+    threads = asked or (max(1, int(cpus)) if cpus else None)
+    if threads:
+        torch.set_num_threads(threads)
 
 
 def _restore(checkpoint: Any, into: Path) -> Path | None:

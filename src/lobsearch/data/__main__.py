@@ -35,7 +35,7 @@ def _positive(text: str) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m lobsearch.data", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m lobsearch.data", description="What the safety gates drop in an export.")
     commands = parser.add_subparsers(dest="command", required=True)
     report = commands.add_parser("report", help="rows and windows the gates drop, per day and rule")
     report.add_argument("export", type=Path, help="export folder (train/, val/, test/)")
