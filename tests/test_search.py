@@ -155,3 +155,15 @@ def test_multi_objective_search_reports_the_pareto_front(ray_session, small_expo
         assert not any(o_f1 >= f1 and o_size <= size and (o_f1, o_size) != (f1, size) for o_f1, o_size in scored)
     best_f1 = max(f1 for f1, _ in scored)
     assert any(p["val_macro_f1"] == best_f1 for p in front), "the most accurate trial is always on the front"
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+@pytest.mark.parametrize("space", ["lstm.yaml", "all.yaml"])
+def test_every_space_runs_end_to_end_in_smoke_mode(ray_session, small_export: Path, tmp_path: Path, space: str) -> None:
+    code = main([str(ROOT / "search_spaces" / space), "--smoke", "--data", str(small_export),
+                 "--storage", str(tmp_path), "--name", "s", "--wandb", "disabled", "--quiet"])
+    assert code == 0
+    results = json.loads((tmp_path / "s" / "results.json").read_text())
+    assert len(results["trials"]) == 2 and results["best"] is not None
+    assert all(t["epochs"] <= 2 for t in results["trials"])
