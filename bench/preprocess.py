@@ -60,7 +60,8 @@ def _gate(x: np.ndarray) -> np.ndarray:
 
 def _day_paths(export: Path) -> list[tuple[str, str, Path]]:
     """(split, date, features path) of every day, chronological."""
-    days = [(split, p.name[:8], p) for split in ("train", "val", "test") for p in (export / split).glob("*_features.npy")]
+    days = [(split, p.name[:8], p) for split in ("train", "val", "test")
+            for p in (export / split).glob("*_features.npy")]
     return sorted(days, key=lambda d: d[1])
 
 
@@ -324,7 +325,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     export = args.export_dir.expanduser().resolve()
     if args.worker:
-        run = worker_numpy(export, args.scratch) if args.worker == "numpy" else worker_ray(export, args.scratch, int(args.worker[-1]))
+        if args.worker == "numpy":
+            run = worker_numpy(export, args.scratch)
+        else:
+            run = worker_ray(export, args.scratch, int(args.worker[-1]))
         args.result.write_text(json.dumps(run))
         return 0
     _import_psutil()

@@ -29,7 +29,7 @@ def test_table_lists_every_day_rule_and_split_and_the_json_path(small_export, ca
     for column in ("rows-book_valid", "rows-mbo_ready", "rows-invalidity", "win-invalidity", "windows kept"):
         assert column in out
     assert "T=100, stride 1" in out and "h10 D/S/U %" in out and "h100 D/S/U %" in out
-    summary = {line.split()[0]: line.split() for line in out.splitlines() if line.split()[:1] in (["train"], ["val"], ["test"])}
+    summary = {words[0]: words for words in map(str.split, out.splitlines()) if words[:1] in (["train"], ["val"], ["test"])}
     assert summary["train"][1:3] == ["4", "12,000"] and summary["test"][1] == "1"
     path = Path(out.strip().splitlines()[-1].removeprefix("JSON gate report: "))
     assert path.is_file() and path.name == "gate_report.json"
@@ -43,7 +43,8 @@ def test_json_counts_windows_for_the_given_window_and_stride(small_export, capsy
         features = load_day(day_file).features
         gates = gate_rows(features)
         assert entry["date"] == day_file.date
-        assert entry["windows"] == {"windows": candidate_ends(len(features), 30, 7).size, **window_gate_counts(gates, 30, 7)}
+        windows = candidate_ends(len(features), 30, 7).size
+        assert entry["windows"] == {"windows": windows, **window_gate_counts(gates, 30, 7)}
         assert entry["rows_dropped"] == gates.failed and entry["rows_kept"] == int(gates.row_ok.sum())
     assert Path(report["gate_report"]).is_file()
 

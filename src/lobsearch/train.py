@@ -317,9 +317,11 @@ def _say_plan(built: BuiltRun, prepared: Prepared) -> None:
     sizes = ", ".join(f"{s} {len(getattr(built, s)):,}" for s in ("train", "val", "test")
                       if getattr(built, s) is not None)
     print(f"export {config.data.export} (horizons {list(prepared.horizons)}, {prepared.n_features} features)")
+    print(f"data: {prepared.summary()}")
     print(f"windows: {sizes} (T={config.data.window}, F'={built.n_features}, "
           f"horizon {config.data.horizon})")
-    print(f"model {config.model.name}: {built.n_params:,} parameters; backend {built.backend.describe()}")
+    print(f"model {config.model.name}: {built.n_params:,} parameters")
+    print(f"backend {built.backend.describe()} ({'; '.join(built.backend.notes)})")
 
 
 def _progress_printer(cfg: TrainConfig) -> Any:

@@ -35,7 +35,8 @@ def _positive(text: str) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m lobsearch.data", description="What the safety gates drop in an export.")
+    parser = argparse.ArgumentParser(prog="python -m lobsearch.data",
+                                     description="What the safety gates drop in an export.")
     commands = parser.add_subparsers(dest="command", required=True)
     report = commands.add_parser("report", help="rows and windows the gates drop, per day and rule")
     report.add_argument("export", type=Path, help="export folder (train/, val/, test/)")
@@ -97,7 +98,8 @@ def build_report(export_dir: Path, window: int, stride: int, engine: str) -> dic
     prepared = prepare(export, prep, engine=engine)
     windows = window_counts(export, prep, window, stride)
     report = prepared.gate_report
-    days = [{**{k: v for k, v in d.items() if k != "windows_dropped"}, "windows": windows[d["date"]]} for d in report["days"]]
+    days = [{**{k: v for k, v in d.items() if k != "windows_dropped"}, "windows": windows[d["date"]]}
+            for d in report["days"]]
     return {
         "export": str(export.root),
         "key": prepared.key,

@@ -550,7 +550,7 @@ def load_prepared(folder: Path, *, from_cache: bool = False) -> Prepared:
     manifest = json.loads((folder / "prepared.json").read_text())
     splits: dict[str, list[PreparedDay]] = {}
     for day in manifest["days"]:
-        arrays = {part: np.load(folder / f"{day['name']}_{part}.npy", mmap_mode="r") for part in ("x", "labels", "row_ok")}
+        arrays = {part: np.load(folder / f"{day['name']}_{part}.npy", mmap_mode="r") for part in ARRAYS}
         splits.setdefault(day["split"], []).append(PreparedDay(day["date"], day["split"], **arrays))
     stats = manifest["stats"]
     return Prepared(
