@@ -178,7 +178,7 @@ class _ray_session:
         if self.address:
             ray.init(address=self.address, log_to_driver=False)
         else:
-            ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+            ray.init(address="local", include_dashboard=False, log_to_driver=False, configure_logging=False)
         self.started_here = True
 
     def __exit__(self, *exc: Any) -> None:

@@ -462,13 +462,16 @@ class Day:
         return int(self.features.shape[0])
 
 
-def load_day(day: DayFile, *, rule: LabelRule | None = None, expected_features: int | None = None) -> Day:
+def load_day(day: DayFile, *, rule: LabelRule | None = None, expected_features: int | None = None,
+             check_finite: bool = True) -> Day:
     """Memory-map one day, check it against the contract and decode its labels.
 
     ``rule`` computes labels when there is no labels file (default: the metadata's labeling,
     else ``LabelRule()``), and names the columns of a labels file that nothing else names.
     A windowed day becomes flat rows (rows = sequences[0] then sequences[1:, -1]); the label of
     window i goes to row i + T - 1 and the first T - 1 rows get -1.
+    ``check_finite=False`` skips the NaN/inf scan of rows that pass the gates, for a caller that
+    checks those rows itself as it reads them (the pipeline does, and saves a pass over the day).
     Raises DataError for any broken rule (see ``validate_export``); warns ``DataWarning`` for a
     day with 0 rows.
     """
@@ -479,7 +482,8 @@ def load_day(day: DayFile, *, rule: LabelRule | None = None, expected_features: 
     features = _open_features(day)
     if len(features) == 0:
         warnings.warn(DataWarning(f"{day.features}: day {day.date} has 0 rows; it is skipped"), stacklevel=2)
-    _check_finite(day.features, features)
+    if check_finite:
+        _check_finite(day.features, features)
     labels, horizons = _day_labels(day, meta, manifest, header, features, rule)
     return Day(date=day.date, split=day.split, features=features, labels=labels, horizons=horizons,
                metadata=meta, normalized=_normalized(day, meta),

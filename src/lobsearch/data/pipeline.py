@@ -161,7 +161,8 @@ def _load(day_file: DayFile, steps: DaySteps) -> Any:
                         "(use 'auto' or 'computed' to compute labels from MID_PRICE)")
     if source == "computed":
         day_file = dataclasses.replace(day_file, labels=None)
-    day = load_day(day_file, rule=steps.rule)
+    # rows that pass the gates are checked for NaN/inf by day_moments and normalize_day
+    day = load_day(day_file, rule=steps.rule, check_finite=False)
     if day.labels is None:
         raise DataError(f"{day_file.features}: no labels file, and too few columns to compute labels "
                         f"from the book (found {day.features.shape[1]}, need 40)")
@@ -192,6 +193,14 @@ def _day_report(day_file: DayFile, day: Any, gates: Any, steps: DaySteps) -> dic
     }
 
 
+def _naming(day_file: DayFile, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)``, with the day's file named in any DataError it raises."""
+    try:
+        return fn(*args, **kwargs)
+    except DataError as error:
+        raise DataError(f"{day_file.features}: {error}") from None
+
+
 def day_partials(day_file: DayFile, steps: DaySteps) -> dict[str, Any]:
     """Pass 1 for one day: its report plus ``moments``, the Chan partials (count, mean (F,),
     m2 (F,)) of its passing rows; no rows for a day already normalized or with mode none."""
@@ -200,7 +209,7 @@ def day_partials(day_file: DayFile, steps: DaySteps) -> dict[str, Any]:
     if day.normalized or steps.mode == "none":
         moments = Moments.empty(day.features.shape[1])
     else:
-        moments = day_moments(day.features, gates.row_ok, day.schema_version)
+        moments = _naming(day_file, day_moments, day.features, gates.row_ok, day.schema_version)
     return {**_day_report(day_file, day, gates, steps), "moments": (moments.count, moments.mean, moments.m2)}
 
 
@@ -209,7 +218,9 @@ def day_arrays(day_file: DayFile, steps: DaySteps, stats: NormStats | None) -> d
     for a day already normalized), labels (N, H) int8 and row_ok (N,) bool."""
     day = _load(day_file, steps)
     gates = _gates(day, steps)
-    x = normalize_day(
+    x = _naming(
+        day_file,
+        normalize_day,
         day.features,
         None if day.normalized else stats,
         schema_version=None if day.normalized else day.schema_version,
@@ -327,7 +338,7 @@ def _start_ray() -> None:
 
     if not ray.is_initialized():
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+        ray.init(address="local", include_dashboard=False, log_to_driver=False, configure_logging=False)
     logging.getLogger("ray.data").setLevel(logging.WARNING)
 
 
