@@ -78,8 +78,9 @@ def _history(result: Any) -> list[dict[str, Any]]:
     if frame is None or frame.empty:
         return []
     keep = [k for k in EPOCH_KEYS if k in frame.columns] + (["time_total_s"] if "time_total_s" in frame else [])
-    rows = frame[keep].to_dict("records")
-    return [{("time_s" if k == "time_total_s" else k): _plain(v) for k, v in row.items()} for row in rows]
+    rows = [{("time_s" if k == "time_total_s" else k): _plain(v) for k, v in row.items()} for row in frame[keep].to_dict("records")]
+    # a trial retried from its last checkpoint may report an epoch twice: the later one counts
+    return list({row.get("epoch", i): row for i, row in enumerate(rows)}.values())
 
 
 def _plain(value: Any) -> Any:
