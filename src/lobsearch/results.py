@@ -263,8 +263,12 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def print_summary(summary: Summary, run_dir: Path, *, quiet: bool = False) -> None:
-    """The short table a user reads at the end of a search."""
+    """The short table a user reads at the end of a search (one line with ``quiet``)."""
     metric = summary.objective["metric"]
+    if quiet:
+        value = (summary.best or {}).get("search_val", {}).get(metric)
+        print(f"search {summary.name!r}: {len(summary.trials)} trials, best {metric} {value}; {run_dir / 'results.json'}")
+        return
     by_status: dict[str, int] = {}
     for trial in summary.trials:
         by_status[trial["status"]] = by_status.get(trial["status"], 0) + 1
