@@ -49,11 +49,11 @@ from lobsearch.contract import (
     DEFAULT_SMOOTHING,
     FEATURE_COUNT,
     N_CLASSES,
-    SIGN_FLIP_SCHEMA_2_0,
     FeatureIndex,
 )
 from lobsearch.data.days import Day, discover_export, load_day
 from lobsearch.data.gating import gate_rows
+from lobsearch.data.normalize import sign_fix
 from lobsearch.errors import ConfigError, DataError, unknown_choice
 
 TRAIN_SPLIT = "train"
@@ -250,13 +250,6 @@ def _keep_rows(ok: np.ndarray, max_rows: int | None) -> np.ndarray:
     return rows
 
 
-def _sign_fix(x: np.ndarray, schema_version: float) -> None:
-    """Negate NET_CANCEL_FLOW and NET_TRADE_FLOW of (n, F) ``x`` in place on schema-2.0 days."""
-    if math.isclose(schema_version, 2.0, abs_tol=1e-6):
-        columns = [int(c) for c in SIGN_FLIP_SCHEMA_2_0 if c < x.shape[1]]
-        x[:, columns] *= -1.0
-
-
 def _day_rows(day: Day, horizons: Sequence[int], smoothing: int, max_rows: int | None) -> _DayRows:
     """The gated rows of ``day`` with a defined return and label at every horizon.
 
@@ -274,7 +267,7 @@ def _day_rows(day: Day, horizons: Sequence[int], smoothing: int, max_rows: int |
             f"{day.source}: {len(bad)} non-finite feature value(s) in rows that pass the gates "
             f"(first at row {rows[bad[0, 0]]}, column {bad[0, 1]})"
         )
-    _sign_fix(x, day.schema_version)
+    sign_fix(x, day.schema_version)
     return _DayRows(x, returns[rows], labels[rows].astype(np.int64))
 
 

@@ -51,7 +51,7 @@ def _present(indices: Iterable[int], n_features: int) -> list[int]:
     return sorted(int(i) for i in indices if int(i) < n_features)
 
 
-def _sign_fix(x: np.ndarray, schema_version: float | None) -> None:
+def sign_fix(x: np.ndarray, schema_version: float | None) -> None:
     """Negate NET_CANCEL_FLOW and NET_TRADE_FLOW in place when ``schema_version`` is 2.0."""
     if schema_version is not None and math.isclose(schema_version, 2.0, abs_tol=1e-6):
         columns = _present(SIGN_FLIP_SCHEMA_2_0, x.shape[1])
@@ -137,7 +137,7 @@ def day_moments(features: np.ndarray, row_ok: np.ndarray, schema_version: float 
     rows, cols = np.nonzero(~np.isfinite(x))
     if rows.size:
         raise _non_finite_error(np.flatnonzero(row_ok)[rows], cols)
-    _sign_fix(x, schema_version)
+    sign_fix(x, schema_version)
     mean = x.mean(axis=0)
     x -= mean
     np.square(x, out=x)
@@ -208,7 +208,7 @@ def normalize_day(
         raise ConfigError("normalization", [f"clip must be > 0 (or None), got {clip!r}"])
     x = np.array(features, dtype=np.float64)
     bad = _check_finite(x, _rows_mask(row_ok, x.shape[0]))
-    _sign_fix(x, schema_version)
+    sign_fix(x, schema_version)
     if stats is not None:
         _apply(x, stats, clip)
     if bad is not None:
