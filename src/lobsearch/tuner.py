@@ -118,7 +118,7 @@ def build_tuner(search: Search, prepared: dict[str, Any]) -> tune.Tuner:
             search_alg=ConcurrencyLimiter(_searcher(search), max_concurrent=concurrency),
             scheduler=_scheduler(search) if not objective.multi else FIFOScheduler(),
             time_budget_s=spec.search.time_budget_s,
-            reuse_actors=False,
+            reuse_actors=True,
         ),
         run_config=tune.RunConfig(
             name=search.name,
