@@ -80,3 +80,25 @@ def test_killed_search_resumes_without_losing_or_rerunning_trials(small_export: 
         config = rows[-1]["config"]
         matches = [t for t in study_trials if all(config.get(k) == v for k, v in t.params.items())]
         assert len(matches) == 1 and matches[0].values is not None, "each finished trial is told to the searcher once"
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_cleanly_and_says_how_to_resume(small_export: Path, tmp_path: Path) -> None:
+    body = yaml.safe_load((ROOT / "search_spaces" / "smoke.yaml").read_text())
+    body["fixed"]["train"].update(epochs=EPOCHS, steps_per_epoch=10)
+    body["search"].update(num_samples=30, max_concurrent=1, time_budget_s=None)
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump(body))
+    storage = tmp_path / "runs"
+    search = subprocess.Popen(command(space, small_export, storage), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    deadline = time.monotonic() + 300
+    while len(finished_trials(storage / "killed")) < 1 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    search.send_signal(signal.SIGINT)
+    out, _ = search.communicate(timeout=300)
+    assert search.returncode == 130, out[-3000:]
+    assert "Resume with:" in out and "--name killed" in out and "--resume" in out
+    results = json.loads((storage / "killed" / "results.json").read_text())
+    assert results["stopped_by"] == "interrupted"
+    assert 1 <= len(results["trials"]) < 30

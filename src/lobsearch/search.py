@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import time
 from datetime import datetime, timezone
@@ -120,6 +119,8 @@ class Search:
             print(f"interrupted; finished trials are kept. Resume with:\n  {resume_hint}")
             return EXIT_INTERRUPTED
         summary = collect(grid, self, export, prepared)
+        if interrupted:
+            summary.stopped_by = "interrupted"
         if summary.best is not None:
             self.say("evaluating the best configuration once on the test split")
             evaluate_best(summary, prepared)
@@ -151,12 +152,15 @@ class Search:
 
 
 def _was_interrupted(grid: Any, search: Search) -> bool:
-    """A fit that returned early without a time budget and with unfinished trials was stopped by Ctrl-C."""
-    settings = search.space.spec.search
-    unfinished = sum(1 for r in grid if r.metrics is not None and r.metrics.get("done") is False and r.error is None)
-    return bool(getattr(grid, "_lobsearch_interrupted", False)) or (
-        unfinished > 0 and settings.time_budget_s is None and len(grid) < settings.num_samples
-    )
+    """True when the fit returned with trials still pending, running or paused: Ctrl-C stopped it
+    (a time budget ends every started trial, and the searcher then starts no more)."""
+    from ray.tune import ExperimentAnalysis
+
+    try:
+        trials = ExperimentAnalysis(f"{search.storage.rstrip('/')}/{search.name}").trials
+    except Exception:  # no readable experiment state: nothing suggests an interruption
+        return False
+    return any(trial.status not in ("TERMINATED", "ERROR") for trial in trials)
 
 
 class _ray_session:
@@ -189,10 +193,6 @@ class _ray_session:
             ray.shutdown()
 
 
-def finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)
-
-
 def dump_json(path: Path, payload: Any) -> None:
     """Write JSON atomically (tmp + rename): a crash never leaves a half-written file."""
     tmp = path.with_suffix(path.suffix + ".tmp")
@@ -200,7 +200,6 @@ def dump_json(path: Path, payload: Any) -> None:
     os.replace(tmp, path)
 
 
-__all__ = ["Search", "fmt", "finite", "dump_json"]
 
 
 def dry_run(space: SearchSpace, *, export: Path | None = None, n: int = 5) -> list[Any]:
