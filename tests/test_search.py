@@ -170,3 +170,22 @@ def test_every_space_runs_end_to_end_in_smoke_mode(ray_session, small_export: Pa
     results = json.loads((tmp_path / "s" / "results.json").read_text())
     assert len(results["trials"]) == 2 and results["best"] is not None
     assert all(t["epochs"] <= 2 for t in results["trials"])
+
+
+@pytest.mark.parametrize(
+    "cluster, cpus, gpus, expected",
+    [
+        ({"CPU": 2}, 1, 0, 2),
+        ({"CPU": 2}, 2, 0, 1),
+        ({"CPU": 16, "GPU": 1}, 1, 0.125, 8),
+        ({"CPU": 16, "GPU": 1}, 1, 0.25, 4),
+        ({"CPU": 4, "GPU": 2}, 1, 0.25, 4),
+        ({"CPU": 16, "GPU": 2}, 2, 1, 2),
+        ({"CPU": 1}, 1, 0.5, 1),
+    ],
+)
+def test_concurrency_follows_cpus_and_fractional_gpus(cluster: dict, cpus: float, gpus: float, expected: int) -> None:
+    from lobsearch.tuner import default_concurrency, trial_resources
+
+    assert default_concurrency(cluster, cpus, gpus) == expected
+    assert trial_resources(cpus, gpus) == ({"cpu": cpus, "gpu": gpus} if gpus else {"cpu": cpus})
