@@ -1,17 +1,17 @@
 """Training-step throughput: lobsearch's step against a bare PyTorch loop, in the same process.
 
     python bench/train_step.py                  # CPU: lstm and deeplob at batch 64 and 256
-    python bench/train_step.py --device cuda    # adds batch 1024 and bf16 rows
+    python bench/train_step.py --device cuda    # adds batch 1024, bf16 rows and graphs on/off
 
 lobsearch's side is the code ``loop.fit`` runs each epoch: ``epoch_batches`` (seeded order),
 ``train_batches`` (``WindowSet.batch`` gathers windows on the device, ``TrainStep``: autocast
 as the backend decides, class-weighted cross-entropy, gradient clipping, AdamW, LR schedule,
 loss summed on the device). The bare loop is what a person would write by hand: random window
 ends by ``torch.randint``, windows gathered by index from the same day tensor, the same model,
-``F.cross_entropy``, ``torch.optim.Adam``. Both sides run the same shapes under the same
-backend switches (bf16 rows autocast on both sides). Rounds alternate between the two sides
-and the medians are reported (ratio: median of the per-round ratios), so a busy machine penalizes
-both alike; on a CPU shared with other work, ``--threads 1 --clock cpu`` measures CPU seconds
+``F.cross_entropy``, ``torch.optim.Adam``, under PyTorch's default switches (each side sets
+its own process-wide switches before it runs). Both sides run the same shapes; a bf16 row
+autocasts on both sides. Rounds rotate the order of the sides and the medians are reported
+(ratio: median of the per-round ratios), so a busy machine penalizes all sides alike; on a CPU shared with other work, ``--threads 1 --clock cpu`` measures CPU seconds
 instead of wall time. Target: ratio >= 0.9.
 """
 
@@ -28,7 +28,8 @@ import torch.nn.functional as F
 from lobsearch.config import TrainConfig
 from lobsearch.data.windows import WindowSet
 from lobsearch.loop import (
-    class_weights, device_setup, epoch_batches, make_train_step, place_model, train_batches,
+    apply_backend, class_weights, device_setup, epoch_batches, make_train_step, place_model,
+    train_batches,
 )
 from lobsearch.models import create_model, model_spec
 
@@ -45,10 +46,15 @@ def day_windows(device: torch.device) -> WindowSet:
     return WindowSet(x, ends, y, WINDOW).to(device)
 
 
-def lobsearch_runner(name: str, windows: WindowSet, batch: int, precision: str, device: torch.device
-                     ) -> Callable[[int], None]:
-    """``run(steps)``: that many steps of fit's inner loop, ending in its one host sync."""
-    cfg = TrainConfig(batch_size=batch, precision=precision, compile="off", epochs=1000)
+def lobsearch_runner(name: str, windows: WindowSet, batch: int, precision: str, device: torch.device,
+                     **train: str) -> Callable[[int], None]:
+    """``run(steps)``: that many steps of fit's inner loop, ending in its one host sync.
+
+    ``train`` overrides TrainConfig fields (``cuda_graphs="off"``, ``compile="default"``); the
+    backend is what ``device_setup`` decides for the model, as in a trial. ``run.step`` is the
+    step object (its ``note`` says whether a CUDA graph was captured).
+    """
+    cfg = TrainConfig(batch_size=batch, precision=precision, epochs=1000, **{"compile": "off", **train})
     backend = device_setup(model_spec(name).backend, cfg, device)
     torch.manual_seed(0)
     model = place_model(create_model(name, FEATURES, WINDOW, **MODELS[name]), backend)
@@ -56,25 +62,34 @@ def lobsearch_runner(name: str, windows: WindowSet, batch: int, precision: str, 
     generator = torch.Generator().manual_seed(0)
 
     def run(steps: int) -> None:
+        apply_backend(backend)
         batches = epoch_batches(len(windows), batch, steps, generator, device)
         float(train_batches(step, windows, batches))
 
+    run.step, run.backend = step, backend  # type: ignore[attr-defined]
     return run
+
+
+def pytorch_defaults() -> None:
+    """PyTorch's own switches: no cuDNN autotune, cuDNN may use TF32, matmuls in full fp32."""
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.allow_tf32 = True
+    torch.set_float32_matmul_precision("highest")
 
 
 def bare_runner(name: str, windows: WindowSet, batch: int, precision: str, device: torch.device
                 ) -> Callable[[int], None]:
     """``run(steps)``: a hand-written loop over random windows gathered from the day tensor."""
-    cfg = TrainConfig(batch_size=batch, precision=precision, compile="off")
-    backend = device_setup(model_spec(name).backend, cfg, device)
     torch.manual_seed(0)
-    model = place_model(create_model(name, FEATURES, WINDOW, **MODELS[name]), backend)
+    model = create_model(name, FEATURES, WINDOW, **MODELS[name]).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     x, ends, y = windows.x, windows.ends, windows.y
     back = torch.arange(WINDOW - 1, -1, -1, device=device)
-    dtype = backend.autocast_dtype
+    dtype = torch.bfloat16 if precision == "bf16" else None
 
     def run(steps: int) -> None:
+        if device.type == "cuda":
+            pytorch_defaults()
         for _ in range(steps):
             idx = torch.randint(0, len(ends), (batch,), device=device)
             xb, yb = x[ends[idx, None] - back], y[idx]
@@ -101,23 +116,35 @@ def samples_per_s(run: Callable[[int], None], steps: int, batch: int,
     return steps * batch / (clock() - started)
 
 
+def compare(runners: dict[str, Callable[[int], None]], batch: int, steps: int, warmup: int,
+            rounds: int, clock: Callable[[], float]) -> dict[str, tuple[float, float]]:
+    """Per runner: (median samples/s, median per-round ratio to the first runner, the reference).
+
+    A round runs every side back to back, the order rotating each round, so load from other
+    processes mostly hits all sides of a round; the medians ignore the rest.
+    """
+    for run in runners.values():
+        run(warmup)
+    names = list(runners)
+    rates: dict[str, list[float]] = {n: [] for n in names}
+    for i in range(rounds):
+        for name in names[i % len(names):] + names[: i % len(names)]:
+            rates[name].append(samples_per_s(runners[name], steps, batch, clock))
+    reference = rates[names[0]]
+    return {
+        n: (statistics.median(r), statistics.median([a / b for a, b in zip(r, reference)]))
+        for n, r in rates.items()
+    }
+
+
 def measure(name: str, batch: int, precision: str, device: torch.device, windows: WindowSet,
             steps: int, warmup: int, rounds: int, clock: Callable[[], float]
             ) -> tuple[float, float, float]:
-    """Median samples/s of lobsearch and of the bare loop over ``rounds`` rounds, and the median
-    of the per-round ratios. A round runs both sides back to back (order alternating), so load
-    from other processes mostly hits both sides of a round; the medians ignore the rest."""
-    ours = lobsearch_runner(name, windows, batch, precision, device)
-    bare = bare_runner(name, windows, batch, precision, device)
-    ours(warmup)
-    bare(warmup)
-    a, b = [], []
-    for i in range(rounds):
-        pair = [(ours, a), (bare, b)] if i % 2 == 0 else [(bare, b), (ours, a)]
-        for run, out in pair:
-            out.append(samples_per_s(run, steps, batch, clock))
-    ratios = [x / y for x, y in zip(a, b)]
-    return statistics.median(a), statistics.median(b), statistics.median(ratios)
+    """Median samples/s of lobsearch and of the bare loop, and the median per-round ratio."""
+    result = compare({"bare": bare_runner(name, windows, batch, precision, device),
+                      "lobsearch": lobsearch_runner(name, windows, batch, precision, device)},
+                     batch, steps, warmup, rounds, clock)
+    return result["lobsearch"][0], result["bare"][0], result["lobsearch"][1]
 
 
 def main() -> None:

@@ -15,6 +15,9 @@ from lobsearch.errors import DataError
 from lobsearch.loop import (
     CHECKPOINT_NAME,
     COMPILE_MIN_STEPS,
+    GRAPH_WARMUP_STEPS,
+    GraphedStep,
+    TrainStep,
     class_weights,
     device_setup,
     epoch_batches,
@@ -23,6 +26,7 @@ from lobsearch.loop import (
     fit,
     focal_loss,
     lr_factor,
+    make_train_step,
     predict,
     subsample,
 )
@@ -289,6 +293,67 @@ def test_compile_auto_needs_a_flagged_model_and_a_long_run(cuda_switches):
     off = device_setup(flagged, _cfg(compile="off"), "cuda", planned_steps=10**6)
     assert (short.compile_mode, long.compile_mode) == (None, "default")
     assert unflagged.compile_mode is None and off.compile_mode is None
+
+
+def test_cuda_graphs_auto_follows_the_model_and_yields_to_compile(cuda_switches):
+    flagged = SpecBackend(cuda_graphs=True)
+    assert device_setup(flagged, _cfg(), "cuda").cuda_graphs
+    assert not device_setup(SpecBackend(), _cfg(), "cuda").cuda_graphs
+    assert device_setup(SpecBackend(), _cfg(cuda_graphs="on"), "cuda").cuda_graphs
+    assert not device_setup(flagged, _cfg(cuda_graphs="off"), "cuda").cuda_graphs
+    compiled = device_setup(flagged, _cfg(compile="default"), "cuda")
+    assert compiled.compile_mode == "default" and not compiled.cuda_graphs
+    assert "compiled" in " ".join(compiled.notes)
+    on_cpu = device_setup(flagged, _cfg(cuda_graphs="on"), "cpu")
+    assert not on_cpu.cuda_graphs and "not on CUDA" in " ".join(on_cpu.notes)
+    assert "cuda_graphs" in device_setup(flagged, _cfg(), "cuda").describe()
+
+
+def test_graphed_step_is_only_made_for_graph_backends():
+    train, _ = _windows()
+    cfg = _cfg()
+    model = create_model("lstm_tiny", train.n_features, train.window)
+    plain_backend = device_setup(model_spec("lstm").backend, cfg, "cpu")
+    step = make_train_step(model, cfg, plain_backend, None, steps_per_epoch=4)
+    assert isinstance(step, TrainStep)
+    graphed = GraphedStep(step)
+    # the wrapper forwards what fit and the checkpoint read from a step
+    assert graphed.optimizer is step.optimizer and graphed.scheduler is step.scheduler
+    assert graphed.backend is step.backend and graphed.loss_fn is step.loss_fn
+    with pytest.raises(AttributeError):
+        graphed.no_such_attribute
+
+
+def test_graphed_step_runs_its_warm_up_steps_eagerly_like_the_plain_step():
+    """Before capture (which needs CUDA), a GraphedStep is the plain step: same losses, same
+    weights, same learning rates."""
+    train, _ = _windows()
+    cfg = _cfg()
+    losses, weights = [], []
+    for wrap in (False, True):
+        torch.manual_seed(0)
+        model = create_model("lstm_tiny", train.n_features, train.window)
+        backend = device_setup(None, cfg, "cpu")
+        step = make_train_step(model, cfg, backend, None, steps_per_epoch=4)
+        step = GraphedStep(step) if wrap else step
+        idx = torch.arange(16)
+        losses.append([float(step(*train.batch(idx + 16 * i))) for i in range(GRAPH_WARMUP_STEPS)])
+        weights.append([p.detach().clone() for p in model.parameters()])
+    assert losses[0] == losses[1]
+    assert all(torch.equal(a, b) for a, b in zip(*weights))
+
+
+def test_restore_turns_a_graphed_runs_tensor_learning_rate_back_into_a_float(tmp_path):
+    train, val = _windows()
+    cfg = _cfg(epochs=1)
+    model = create_model("lstm_tiny", train.n_features, train.window)
+    fit(model, train, val, cfg, device="cpu", checkpoint_dir=tmp_path)
+    payload = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    payload["optimizer"]["param_groups"][0]["lr"] = torch.tensor(5e-4)
+    torch.save(payload, tmp_path / "checkpoint.pt")
+    resumed = fit(create_model("lstm_tiny", train.n_features, train.window), train, val,
+                  cfg.model_copy(update={"epochs": 2}), device="cpu", resume=tmp_path)
+    assert resumed.status == "completed" and isinstance(resumed.history[-1]["lr"], float)
 
 
 def test_device_setup_sets_cpu_threads(monkeypatch):

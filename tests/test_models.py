@@ -150,9 +150,10 @@ def test_list_models_filters_with_fnmatch_and_lists_every_family():
 
 def test_backend_settings_follow_the_measurements():
     assert model_spec("deeplob").backend == Backend(channels_last=True, bf16=True,
-                                                    cudnn_benchmark=True)
-    assert model_spec("lstm").backend == Backend() == model_spec("gru").backend
-    assert model_spec("transformer").backend == Backend(bf16=True)
+                                                    cudnn_benchmark=True, cuda_graphs=True)
+    assert model_spec("lstm").backend == Backend(cuda_graphs=True) == model_spec("gru").backend
+    assert model_spec("transformer").backend == Backend(bf16=True, cuda_graphs=True)
+    assert all(model_spec(name).backend.cuda_graphs for name in list_models())
     with pytest.raises(dataclasses.FrozenInstanceError):
         model_spec("lstm").backend.bf16 = True  # type: ignore[misc]
 

@@ -191,7 +191,10 @@ class TrainConfig(Frozen):
     max_eval_windows: StrictInt | None = Field(None, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16"] = "auto"
-    compile: Literal["auto", "off", "default", "max-autotune"] = "auto"
+    compile: Literal[
+        "auto", "off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"
+    ] = "auto"
+    cuda_graphs: Literal["auto", "on", "off"] = "auto"
     num_threads: StrictInt | None = Field(None, ge=1)
 
 

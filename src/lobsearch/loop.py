@@ -8,8 +8,11 @@ checkpoint, report. The loop ends when the epochs run out ("completed"), validat
 not improved for ``patience`` epochs ("early_stopped"), ``on_epoch`` returns True ("stopped"), or
 the training loss is NaN or infinite ("nan_loss": a status, not an exception, so a search goes on).
 
-Backend decisions (precision, channels-last, cuDNN autotune, TF32, ``torch.compile``) are made
-per model by ``device_setup`` from the registry's ``Backend`` and the train config.
+Backend decisions (precision, channels-last, cuDNN autotune, TF32, ``torch.compile``, CUDA
+graphs) are made per model by ``device_setup`` from the registry's ``Backend`` and the train
+config. With CUDA graphs the optimizer step (forward, backward, clipping, AdamW) is captured once
+after a few eager warm-up steps and replayed for every later batch (``GraphedStep``): one launch
+per step instead of hundreds, which is what small LOB models are bound by on a GPU.
 """
 
 from __future__ import annotations
@@ -67,18 +70,21 @@ class Backend:
     cudnn_benchmark: bool = False
     tf32: bool = False
     compile_mode: str | None = None
+    cuda_graphs: bool = False
     num_threads: int | None = None
     notes: tuple[str, ...] = ()
 
-    def autocast(self) -> torch.autocast:
-        """The autocast context of the forward pass (disabled for fp32)."""
+    def autocast(self, *, cache: bool = True) -> torch.autocast:
+        """The autocast context of the forward pass (disabled for fp32). ``cache=False`` for a
+        CUDA graph capture, which must not keep autocast's casted weights across replays."""
         dtype = self.autocast_dtype or torch.float32
-        return torch.autocast(self.device.type, dtype=dtype, enabled=self.autocast_dtype is not None)
+        return torch.autocast(self.device.type, dtype=dtype, enabled=self.autocast_dtype is not None,
+                              cache_enabled=cache and self.autocast_dtype is not None)
 
     def describe(self) -> str:
-        """One line for logs: ``cuda bf16 channels_last cudnn_benchmark tf32 compile=default``."""
+        """One line for logs: ``cuda bf16 channels_last cudnn_benchmark tf32 cuda_graphs compile=off``."""
         flags = ["bf16" if self.autocast_dtype else "fp32"]
-        flags += [n for n in ("channels_last", "cudnn_benchmark", "tf32") if getattr(self, n)]
+        flags += [n for n in ("channels_last", "cudnn_benchmark", "tf32", "cuda_graphs") if getattr(self, n)]
         flags.append(f"compile={self.compile_mode or 'off'}")
         return f"{self.device} " + " ".join(flags)
 
@@ -91,14 +97,17 @@ def device_setup(
     ``spec_backend`` is the model's ``ModelSpec.backend`` (channels_last, bf16, cudnn_benchmark,
     compile flags; None means all off). ``cfg.precision``: fp32 / bf16 force, auto = bf16 only on
     CUDA for models that gain from it. ``cfg.compile``: off / a mode forces, auto = "default" only
-    on CUDA for models flagged for it and runs of >= COMPILE_MIN_STEPS ``planned_steps``. The
-    CUDA switches are set only when ``device`` is CUDA, and set both ways (a previous trial in the
+    on CUDA for models flagged for it and runs of >= COMPILE_MIN_STEPS ``planned_steps``.
+    ``cfg.cuda_graphs``: on / off force (on is ignored off CUDA), auto = on for CUDA runs of
+    models flagged for it that are not compiled (a compiled model's graphs are the compiler's
+    business: its "reduce-overhead" mode). The CUDA switches are set only when ``device`` is CUDA, and set both ways (a previous trial in the
     same process must not leak into this one); ``cfg.num_threads`` sets torch's CPU threads.
     """
     device = torch.device(device)
     cuda = device.type == "cuda"
     bf16, bf16_note = _choose_bf16(cfg.precision, _flag(spec_backend, "bf16"), cuda)
     mode, mode_note = _choose_compile(cfg.compile, _flag(spec_backend, "compile"), cuda, planned_steps)
+    graphs, graphs_note = _choose_graphs(cfg.cuda_graphs, _flag(spec_backend, "cuda_graphs"), cuda, mode)
     backend = Backend(
         device=device,
         autocast_dtype=torch.bfloat16 if bf16 else None,
@@ -106,10 +115,11 @@ def device_setup(
         cudnn_benchmark=cuda and _flag(spec_backend, "cudnn_benchmark"),
         tf32=cuda,
         compile_mode=mode,
+        cuda_graphs=graphs,
         num_threads=cfg.num_threads,
-        notes=(bf16_note, mode_note),
+        notes=(bf16_note, mode_note, graphs_note),
     )
-    _apply(backend)
+    apply_backend(backend)
     return backend
 
 
@@ -144,7 +154,19 @@ def _choose_compile(
     return "default", f"compile auto -> default ({planned_steps} steps >= {COMPILE_MIN_STEPS})"
 
 
-def _apply(backend: Backend) -> None:
+def _choose_graphs(choice: str, model_gains: bool, cuda: bool, compile_mode: str | None) -> tuple[bool, str]:
+    if not cuda:
+        return False, f"cuda_graphs {choice} -> off (not on CUDA)"
+    if choice != "auto":
+        return choice == "on", f"cuda_graphs {choice} (set in train.cuda_graphs)"
+    if compile_mode is not None:
+        return False, "cuda_graphs auto -> off (the model is compiled)"
+    if not model_gains:
+        return False, "cuda_graphs auto -> off (not flagged for this model)"
+    return True, "cuda_graphs auto -> on (CUDA, the model gains from it)"
+
+
+def apply_backend(backend: Backend) -> None:
     """Set the process-wide switches the decisions need (CUDA ones only on CUDA)."""
     if backend.num_threads is not None:
         torch.set_num_threads(backend.num_threads)
@@ -234,23 +256,93 @@ class TrainStep:
     params: list[nn.Parameter] = field(default_factory=list)
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        loss = self.update(x, y)
+        self.scheduler.step()
+        return loss
+
+    def update(self, x: torch.Tensor, y: torch.Tensor, *, autocast_cache: bool = True) -> torch.Tensor:
+        """Everything of a step but the LR schedule (host-side): the part a CUDA graph captures."""
         self.optimizer.zero_grad(set_to_none=True)
-        with self.backend.autocast():
+        with self.backend.autocast(cache=autocast_cache):
             logits = self.model(x)
         loss = self.loss_fn(logits.float(), y)
         loss.backward()
         if self.grad_clip is not None:
             nn.utils.clip_grad_norm_(self.params, self.grad_clip)
         self.optimizer.step()
-        self.scheduler.step()
         return loss.detach()
+
+
+GRAPH_WARMUP_STEPS = 3
+"""Eager steps before capture: they create the optimizer state, cuDNN's autotuned algorithms and
+the cuBLAS/cuDNN workspaces, none of which may be created while a graph is being captured."""
+
+
+@dataclass
+class GraphedStep:
+    """A ``TrainStep`` replayed from one CUDA graph; called like it, with the same results.
+
+    The first ``GRAPH_WARMUP_STEPS`` calls run eagerly; the next captures ``TrainStep.update`` on
+    static input buffers (the optimizer turned capturable, its learning rate a device tensor that
+    the LR schedule fills each step) and every later call copies x (B, T, F) and y (B,) into those
+    buffers and replays the graph. A batch of another shape runs eagerly. If capture fails (an
+    operation that cannot be captured), the run goes on eagerly and ``note`` says why.
+    """
+
+    step: TrainStep
+    graph: torch.cuda.CUDAGraph | None = None
+    static: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+    calls: int = 0
+    note: str = ""
+
+    def __getattr__(self, name: str) -> Any:
+        # optimizer, scheduler, loss_fn, backend, model: the wrapped step's
+        step = self.__dict__.get("step")
+        if step is None:
+            raise AttributeError(name)
+        return getattr(step, name)
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if self.graph is None and not self.note and self.calls > GRAPH_WARMUP_STEPS:
+            self._capture(x, y)
+        if self.graph is None or x.shape != self.static[0].shape or y.shape != self.static[1].shape:
+            return self.step(x, y)
+        static_x, static_y, static_loss = self.static
+        static_x.copy_(x)
+        static_y.copy_(y)
+        self.graph.replay()
+        self.step.scheduler.step()
+        return static_loss.clone()
+
+    def _capture(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Record ``update`` on static copies of (x, y); leaves ``graph`` None and sets ``note``
+        when the step cannot be captured."""
+        for group in self.step.optimizer.param_groups:
+            if "capturable" in group:
+                group["capturable"] = True
+            if not torch.is_tensor(group["lr"]):
+                group["lr"] = torch.tensor(float(group["lr"]), device=x.device)
+        static_x, static_y = x.clone(), y.clone()
+        graph = torch.cuda.CUDAGraph()
+        torch.cuda.synchronize(x.device)
+        try:
+            self.step.optimizer.zero_grad(set_to_none=True)
+            with torch.cuda.graph(graph):
+                static_loss = self.step.update(static_x, static_y, autocast_cache=False)
+        except RuntimeError as error:
+            torch.cuda.synchronize(x.device)
+            self.note = f"CUDA graph capture failed, running eagerly: {str(error).splitlines()[0]}"
+            return
+        self.graph, self.static = graph, (static_x, static_y, static_loss)
 
 
 def make_train_step(
     model: nn.Module, cfg: TrainConfig, backend: Backend, weight: torch.Tensor | None, steps_per_epoch: int
-) -> TrainStep:
+) -> TrainStep | GraphedStep:
     """AdamW, the LR schedule over ``cfg.epochs * steps_per_epoch`` steps and the loss, around
-    ``model`` (already placed on the device); compiled when the backend says so."""
+    ``model`` (already placed on the device); compiled, or replayed from a CUDA graph, when the
+    backend says so."""
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
         params, lr=cfg.learning_rate, weight_decay=float(cfg.weight_decay), fused=True
@@ -262,7 +354,8 @@ def make_train_step(
     )
     runner = torch.compile(model, mode=backend.compile_mode) if backend.compile_mode else model
     clip = None if cfg.grad_clip is None else float(cfg.grad_clip)
-    return TrainStep(runner, optimizer, scheduler, make_loss(cfg, weight), backend, clip, params)
+    step = TrainStep(runner, optimizer, scheduler, make_loss(cfg, weight), backend, clip, params)
+    return GraphedStep(step) if backend.cuda_graphs else step
 
 
 def epoch_steps(n_windows: int, batch_size: int, cap: int | None) -> int:
@@ -284,7 +377,7 @@ def epoch_batches(
     return order.to(device).split(batch_size)
 
 
-def train_batches(step: TrainStep, windows: WindowSet, batches: Sequence[torch.Tensor]) -> torch.Tensor:
+def train_batches(step: TrainStep | GraphedStep, windows: WindowSet, batches: Sequence[torch.Tensor]) -> torch.Tensor:
     """Run ``step`` on each batch of window indices; the summed loss x batch size, a 0-d tensor
     on the device (the caller syncs once). This is the inner loop of an epoch."""
     loss_sum = torch.zeros((), device=windows.x.device)
@@ -509,7 +602,7 @@ def _run_epoch(
     n_samples = sum(len(idx) for idx in batches)
     train_loss = float(train_batches(step, train, batches)) / n_samples  # the epoch's one sync
     train_seconds = time.perf_counter() - started
-    lr = step.scheduler.get_last_lr()[0]
+    lr = float(step.scheduler.get_last_lr()[0])
     if not math.isfinite(train_loss):
         progress.status = "nan_loss"
         progress.message = (
@@ -634,6 +727,9 @@ def _checkpoint(model: nn.Module, step: TrainStep, progress: _Progress, data_has
 def _restore(payload: dict[str, Any], model: nn.Module, step: TrainStep, progress: _Progress) -> None:
     model.load_state_dict(payload["model"])
     step.optimizer.load_state_dict(payload["optimizer"])
+    for group in step.optimizer.param_groups:  # a graphed run saved its LR as a device tensor
+        if torch.is_tensor(group["lr"]):
+            group["lr"] = float(group["lr"])
     step.scheduler.load_state_dict(payload["scheduler"])
     for name, value in payload["progress"].items():
         setattr(progress, name, value)
@@ -669,8 +765,8 @@ def _as_tuples(value: Any) -> Any:
 
 
 __all__ = [
-    "Backend", "COMPILE_MIN_STEPS", "EpochResult", "FitResult", "STATUSES", "TrainStep",
-    "class_weights", "device_setup", "epoch_batches", "epoch_steps", "evaluate", "fit",
+    "Backend", "COMPILE_MIN_STEPS", "EpochResult", "FitResult", "GRAPH_WARMUP_STEPS", "GraphedStep",
+    "STATUSES", "TrainStep", "apply_backend", "class_weights", "device_setup", "epoch_batches", "epoch_steps", "evaluate", "fit",
     "focal_loss", "load_checkpoint", "lr_factor", "make_loss", "make_train_step", "place_model",
     "plain", "predict", "save_checkpoint", "seed_everything", "subsample", "train_batches",
 ]

@@ -31,6 +31,8 @@ class Search:
     resume: bool = False
     address: str | None = None
     quiet: bool = False
+    gpus_per_trial: float = 0.0
+    """Resolved from the space's ``search.gpus_per_trial`` (``auto`` is measured) before the Tuner."""
     started: float = field(default_factory=time.monotonic)
     started_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
@@ -84,6 +86,7 @@ class Search:
             )
         with _ray_session(self.address):
             prepared = self._prepare(export)
+            self.gpus_per_trial = self._gpus_per_trial(prepared)
             grid, interrupted = self._fit(prepared)
             return self._finish(grid, prepared, export, interrupted)
 
@@ -98,6 +101,36 @@ class Search:
             self.say(f"data config {prep.digest()}: {result.summary()} ({origin})")
             prepared[prep.digest()] = result
         return prepared
+
+    def _gpus_per_trial(self, prepared: dict[str, Any]) -> float:
+        """The space's GPUs per trial; ``auto``: 0 without GPUs, else the packing that a probe of
+        a few sampled configurations on one GPU supports (``gpu.trials_per_gpu``)."""
+        import ray
+
+        from lobsearch.gpu import heaviest, trials_per_gpu
+
+        settings = self.space.spec.search
+        if settings.gpus_per_trial != "auto":
+            return float(settings.gpus_per_trial)
+        gpu_nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive") and n["Resources"].get("GPU")]
+        if not gpu_nodes:
+            self.say("gpus_per_trial auto: no GPU in the cluster, trials run on CPUs")
+            return 0.0
+        runs = [run for _, run in sample_points(self.space, PROBE_CONFIGS)]
+        self.say(f"gpus_per_trial auto: measuring {len(runs)} sampled configurations on one GPU")
+        profiles, device_memory = ray.get(
+            _probe_remote().remote(runs, [prepared[run.data.prep().digest()] for run in runs])
+        )
+        node = max(gpu_nodes, key=lambda r: r["GPU"])
+        packing = trials_per_gpu(
+            heaviest(profiles), device_memory_bytes=device_memory,
+            cpus_per_gpu=node.get("CPU", 1) / node["GPU"], cpus_per_trial=settings.cpus_per_trial,
+        )
+        for profile in profiles:
+            self.say(f"  {profile.label}: {profile.samples_per_s:,.0f} samples/s alone, GPU busy "
+                     f"{profile.busy:.0%}, peak {profile.peak_memory_bytes / 2**20:,.0f} MiB")
+        self.say(f"gpus_per_trial auto -> {packing.gpus_per_trial:g}: {packing.reason}")
+        return packing.gpus_per_trial
 
     def _fit(self, prepared: dict[str, Any]) -> tuple[Any, bool]:
         from lobsearch.tuner import build_tuner
@@ -193,6 +226,46 @@ class _ray_session:
             ray.shutdown()
 
 
+PROBE_CONFIGS = 3
+"""Sampled configurations ``gpus_per_trial: auto`` measures; the heaviest decides."""
+
+
+def _probe_remote() -> Any:
+    """A Ray task holding one GPU that measures ``gpu.probe_step`` for each run config and
+    returns (profiles, the device's memory in bytes)."""
+    import ray
+
+    @ray.remote(num_gpus=1, num_cpus=1, max_retries=0, max_calls=1)  # exit after: free the GPU
+    def probe(runs: list[Any], prepared: list[Any]) -> tuple[list[Any], int]:
+        import torch
+
+        from lobsearch.gpu import probe_step, release_memory
+
+        profiles = []
+        for run, data in zip(runs, prepared):
+            profiles.append(probe_step(run, data))
+            release_memory("cuda")
+        return profiles, torch.cuda.mem_get_info()[1]
+
+    return probe
+
+
+def sample_points(space: SearchSpace, n: int) -> list[tuple[dict[str, Any], Any]]:
+    """``n`` points drawn at random from ``space`` (seeded by ``search.seed``): each its flat
+    parameters (Optuna names) and its run config."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=space.spec.search.seed))
+    points = []
+    for _ in range(n):
+        trial = study.ask()
+        flat = {**space.define_by_run(trial), **trial.params}
+        points.append((flat, space.run_config(flat)))
+        study.tell(trial, 0.0)
+    return points
+
+
 def dump_json(path: Path, payload: Any) -> None:
     """Write JSON atomically (tmp + rename): a crash never leaves a half-written file."""
     tmp = path.with_suffix(path.suffix + ".tmp")
@@ -208,7 +281,6 @@ def dry_run(space: SearchSpace, *, export: Path | None = None, n: int = 5) -> li
     The feature count is the export's when ``export`` is given, else the 98-column layout.
     Returns the run configs; raises ConfigError for a configuration whose model cannot be built.
     """
-    import optuna
     import torch
 
     from lobsearch.contract import FEATURE_COUNT
@@ -221,14 +293,9 @@ def dry_run(space: SearchSpace, *, export: Path | None = None, n: int = 5) -> li
         from lobsearch.data.days import discover_export, validate_export
 
         n_columns = validate_export(discover_export(export), deep=False).n_features
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=space.spec.search.seed))
     configs = []
     print(f"dry run of {space.source}: {n} sampled configurations, each model built on a dummy batch")
-    for i in range(n):
-        trial = study.ask()
-        flat = {**space.define_by_run(trial), **trial.params}
-        run = space.run_config(flat)
+    for i, (flat, run) in enumerate(sample_points(space, n)):
         width = n_selected(run.data.features, n_columns, run.data.time_regime_onehot)
         try:
             model = create_model(run.model.name, n_features=width, window=run.data.window, **run.model.params)
@@ -239,5 +306,4 @@ def dry_run(space: SearchSpace, *, export: Path | None = None, n: int = 5) -> li
         shown = ", ".join(f"{k}={fmt(v)}" for k, v in flat.items())
         print(f"  {i}: {run.model.name:<11} {params:>9,} params, logits {tuple(logits.shape)} | {shown}")
         configs.append(run)
-        study.tell(trial, 0.0)
     return configs

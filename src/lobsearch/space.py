@@ -25,7 +25,7 @@ import copy
 import itertools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, StrictBool, StrictFloat, StrictInt, StrictStr, model_validator
 
@@ -138,7 +138,7 @@ class SearchSettings(Frozen):
     num_samples: StrictInt = Field(20, ge=1)
     max_concurrent: StrictInt | None = Field(None, ge=1)
     cpus_per_trial: StrictFloat | StrictInt = Field(1, gt=0)
-    gpus_per_trial: StrictFloat | StrictInt = Field(0, ge=0)
+    gpus_per_trial: Annotated[StrictFloat | StrictInt, Field(ge=0)] | Literal["auto"] = "auto"
     searcher: Literal["tpe", "random"] = "tpe"
     scheduler: Literal["asha", "none"] = "asha"
     grace_period: StrictInt = Field(1, ge=1)
@@ -150,7 +150,8 @@ class SearchSettings(Frozen):
 
     @model_validator(mode="after")
     def _whole_gpus_above_one(self) -> SearchSettings:
-        if self.gpus_per_trial > 1 and self.gpus_per_trial != int(self.gpus_per_trial):
+        gpus = self.gpus_per_trial
+        if gpus != "auto" and gpus > 1 and gpus != int(gpus):
             raise ValueError(f"gpus_per_trial above 1 must be whole (got {self.gpus_per_trial})")
         return self
 

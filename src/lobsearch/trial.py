@@ -6,7 +6,9 @@
 4. resume from the trial's last checkpoint when Tune restarts it;
 5. train, reporting every epoch's metrics with a checkpoint, so the scheduler can stop it early.
 
-A loss that goes NaN or infinite fails the trial (Tune records it) and the search goes on.
+A loss that goes NaN or infinite fails the trial (Tune records it) and the search goes on; so
+does a trial that runs out of GPU memory, with a message saying how much it held and what to
+change. On a GPU each epoch's report carries the trial's peak device memory (``gpu_mem_mb``).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from lobsearch.config import RunConfig
 from lobsearch.data.pipeline import Prepared
 from lobsearch.space import SearchSpace
 
@@ -28,18 +31,39 @@ def run_trial(config: dict[str, Any], *, data: dict[str, Prepared], space: Searc
     """Train one configuration and report to Tune every epoch.
 
     ``config`` holds the sampled parameters (Optuna names); ``data`` maps a prep-config digest to
-    its prepared days. Raises TrialFailed when training cannot produce a model.
+    its prepared days. Raises TrialFailed when training cannot produce a model or the GPU's
+    memory runs out.
     """
     import ray
-    from ray import tune
+    import torch
 
-    from lobsearch.loop import fit
-    from lobsearch.train import build_run, pick_device
+    from lobsearch.gpu import out_of_memory_message, release_memory
+    from lobsearch.train import pick_device
 
     run = space.run_config(config)
     prepared = data[run.data.prep().digest()]
     _threads_from_resources(run.train.num_threads)
     device = pick_device(run.train.device)
+    try:
+        _train(run, prepared, device)
+    except torch.OutOfMemoryError as error:
+        gpus = ray.get_runtime_context().get_assigned_resources().get("GPU")
+        message = out_of_memory_message(error, device, gpus_per_trial=gpus, batch_size=run.train.batch_size)
+        raise TrialFailed(message) from None
+    finally:
+        release_memory(device)  # the reused trial process must not keep this trial's peak
+
+
+def _train(run: RunConfig, prepared: Prepared, device: Any) -> None:
+    """Build the run, resume from Tune's checkpoint, fit and report every epoch; raises
+    TrialFailed for a NaN loss."""
+    import ray
+    from ray import tune
+
+    from lobsearch.gpu import memory_metrics
+    from lobsearch.loop import fit
+    from lobsearch.train import build_run
+
     built = build_run(run, prepared, device=device)
     work = Path(tempfile.mkdtemp(prefix="lobsearch-trial-"))
     resume = _restore(tune.get_checkpoint(), work / "restored")
@@ -51,7 +75,7 @@ def run_trial(config: dict[str, Any], *, data: dict[str, Prepared], space: Searc
     }
 
     def report(epoch: Any) -> None:
-        metrics = {**epoch.metrics(), **constants, "fit_status": epoch.status}
+        metrics = {**epoch.metrics(), **constants, "fit_status": epoch.status, **memory_metrics(device)}
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(work / "checkpoint"))
 
     try:

@@ -34,7 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", type=Path, help="export directory (default: the demo export)")
     parser.add_argument("--num-samples", type=int, help="number of trials (overrides search.num_samples)")
     parser.add_argument("--max-concurrent", type=int, help="trials running at once (default: from resources)")
-    parser.add_argument("--gpus-per-trial", type=float, help="GPUs per trial; fractions share a GPU (0.25 = 4 per GPU)")
+    parser.add_argument(
+        "--gpus-per-trial", type=_gpus, metavar="F|auto",
+        help="GPUs per trial; fractions share a GPU (0.25 = 4 per GPU); auto (the default) measures "
+        "a few sampled configurations on a GPU and packs as many as its memory and idle time allow "
+        "(0 without GPUs)",
+    )
     parser.add_argument("--cpus-per-trial", type=float, help="CPUs per trial (overrides search.cpus_per_trial)")
     parser.add_argument("--time-budget", type=float, help="seconds after which no new trial starts and running ones stop")
     parser.add_argument("--name", help="search name (default: <space>-<timestamp>); an existing name resumes")
@@ -99,6 +104,15 @@ def _apply_overrides(space: SearchSpace, args: argparse.Namespace) -> SearchSpac
 
     spec = validate(SpaceFile, raw, f"{space.source} (with command-line options)")
     return SearchSpace(name=space.name, source=space.source, spec=spec)
+
+
+def _gpus(text: str) -> float | str:
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of GPUs or 'auto', got {text!r}") from None
 
 
 def default_name(space: SearchSpace) -> str:

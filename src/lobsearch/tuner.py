@@ -91,7 +91,7 @@ def build_tuner(search: Search, prepared: dict[str, Any]) -> tune.Tuner:
     spec = search.space.spec
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, data=prepared, space=search.space),
-        trial_resources(spec.search.cpus_per_trial, spec.search.gpus_per_trial),
+        trial_resources(spec.search.cpus_per_trial, search.gpus_per_trial),
     )
     path = f"{search.storage.rstrip('/')}/{search.name}"
     if tune.Tuner.can_restore(path):
@@ -102,7 +102,7 @@ def build_tuner(search: Search, prepared: dict[str, Any]) -> tune.Tuner:
 
         raise DataError(f"--resume: no search named {search.name!r} under {search.storage} (nothing to continue)")
     concurrency = spec.search.max_concurrent or default_concurrency(
-        ray.cluster_resources(), spec.search.cpus_per_trial, spec.search.gpus_per_trial
+        ray.cluster_resources(), spec.search.cpus_per_trial, search.gpus_per_trial
     )
     if search.address and not spec.search.max_concurrent:
         # an autoscaling cluster starts with few workers: let pending trials ask for more nodes

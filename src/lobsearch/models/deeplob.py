@@ -129,7 +129,7 @@ def _check(hp: Mapping[str, Any], n_features: int | None) -> list[str]:
 @register(
     "deeplob",
     tiny={"conv_channels": 4, "inception_channels": 4, "lstm_hidden": 8},
-    backend=Backend(channels_last=True, bf16=True, cudnn_benchmark=True),
+    backend=Backend(channels_last=True, bf16=True, cudnn_benchmark=True, cuda_graphs=True),
     min_window=MIN_WINDOW,
     window_rule=f"six unpadded ({TIME_KERNEL}, 1) convolutions remove {TIME_SHRINK} rows",
     check=_check,

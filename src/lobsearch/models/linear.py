@@ -14,7 +14,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from lobsearch.models.registry import Dropout, PositiveInt, register
+from lobsearch.models.registry import Backend, Dropout, PositiveInt, register
 
 
 class Logistic(nn.Module):
@@ -51,7 +51,11 @@ class MLP(nn.Module):
         return self.net(h)
 
 
-@register("logistic", tiny={})
+# a step of these is a handful of tiny kernels: on a GPU, launches are all it costs
+GRAPHED = Backend(cuda_graphs=True)
+
+
+@register("logistic", tiny={}, backend=GRAPHED)
 def logistic(n_features: int, window: int, n_classes: int = 3, *,
              pool: Literal["last", "mean"] = "last") -> nn.Module:
     """Multinomial logistic regression: one linear layer, softmax in the loss."""
@@ -62,7 +66,7 @@ def _mlp_min_window(hp: dict[str, Any]) -> int:
     return hp["lookback"]
 
 
-@register("mlp", tiny={"hidden_size": 8, "num_layers": 1, "lookback": 2},
+@register("mlp", tiny={"hidden_size": 8, "num_layers": 1, "lookback": 2}, backend=GRAPHED,
           min_window=_mlp_min_window, window_rule="the MLP reads the last `lookback` rows")
 def mlp(n_features: int, window: int, n_classes: int = 3, *,
         hidden_size: PositiveInt = 128, num_layers: PositiveInt = 2, dropout: Dropout = 0.1,

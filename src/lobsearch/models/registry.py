@@ -66,12 +66,14 @@ class Backend:
     bf16: run the forward pass and loss under ``torch.autocast("cuda", dtype=torch.bfloat16)``.
     cudnn_benchmark: set ``torch.backends.cudnn.benchmark`` (autotune for fixed input shapes).
     compile: wrap the model with ``torch.compile`` (minutes of compile time; off by default).
+    cuda_graphs: capture the training step in a CUDA graph and replay it (one launch per step).
     """
 
     channels_last: bool = False
     bf16: bool = False
     cudnn_benchmark: bool = False
     compile: bool = False
+    cuda_graphs: bool = False
 
 
 @dataclass(frozen=True)

@@ -98,7 +98,7 @@ def _check(hp: Mapping[str, Any], n_features: int | None) -> list[str]:
 @register(
     "transformer",
     tiny={"d_model": 8, "nhead": 2, "num_layers": 1, "dim_feedforward": 16},
-    backend=Backend(bf16=True),
+    backend=Backend(bf16=True, cuda_graphs=True),
     check=_check,
 )
 def transformer(n_features: int, window: int, n_classes: int = 3, *,

@@ -1,0 +1,214 @@
+"""GPU sharing: how many trials one GPU holds, from what a trial's step measures on it.
+
+Small LOB models leave most of a GPU idle: a step of a 64-wide LSTM is a few hundred short
+kernels, and the GPU waits between them for the host. Several trials on one GPU (Ray's
+fractional GPUs) fill those gaps. How many is a measurement, not a constant:
+
+- *throughput*: a trial alone keeps the GPU busy a fraction ``busy`` of its wall time (kernel
+  time over step time); about ``ceil(1 / busy)`` trials fill it, and more only queue;
+- *memory*: each trial holds its peak reserved memory plus a CUDA context; together they must
+  fit in ``MEMORY_HEADROOM`` of the device;
+- *CPUs*: every trial needs its own CPUs on the GPU's node.
+
+``probe_step`` measures a configuration's step on a GPU (``search.gpus_per_trial: auto`` runs it
+on a few sampled configurations before the search starts, in a Ray task holding one GPU), and
+``trials_per_gpu`` turns the heaviest measurement into a packing.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+MEMORY_HEADROOM = 0.9
+"""Share of a GPU's memory that packed trials may plan to use together."""
+
+CONTEXT_BYTES = 600 * 2**20
+"""Device memory of one process's CUDA context and library handles, outside torch's allocator
+(about 500 MiB with cuDNN and cuBLAS loaded on an H100; rounded up)."""
+
+MEMORY_SAFETY = 1.25
+"""Peak memory measured in a short probe, times this: later epochs, evaluation and allocator
+fragmentation take more than the probe saw."""
+
+MAX_TRIALS_PER_GPU = 16
+"""Ray packs at most this many trials on one GPU (1/16 GPU each)."""
+
+
+@dataclass(frozen=True)
+class StepProfile:
+    """One training configuration's step on a GPU, measured alone.
+
+    peak_memory_bytes: torch's peak reserved device memory of the run (model, optimizer state,
+    the split's rows, activations), without the CUDA context; busy: kernel time over wall time
+    of a step, in (0, 1]; samples_per_s: training windows per second; label: what was measured.
+    """
+
+    peak_memory_bytes: int
+    busy: float
+    samples_per_s: float
+    label: str = ""
+
+
+@dataclass(frozen=True)
+class Packing:
+    """How many trials share one GPU, and why: ``gpus_per_trial`` is what Ray is asked for."""
+
+    trials: int
+    by_throughput: int
+    by_memory: int
+    by_cpus: int
+    reason: str
+
+    @property
+    def gpus_per_trial(self) -> float:
+        return round(1.0 / self.trials, 4)
+
+
+def trials_per_gpu(
+    profile: StepProfile, *, device_memory_bytes: int, cpus_per_gpu: float, cpus_per_trial: float
+) -> Packing:
+    """Trials per GPU: the fewest of what throughput, memory and CPUs allow, at least 1.
+
+    >>> p = StepProfile(peak_memory_bytes=400 * 2**20, busy=0.15, samples_per_s=1e5)
+    >>> trials_per_gpu(p, device_memory_bytes=80 * 2**30, cpus_per_gpu=16, cpus_per_trial=1).trials
+    7
+    """
+    busy = min(1.0, max(profile.busy, 1e-3))
+    by_throughput = math.ceil(1.0 / busy - 1e-9)
+    per_trial = profile.peak_memory_bytes * MEMORY_SAFETY + CONTEXT_BYTES
+    by_memory = math.floor(MEMORY_HEADROOM * device_memory_bytes / per_trial)
+    by_cpus = math.floor(cpus_per_gpu / cpus_per_trial + 1e-9)
+    trials = max(1, min(by_throughput, by_memory, by_cpus, MAX_TRIALS_PER_GPU))
+    limits = {"throughput": by_throughput, "memory": by_memory, "CPUs": by_cpus,
+              "Ray's 1/16": MAX_TRIALS_PER_GPU}
+    bound = min(limits, key=limits.get)
+    reason = (
+        f"{trials} trial(s) per GPU, set by {bound}: one trial keeps the GPU {busy:.0%} busy "
+        f"({by_throughput} fill it), needs {_gib(per_trial)} with its CUDA context "
+        f"({by_memory} fit in {MEMORY_HEADROOM:.0%} of {_gib(device_memory_bytes)}), and "
+        f"{cpus_per_trial:g} CPU(s) ({by_cpus} fit in the node's {cpus_per_gpu:g} per GPU)"
+    )
+    return Packing(trials, by_throughput, by_memory, by_cpus, reason)
+
+
+def heaviest(profiles: list[StepProfile]) -> StepProfile:
+    """The profile a packing must survive: the most memory and the busiest step of any."""
+    return StepProfile(
+        peak_memory_bytes=max(p.peak_memory_bytes for p in profiles),
+        busy=max(p.busy for p in profiles),
+        samples_per_s=min(p.samples_per_s for p in profiles),
+        label=", ".join(p.label for p in profiles),
+    )
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB"
+
+
+# --------------------------------------------------------------------------- measuring on a GPU
+
+
+def memory_metrics(device: Any) -> dict[str, float]:
+    """Peak device memory of this process so far, in MiB (empty off CUDA): reserved (what the
+    process holds from the GPU) and allocated (what its tensors used)."""
+    import torch
+
+    device = torch.device(device)
+    if device.type != "cuda":
+        return {}
+    return {
+        "gpu_mem_mb": torch.cuda.max_memory_reserved(device) / 2**20,
+        "gpu_mem_allocated_mb": torch.cuda.max_memory_allocated(device) / 2**20,
+    }
+
+
+def release_memory(device: Any) -> None:
+    """Give cached device memory back, so a reused trial process does not hold the last trial's
+    peak while another trial on the same GPU needs it; reset the peak counters."""
+    import gc
+
+    import torch
+
+    device = torch.device(device)
+    if device.type != "cuda":
+        return
+    gc.collect()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(device)
+
+
+def out_of_memory_message(error: BaseException, device: Any, *, gpus_per_trial: float | None,
+                          batch_size: int) -> str:
+    """What a trial that ran out of GPU memory says: where, how much, and what to change."""
+    import torch
+
+    device = torch.device(device)
+    share = f"gpus_per_trial {gpus_per_trial:g}" if gpus_per_trial else "a whole GPU"
+    try:
+        free, total = torch.cuda.mem_get_info(device)
+        peak = torch.cuda.max_memory_reserved(device)
+        where = f"this trial held {_gib(peak)} at its peak; {_gib(free)} of {_gib(total)} free now"
+    except Exception:  # the device may be unusable after the error
+        where = "device memory figures unavailable"
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return (
+        f"out of GPU memory on {device} ({share}, batch_size {batch_size}): {where}. Lower "
+        "train.batch_size or the model's size, or give each trial more of a GPU "
+        f"(search.gpus_per_trial). torch said: {first}"
+    )
+
+
+def probe_step(run: Any, prepared: Any, *, device: Any = "cuda", steps: int = 30) -> StepProfile:
+    """Measure one run config's training step alone on ``device`` (a GPU).
+
+    Builds the run as a trial does (``train.build_run``: its real windows and model, both splits
+    on the device, so their memory counts), runs the warm-up steps (and CUDA graph capture) the
+    loop would, then times ``steps`` steps ending in a host sync and, in a second pass under
+    torch's profiler, sums their kernel time.
+    """
+    import torch
+
+    from lobsearch.loop import GRAPH_WARMUP_STEPS, make_train_step, place_model
+    from lobsearch.train import build_run
+
+    device = torch.device(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    built = build_run(run, prepared, device=device)
+    train, _ = built.train.to(device), built.val.to(device)
+    model = place_model(built.model, built.backend)
+    batch = min(run.train.batch_size, len(train))
+    step = make_train_step(model, run.train, built.backend, None, steps_per_epoch=10**4)
+    generator = torch.Generator(device=device).manual_seed(0)
+
+    def run_steps(n: int) -> None:
+        for _ in range(n):
+            idx = torch.randint(0, len(train), (batch,), device=device, generator=generator)
+            step(*train.batch(idx))
+
+    run_steps(GRAPH_WARMUP_STEPS + 3)
+    torch.cuda.synchronize(device)
+    started = time.perf_counter()
+    run_steps(steps)
+    torch.cuda.synchronize(device)
+    wall_us = (time.perf_counter() - started) * 1e6
+    kernel_us = _kernel_time_us(lambda: run_steps(steps), device)
+    peak = torch.cuda.max_memory_reserved(device)
+    label = f"{run.model.name} batch {batch} window {run.data.window}"
+    return StepProfile(peak, min(1.0, kernel_us / wall_us), steps * batch / wall_us * 1e6, label)
+
+
+def _kernel_time_us(work: Any, device: Any) -> float:
+    """Total GPU kernel time (microseconds) of ``work``, from torch's profiler."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        work()
+        torch.cuda.synchronize(device)
+    total = 0.0
+    for event in prof.key_averages():
+        total += getattr(event, "self_device_time_total", None) or getattr(event, "self_cuda_time_total", 0.0)
+    return total
