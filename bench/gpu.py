@@ -7,11 +7,13 @@
     default) and off;
 (b) DeepLOB at batch 1024: each thing lobsearch does to make it fast, one at a time (bf16,
     channels-last and cuDNN autotune; CUDA graphs; torch.compile, whose compile time is
-    reported), and the validation macro-F1 of a short training with the default against the
+    reported as the warm-up), and the validation macro-F1 of a short training with the default against the
     fp32 eager loop on the same synthetic export (the same model function, the same accuracy);
 (c) real searches (``python -m lobsearch.tune``) of LSTM trials at 1, 0.5, 0.25 and 0.125 GPU per
     trial (as many trials as fit at once) and at ``auto``: aggregate training samples/s across
-    the concurrent trials (sum of each trial's median epoch rate) and GPU memory per trial;
+    the concurrent trials (the sum of each trial's median epoch rate, and all trials' training
+    windows over the span from the first trial's start to the last one's end) and GPU memory
+    per trial;
 (d) the ten costliest kernels of DeepLOB's default step (torch's profiler).
 
 Sections stop starting once ``--budget`` seconds have passed. It prints a short table last and
@@ -65,7 +67,7 @@ def training_steps(device: torch.device, budget: float, rounds: int) -> list[dic
                     "lobsearch": lobsearch_runner(name, windows, batch, precision, device),
                     "no_graphs": lobsearch_runner(name, windows, batch, precision, device, cuda_graphs="off"),
                 }
-                result = compare(runners, batch, steps, warmup=8, rounds=rounds, clock=time.perf_counter)
+                result = compare(runners, steps, warmup=8, rounds=rounds, clock=time.perf_counter)
                 row = {"model": name, "batch": batch, "precision": precision,
                        "bare": result["bare"][0], "lobsearch": result["lobsearch"][0],
                        "ratio": result["lobsearch"][1], "no_graphs": result["no_graphs"][0],
@@ -88,9 +90,8 @@ DEEPLOB_VARIANTS = {
     "bf16 + channels-last + cuDNN autotune (eager)": {"cuda_graphs": "off"},
     "+ CUDA graph (lobsearch's default)": {},
     "fp32 + CUDA graph": {"precision": "fp32"},
-    "bf16 + compile default + CUDA graph": {"compile": "default", "cuda_graphs": "on"},
-    "bf16 + compile max-autotune-no-cudagraphs + CUDA graph": {
-        "compile": "max-autotune-no-cudagraphs", "cuda_graphs": "on"},
+    "bf16 + compile default (what compile auto picks for long runs)": {"compile": "default"},
+    "bf16 + compile reduce-overhead (the compiler's CUDA graphs)": {"compile": "reduce-overhead"},
 }
 
 
@@ -110,7 +111,7 @@ def deeplob_variants(device: torch.device, budget: float, rounds: int) -> list[d
         ours(8)  # warm-up: compiles, autotunes and captures
         torch.cuda.synchronize(device)
         warmup_s = time.perf_counter() - started
-        result = compare({"bare": bare, "variant": ours}, batch, steps, warmup=2, rounds=rounds,
+        result = compare({"bare": bare, "variant": ours}, steps, warmup=2, rounds=rounds,
                          clock=time.perf_counter)
         row = {"variant": label, "samples_per_s": result["variant"][0], "bare": result["bare"][0],
                "ratio": result["variant"][1], "warmup_s": warmup_s,
@@ -172,6 +173,7 @@ tracking: {wandb: disabled}
 def packed_searches(export: Path, work: Path, budget: float) -> list[dict[str, Any]]:
     space = work / "gpu-pack.yaml"
     space.write_text(PACK_SPACE)
+    storage = work / f"runs-{time.strftime('%Y%m%d-%H%M%S')}"  # never resume an earlier run
     rows = []
     for share in ("1", "0.5", "0.25", "0.125", "auto"):
         if left(budget) < 45:
@@ -181,14 +183,14 @@ def packed_searches(export: Path, work: Path, budget: float) -> list[dict[str, A
         name = f"pack-{share}"
         command = [sys.executable, "-m", "lobsearch.tune", str(space), "--data", str(export),
                    "--gpus-per-trial", share, "--num-samples", str(trials), "--max-concurrent", str(trials),
-                   "--name", name, "--storage", str(work / "runs"), "--wandb", "disabled"]
+                   "--name", name, "--storage", str(storage), "--wandb", "disabled"]
         started = time.perf_counter()
         done = subprocess.run(command, capture_output=True, text=True, timeout=max(60, left(budget) + 60))
         wall = time.perf_counter() - started
         log = done.stdout + done.stderr
         (work / f"{name}.log").write_text(log)
         row = {"gpus_per_trial": share, "trials": trials, "wall_s": wall, "rc": done.returncode,
-               **_trial_figures(work / "runs" / name)}
+               **_trial_figures(storage / name)}
         row["auto_lines"] = [line for line in log.splitlines() if "gpus_per_trial auto" in line or "busy" in line]
         rows.append(row)
         say(f"(c) {share} GPU/trial x {trials}: aggregate {row.get('aggregate', 0):,.0f} samples/s, "
@@ -201,18 +203,25 @@ def packed_searches(export: Path, work: Path, budget: float) -> list[dict[str, A
 
 def _trial_figures(folder: Path) -> dict[str, Any]:
     """From each trial's result.json lines: its median epoch training rate (epochs 2+, after
-    warm-up) and its peak GPU memory; the aggregate is the sum over the concurrent trials."""
-    rates, memory = [], []
+    warm-up), its peak GPU memory, and its span in time; ``aggregate`` sums the trials' rates,
+    ``aggregate_wall`` divides all trials' training windows by the span of all of them."""
+    rates, memory, starts, ends, samples = [], [], [], [], 0
     for result in sorted(folder.glob("*/result.json")):
         reports = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
+        if not reports:
+            continue
         steady = [r["samples_per_s"] for r in reports if r.get("epoch", 0) >= 2] or \
                  [r["samples_per_s"] for r in reports]
-        if steady:
-            rates.append(statistics.median(steady))
+        rates.append(statistics.median(steady))
         memory += [r["gpu_mem_mb"] for r in reports if "gpu_mem_mb" in r]
+        samples += sum(r.get("train_samples", 0) for r in reports)
+        starts.append(reports[0]["timestamp"] - reports[0]["time_total_s"])
+        ends.append(reports[-1]["timestamp"])
     if not rates:
         return {}
-    return {"aggregate": sum(rates), "per_trial": statistics.median(rates), "trials_reported": len(rates),
+    span = max(ends) - min(starts)
+    return {"aggregate": sum(rates), "aggregate_wall": samples / span if span > 0 else None,
+            "per_trial": statistics.median(rates), "trials_reported": len(rates),
             "gpu_mem_mb": max(memory) if memory else None}
 
 
@@ -262,7 +271,7 @@ def main() -> None:
         from lobsearch.synth import write_synthetic_export
 
         export = work / "export"
-        if not (export / "manifest.json").exists():
+        if not export.is_dir() or not any(export.iterdir()):
             write_synthetic_export(export, days=20, rows=50_000, seed=0)
         say(f"synthetic export: {export}")
     sections = {
@@ -272,7 +281,7 @@ def main() -> None:
         "d": lambda: deeplob_profile(device, args.out),
         "c": lambda: packed_searches(export, work, args.budget),
     }
-    for key in "abdc":
+    for key in "acbd":
         if key not in args.sections:
             continue
         try:
@@ -303,6 +312,7 @@ def summary() -> None:
             print(f"deeplob accuracy {label:<12} val macro-F1 {r['val_macro_f1']:.4f}")
     for r in sections.get("c", []) if isinstance(sections.get("c"), list) else []:
         print(f"search {r['gpus_per_trial']:>5} GPU/trial x{r['trials']}: aggregate {r.get('aggregate', 0):>9,.0f}/s "
+              f"(wall {r.get('aggregate_wall') or 0:>9,.0f}/s) "
               f"per trial {r.get('per_trial', 0):>8,.0f}/s mem {r.get('gpu_mem_mb') or 0:>6,.0f} MiB rc {r['rc']}")
 
 

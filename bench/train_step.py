@@ -34,7 +34,9 @@ from lobsearch.loop import (
 from lobsearch.models import create_model, model_spec
 
 MODELS = {"lstm": {"hidden_size": 64, "num_layers": 2}, "deeplob": {}}
-ROWS, WINDOW, FEATURES = 20_000, 100, 98
+ROWS, WINDOW, FEATURES = 60_000, 100, 98
+"""One day of ROWS rows holds ROWS - WINDOW + 1 windows: more than the largest timed chunk
+(30 steps x batch 1024), so every timed step trains on a full batch."""
 
 
 def day_windows(device: torch.device) -> WindowSet:
@@ -47,8 +49,9 @@ def day_windows(device: torch.device) -> WindowSet:
 
 
 def lobsearch_runner(name: str, windows: WindowSet, batch: int, precision: str, device: torch.device,
-                     **train: str) -> Callable[[int], None]:
-    """``run(steps)``: that many steps of fit's inner loop, ending in its one host sync.
+                     **train: str) -> Callable[[int], int]:
+    """``run(steps)``: that many steps of fit's inner loop, ending in its one host sync; returns
+    the windows trained on (``epoch_batches`` caps a step count at the windows there are).
 
     ``train`` overrides TrainConfig fields (``cuda_graphs="off"``, ``compile="default"``); the
     backend is what ``device_setup`` decides for the model, as in a trial. ``run.step`` is the
@@ -61,10 +64,11 @@ def lobsearch_runner(name: str, windows: WindowSet, batch: int, precision: str, 
     step = make_train_step(model, cfg, backend, class_weights(windows.y).to(device), 10_000)
     generator = torch.Generator().manual_seed(0)
 
-    def run(steps: int) -> None:
+    def run(steps: int) -> int:
         apply_backend(backend)
         batches = epoch_batches(len(windows), batch, steps, generator, device)
         float(train_batches(step, windows, batches))
+        return sum(len(idx) for idx in batches)
 
     run.step, run.backend = step, backend  # type: ignore[attr-defined]
     return run
@@ -78,7 +82,7 @@ def pytorch_defaults() -> None:
 
 
 def bare_runner(name: str, windows: WindowSet, batch: int, precision: str, device: torch.device
-                ) -> Callable[[int], None]:
+                ) -> Callable[[int], int]:
     """``run(steps)``: a hand-written loop over random windows gathered from the day tensor."""
     torch.manual_seed(0)
     model = create_model(name, FEATURES, WINDOW, **MODELS[name]).to(device)
@@ -87,7 +91,7 @@ def bare_runner(name: str, windows: WindowSet, batch: int, precision: str, devic
     back = torch.arange(WINDOW - 1, -1, -1, device=device)
     dtype = torch.bfloat16 if precision == "bf16" else None
 
-    def run(steps: int) -> None:
+    def run(steps: int) -> int:
         if device.type == "cuda":
             pytorch_defaults()
         for _ in range(steps):
@@ -99,6 +103,7 @@ def bare_runner(name: str, windows: WindowSet, batch: int, precision: str, devic
             loss.backward()
             optimizer.step()
         loss.item()
+        return steps * batch
 
     return run
 
@@ -109,14 +114,14 @@ step's cost without the waits for a core (use it with --threads 1; wall time is 
 on a machine of one's own, and the only valid clock on CUDA)."""
 
 
-def samples_per_s(run: Callable[[int], None], steps: int, batch: int,
-                  clock: Callable[[], float]) -> float:
+def samples_per_s(run: Callable[[int], int], steps: int, clock: Callable[[], float]) -> float:
+    """Windows per second of ``run(steps)``, counting the windows it says it trained on."""
     started = clock()
-    run(steps)
-    return steps * batch / (clock() - started)
+    samples = run(steps)
+    return samples / (clock() - started)
 
 
-def compare(runners: dict[str, Callable[[int], None]], batch: int, steps: int, warmup: int,
+def compare(runners: dict[str, Callable[[int], int]], steps: int, warmup: int,
             rounds: int, clock: Callable[[], float]) -> dict[str, tuple[float, float]]:
     """Per runner: (median samples/s, median per-round ratio to the first runner, the reference).
 
@@ -129,7 +134,7 @@ def compare(runners: dict[str, Callable[[int], None]], batch: int, steps: int, w
     rates: dict[str, list[float]] = {n: [] for n in names}
     for i in range(rounds):
         for name in names[i % len(names):] + names[: i % len(names)]:
-            rates[name].append(samples_per_s(runners[name], steps, batch, clock))
+            rates[name].append(samples_per_s(runners[name], steps, clock))
     reference = rates[names[0]]
     return {
         n: (statistics.median(r), statistics.median([a / b for a, b in zip(r, reference)]))
@@ -143,7 +148,7 @@ def measure(name: str, batch: int, precision: str, device: torch.device, windows
     """Median samples/s of lobsearch and of the bare loop, and the median per-round ratio."""
     result = compare({"bare": bare_runner(name, windows, batch, precision, device),
                       "lobsearch": lobsearch_runner(name, windows, batch, precision, device)},
-                     batch, steps, warmup, rounds, clock)
+                     steps, warmup, rounds, clock)
     return result["lobsearch"][0], result["bare"][0], result["lobsearch"][1]
 
 

@@ -237,12 +237,13 @@ def test_a_graphed_step_trains_like_the_eager_step(name: str):
 @needs_cuda
 def test_fit_on_cuda_with_graphs_reports_memory_and_learns():
     from lobsearch.config import TrainConfig
-    from lobsearch.loop import fit
-    from lobsearch.models import create_model
+    from lobsearch.loop import device_setup, fit
+    from lobsearch.models import create_model, model_spec
 
     windows = _windows("cuda")
     cfg = TrainConfig(epochs=2, batch_size=256, steps_per_epoch=10, patience=None)
-    result = fit(create_model("lstm", 98, 100), windows, windows, cfg, device="cuda")
+    backend = device_setup(model_spec("lstm").backend, cfg, "cuda")
+    result = fit(create_model("lstm", 98, 100), windows, windows, cfg, device="cuda", backend=backend)
     assert result.status == "completed" and result.backend.cuda_graphs
     assert memory_metrics("cuda")["gpu_mem_mb"] > 0
 

@@ -301,9 +301,10 @@ def test_cuda_graphs_auto_follows_the_model_and_yields_to_compile(cuda_switches)
     assert not device_setup(SpecBackend(), _cfg(), "cuda").cuda_graphs
     assert device_setup(SpecBackend(), _cfg(cuda_graphs="on"), "cuda").cuda_graphs
     assert not device_setup(flagged, _cfg(cuda_graphs="off"), "cuda").cuda_graphs
-    compiled = device_setup(flagged, _cfg(compile="default"), "cuda")
-    assert compiled.compile_mode == "default" and not compiled.cuda_graphs
-    assert "compiled" in " ".join(compiled.notes)
+    for graphs in ("auto", "on"):
+        compiled = device_setup(flagged, _cfg(compile="default", cuda_graphs=graphs), "cuda")
+        assert compiled.compile_mode == "default" and not compiled.cuda_graphs
+        assert "compiled" in " ".join(compiled.notes)
     on_cpu = device_setup(flagged, _cfg(cuda_graphs="on"), "cpu")
     assert not on_cpu.cuda_graphs and "not on CUDA" in " ".join(on_cpu.notes)
     assert "cuda_graphs" in device_setup(flagged, _cfg(), "cuda").describe()

@@ -157,10 +157,13 @@ def _choose_compile(
 def _choose_graphs(choice: str, model_gains: bool, cuda: bool, compile_mode: str | None) -> tuple[bool, str]:
     if not cuda:
         return False, f"cuda_graphs {choice} -> off (not on CUDA)"
+    if compile_mode is not None:
+        # measured on an H100: capturing a compiled DeepLOB step left the CUDA generator's
+        # state unusable for the next eager random draw; the compiler's own graphs are
+        # compile: reduce-overhead
+        return False, f"cuda_graphs {choice} -> off (compiled; use compile: reduce-overhead)"
     if choice != "auto":
         return choice == "on", f"cuda_graphs {choice} (set in train.cuda_graphs)"
-    if compile_mode is not None:
-        return False, "cuda_graphs auto -> off (the model is compiled)"
     if not model_gains:
         return False, "cuda_graphs auto -> off (not flagged for this model)"
     return True, "cuda_graphs auto -> on (CUDA, the model gains from it)"
@@ -480,7 +483,8 @@ class EpochResult:
     epoch: 1-based; train_loss: mean training loss; val: validation metrics (macro_f1, accuracy,
     mcc, ..., loss); samples_per_s: training windows per second (training part of the epoch);
     lr: learning rate after the epoch's last step; seconds: wall time of train + evaluation;
-    status: "running", or how the run ends after this epoch ("completed", "early_stopped").
+    status: "running", or how the run ends after this epoch ("completed", "early_stopped");
+    train_samples: training windows of the epoch.
     """
 
     epoch: int
@@ -490,11 +494,14 @@ class EpochResult:
     lr: float
     seconds: float
     status: str = "running"
+    train_samples: int = 0
 
     def metrics(self) -> dict[str, float]:
-        """Flat scalars for a tracker: epoch, train_loss, lr, samples_per_s, seconds, val_<name>."""
+        """Flat scalars for a tracker: epoch, train_loss, lr, samples_per_s, train_samples,
+        seconds, val_<name>."""
         flat = {"epoch": self.epoch, "train_loss": self.train_loss, "lr": self.lr,
-                "samples_per_s": self.samples_per_s, "seconds": self.seconds}
+                "samples_per_s": self.samples_per_s, "train_samples": self.train_samples,
+                "seconds": self.seconds}
         for key, value in self.val.items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 flat[f"val_{key}"] = value
@@ -615,7 +622,7 @@ def _run_epoch(
         backend=step.backend, loss_fn=step.loss_fn,
     )[0]
     result = EpochResult(epoch, train_loss, val_metrics, n_samples / train_seconds, lr,
-                         time.perf_counter() - started)
+                         time.perf_counter() - started, train_samples=n_samples)
     _record(progress, result, model, cfg, n_samples, train_seconds)
     return result
 
