@@ -472,3 +472,52 @@ def test_prepare_finishes_while_trials_hold_every_cpu(ray_session, small_export,
         remove_placement_group(group)
     assert "error" not in outcome, outcome.get("error")
     assert sum(len(days) for days in outcome["prepared"].splits.values()) == 6
+
+
+class _FakeContext:
+    gcs_address = "10.0.0.1:6379"
+
+    def get_job_id(self) -> str:
+        return "01000000"
+
+
+def _fake_ray(monkeypatch: pytest.MonkeyPatch, free_cpus: float) -> list[str]:
+    """Ray's calls the warm-up makes, recorded instead of run."""
+    import ray
+
+    calls: list[str] = []
+
+    class Remote:
+        def remote(self) -> None:
+            calls.append("import task")
+
+    monkeypatch.setattr(ray, "get_runtime_context", lambda: _FakeContext())
+    monkeypatch.setattr(ray, "available_resources", lambda: calls.append("resources") or {"CPU": free_cpus})
+    monkeypatch.setattr(ray, "remote", lambda **options: (lambda fn: Remote()))
+    monkeypatch.setattr(pipeline, "_WARMED", set())
+    return calls
+
+
+def test_ray_data_warm_up_runs_once_per_session_on_the_free_cpus(monkeypatch: pytest.MonkeyPatch):
+    from ray.data._internal import stats
+
+    actors: list[str] = []
+    monkeypatch.setattr(stats, "get_or_create_stats_actor", lambda: actors.append("stats actor"))
+    calls = _fake_ray(monkeypatch, free_cpus=2.0)
+    pipeline._warm_up_ray_data()
+    assert calls == ["resources", "import task", "import task"] and actors == ["stats actor"]
+    pipeline._warm_up_ray_data()
+    assert len(calls) == 3 and len(actors) == 1  # the same session: nothing more
+
+
+def test_ray_data_warm_up_stays_away_when_trials_hold_every_cpu(monkeypatch: pytest.MonkeyPatch):
+    calls = _fake_ray(monkeypatch, free_cpus=0.0)
+    pipeline._warm_up_ray_data()
+    assert calls == ["resources"]
+
+
+def test_warm_up_imports_what_the_day_tasks_need():
+    pipeline._import_data_modules()
+    import sys
+
+    assert "ray.data" in sys.modules and "lobsearch.data.pipeline" in sys.modules

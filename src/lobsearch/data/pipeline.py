@@ -332,6 +332,49 @@ def _ray_map(fn: Callable[..., dict], tasks: list[_Task], steps: DaySteps, out: 
             yield tasks[row["pos"]], _outcome(pickle.loads(row["result"]))
 
 
+_WARMED: set[str] = set()
+
+
+def _warm_up_ray_data() -> None:
+    """Start, without waiting, what the first Ray Data run of a Ray session would otherwise start
+    one thing after another: Ray Data's stats actor (each dataset blocks on it for an id) and the
+    imports of Ray Data and this module in the workers that will run the day tasks. Once per
+    session; skipped when no CPU is free (trials hold them all and the tasks would only queue).
+
+    Measured on 2 CPUs, 40 days x 50,000 rows: the first ``prepare`` after ``ray.init`` fell from
+    6.0 s to 3.9-4.2 s (the next ones take 2.1-2.3 s either way).
+    """
+    import ray
+
+    context = ray.get_runtime_context()
+    session = f"{context.gcs_address}/{context.get_job_id()}"
+    if session in _WARMED:
+        return
+    _WARMED.add(session)
+    free = int(ray.available_resources().get("CPU", 0))
+    if free < 1:
+        return
+    importer = ray.remote(num_cpus=1, max_retries=0)(_import_data_modules)
+    for _ in range(min(free, WARM_UP_WORKERS)):
+        importer.remote()
+    try:  # this import takes the driver about 0.5 s, while the workers import theirs
+        from ray.data._internal.stats import get_or_create_stats_actor
+
+        get_or_create_stats_actor()  # created in the background; Ray Data finds it by name
+    except Exception as error:  # an internal of Ray Data: without it, only the speed-up is lost
+        log.debug("no Ray Data stats actor warm-up: %s", error)
+
+
+WARM_UP_WORKERS = 8
+"""At most this many workers import Ray Data ahead of the first dataset."""
+
+
+def _import_data_modules() -> None:
+    import ray.data  # noqa: F401
+
+    import lobsearch.data.pipeline  # noqa: F401
+
+
 def _start_ray() -> None:
     """Join the running Ray, or start a local one."""
     import ray
@@ -431,6 +474,9 @@ def prepare(
     """
     if engine not in ("ray", "local"):
         raise DataError(f"engine: must be 'ray' or 'local' (got {engine!r})")
+    if engine == "ray":
+        _start_ray()
+        _warm_up_ray_data()  # in the background while this process reads the export's layout
     export = export if isinstance(export, Export) else discover_export(export)
     key = cache_key(export, prep)
     root = prepared_root(cache_dir)
