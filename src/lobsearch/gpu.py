@@ -64,7 +64,8 @@ class Packing:
 
     @property
     def gpus_per_trial(self) -> float:
-        return round(1.0 / self.trials, 4)
+        """1 / trials, rounded down to Ray's 1e-4 resolution so ``trials`` of them fit in one GPU."""
+        return math.floor(10_000 / self.trials) / 10_000
 
 
 def trials_per_gpu(

@@ -114,7 +114,9 @@ class Search:
             return float(settings.gpus_per_trial)
         gpu_nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive") and n["Resources"].get("GPU")]
         if not gpu_nodes:
-            self.say("gpus_per_trial auto: no GPU in the cluster, trials run on CPUs")
+            hint = (" (no GPU node is up yet: if the autoscaler adds GPU nodes, give "
+                    "--gpus-per-trial, or keep one GPU node up with min_workers)") if self.address else ""
+            self.say(f"gpus_per_trial auto: no GPU in the cluster, trials run on CPUs{hint}")
             return 0.0
         runs = [run for _, run in sample_points(self.space, PROBE_CONFIGS)]
         self.say(f"gpus_per_trial auto: measuring {len(runs)} sampled configurations on one GPU")
