@@ -10,7 +10,8 @@
     reported as the warm-up), and the validation macro-F1 of a short training with the default against the
     fp32 eager loop on the same synthetic export (the same model function, the same accuracy);
 (c) real searches (``python -m lobsearch.tune``) of LSTM trials at 1, 0.5, 0.25 and 0.125 GPU per
-    trial (as many trials as fit at once) and at ``auto``: aggregate training samples/s across
+    trial (as many trials as fit at once) and at ``auto``, with CUDA graphs and, for 8 and 4
+    trials, without (``PACKINGS``): aggregate training samples/s across
     the concurrent trials (the sum of each trial's median epoch rate, and all trials' training
     windows over the span from the first trial's start to the last one's end) and GPU memory
     per trial;
@@ -159,7 +160,8 @@ name: gpu-pack
 objective: {metric: val_macro_f1}
 fixed:
   data: {horizon: 20, stride: 1, window: 100, features: full}
-  train: {epochs: 4, batch_size: 256, steps_per_epoch: 600, max_eval_windows: 5000, patience: null}
+  train: {epochs: 4, batch_size: 256, steps_per_epoch: 600, max_eval_windows: 5000, patience: null,
+          cuda_graphs: GRAPHS}
 params:
   train.learning_rate: {type: float, low: 3.0e-4, high: 3.0e-3, log: true}
 models:
@@ -170,17 +172,23 @@ tracking: {wandb: disabled}
 """
 
 
+PACKINGS = (("1", "auto"), ("0.125", "auto"), ("0.125", "off"), ("auto", "auto"), ("0.25", "auto"),
+            ("0.5", "auto"), ("0.25", "off"))
+"""(GPU per trial, train.cuda_graphs) of each packed search, the most telling first: one graphed
+trial alone, eight graphed, eight eager (graphs replace the launch gaps that packing fills)."""
+
+
 def packed_searches(export: Path, work: Path, budget: float) -> list[dict[str, Any]]:
-    space = work / "gpu-pack.yaml"
-    space.write_text(PACK_SPACE)
     storage = work / f"runs-{time.strftime('%Y%m%d-%H%M%S')}"  # never resume an earlier run
     rows = []
-    for share in ("1", "0.5", "0.25", "0.125", "auto"):
+    for share, graphs in PACKINGS:
         if left(budget) < 45:
-            say(f"(c) out of budget; {share} GPU per trial skipped")
+            say(f"(c) out of budget; {share} GPU per trial, graphs {graphs}, skipped")
             continue
+        space = work / f"gpu-pack-{graphs}.yaml"
+        space.write_text(PACK_SPACE.replace("GRAPHS", f'"{graphs}"'))
         trials = 8 if share == "auto" else round(1 / float(share))
-        name = f"pack-{share}"
+        name = f"pack-{share}-graphs-{graphs}"
         command = [sys.executable, "-m", "lobsearch.tune", str(space), "--data", str(export),
                    "--gpus-per-trial", share, "--num-samples", str(trials), "--max-concurrent", str(trials),
                    "--name", name, "--storage", str(storage), "--wandb", "disabled"]
@@ -189,11 +197,13 @@ def packed_searches(export: Path, work: Path, budget: float) -> list[dict[str, A
         wall = time.perf_counter() - started
         log = done.stdout + done.stderr
         (work / f"{name}.log").write_text(log)
-        row = {"gpus_per_trial": share, "trials": trials, "wall_s": wall, "rc": done.returncode,
+        row = {"gpus_per_trial": share, "cuda_graphs": graphs, "trials": trials, "wall_s": wall,
+               "rc": done.returncode,
                **_trial_figures(storage / name)}
         row["auto_lines"] = [line for line in log.splitlines() if "gpus_per_trial auto" in line or "busy" in line]
         rows.append(row)
-        say(f"(c) {share} GPU/trial x {trials}: aggregate {row.get('aggregate', 0):,.0f} samples/s, "
+        say(f"(c) {share} GPU/trial x {trials}, graphs {graphs}: aggregate {row.get('aggregate', 0):,.0f} "
+            f"samples/s (wall {row.get('aggregate_wall') or 0:,.0f}), "
             f"per trial {row.get('per_trial', 0):,.0f}/s, memory {row.get('gpu_mem_mb', 0):,.0f} MiB, "
             f"rc {done.returncode}, {wall:.0f} s")
         if done.returncode:
@@ -252,7 +262,8 @@ def deeplob_profile(device: torch.device, out: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("docs/bench"), help="where gpu.json goes")
-    parser.add_argument("--budget", type=float, default=480, help="seconds after which no section starts")
+    parser.add_argument("--budget", type=float, default=480,
+                        help="seconds after which no section (or packed search) starts")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--sections", default="abcd", help="which sections to run (default abcd)")
     args = parser.parse_args()
@@ -311,7 +322,8 @@ def summary() -> None:
         for label, r in b.get("accuracy", {}).items():
             print(f"deeplob accuracy {label:<12} val macro-F1 {r['val_macro_f1']:.4f}")
     for r in sections.get("c", []) if isinstance(sections.get("c"), list) else []:
-        print(f"search {r['gpus_per_trial']:>5} GPU/trial x{r['trials']}: aggregate {r.get('aggregate', 0):>9,.0f}/s "
+        print(f"search {r['gpus_per_trial']:>5} GPU/trial x{r['trials']} graphs {r['cuda_graphs']:<4}: "
+              f"aggregate {r.get('aggregate', 0):>9,.0f}/s "
               f"(wall {r.get('aggregate_wall') or 0:>9,.0f}/s) "
               f"per trial {r.get('per_trial', 0):>8,.0f}/s mem {r.get('gpu_mem_mb') or 0:>6,.0f} MiB rc {r['rc']}")
 

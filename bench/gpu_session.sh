@@ -4,7 +4,7 @@
 #   bash bench/gpu_session.sh [BUDGET_S] [SECTIONS]
 set -uo pipefail
 budget=${1:-420}
-sections=${2:-abdc}
+sections=${2:-acbd}
 out=${OUT:-docs/bench}
 mkdir -p /tmp/site "$out"
 tar -xJf .devbundle/site.tar.xz -C /tmp/site
