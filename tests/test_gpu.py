@@ -160,7 +160,7 @@ def test_gpus_per_trial_auto_packs_from_the_probe(monkeypatch: pytest.MonkeyPatc
 
     profiles = [_profile(0.4, 0.12, 2e5, "a"), _profile(1.0, 0.2, 1e5, "b")]
     monkeypatch.setattr(search_module, "_probe_remote", lambda: Probe())
-    monkeypatch.setattr(ray, "get", lambda ref: (profiles, H100) if ref == "ref" else None)
+    monkeypatch.setattr(ray, "get", lambda ref, timeout=None: (profiles, H100, ["mlp: boom"]) if ref == "ref" else None)
 
     class AnyKey(dict):
         def __missing__(self, key: str) -> str:
@@ -170,6 +170,46 @@ def test_gpus_per_trial_auto_packs_from_the_probe(monkeypatch: pytest.MonkeyPatc
     assert search._gpus_per_trial(AnyKey()) == 0.2  # busy 20 % -> 5 trials per GPU
     assert all(n * Packing(n, n, n, n, "").gpus_per_trial <= 1 for n in range(1, 17))
     assert len(seen["runs"]) == PROBE_CONFIGS and all(p.startswith("prepared-") for p in seen["prepared"])
+
+
+def test_gpus_per_trial_auto_falls_back_to_a_whole_gpu_when_the_probe_fails(monkeypatch: pytest.MonkeyPatch):
+    import ray
+
+    from lobsearch import search as search_module
+    from lobsearch.search import Search
+    from lobsearch.space import load_space
+
+    space = load_space(Path(__file__).parents[1] / "search_spaces" / "smoke.yaml")
+    monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True, "Resources": {"CPU": 8.0, "GPU": 1.0}}])
+
+    class Probe:
+        def remote(self, runs: list, prepared: list) -> str:
+            return "ref"
+
+    class AnyKey(dict):
+        def __missing__(self, key: str) -> str:
+            return key
+
+    monkeypatch.setattr(search_module, "_probe_remote", lambda: Probe())
+    monkeypatch.setattr(ray, "cancel", lambda ref, force=False: None)
+    search = Search(space=space, export=None, name="x", storage="/tmp", quiet=True)
+
+    def timeout(ref: str, timeout: float | None = None) -> None:
+        raise ray.exceptions.GetTimeoutError("took too long")
+
+    monkeypatch.setattr(ray, "get", timeout)
+    assert search._gpus_per_trial(AnyKey()) == 1.0
+    monkeypatch.setattr(ray, "get", lambda ref, timeout=None: ([], H100, ["lstm_tiny: OutOfMemoryError"]))
+    assert search._gpus_per_trial(AnyKey()) == 1.0
+
+
+def test_library_allocation_failures_count_as_out_of_memory():
+    from lobsearch.gpu import is_out_of_memory
+
+    assert is_out_of_memory(torch.OutOfMemoryError("CUDA out of memory"))
+    assert is_out_of_memory(RuntimeError("cuDNN error: CUDNN_STATUS_ALLOC_FAILED"))
+    assert not is_out_of_memory(RuntimeError("shape mismatch"))
+    assert not is_out_of_memory(ValueError("out of memory"))
 
 
 def _with_gpus(space: Any, gpus: float) -> Any:
@@ -248,6 +288,32 @@ def test_fit_on_cuda_with_graphs_reports_memory_and_learns():
     result = fit(create_model("lstm", 98, 100), windows, windows, cfg, device="cuda", backend=backend)
     assert result.status == "completed" and result.backend.cuda_graphs
     assert memory_metrics("cuda")["gpu_mem_mb"] > 0
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_a_graphed_lstm_keeps_training_across_epochs_and_evaluations():
+    """Evaluation between epochs must not move the weights the graph trains: with graphs on and
+    off, three epochs of the same LSTM end close, and the weights change in every epoch."""
+    from lobsearch.config import TrainConfig
+    from lobsearch.loop import device_setup, fit
+    from lobsearch.models import create_model, model_spec
+
+    windows = _windows("cuda")
+    results, weights = {}, {}
+    for graphs in ("off", "on"):
+        cfg = TrainConfig(epochs=3, batch_size=128, steps_per_epoch=20, patience=None, cuda_graphs=graphs)
+        backend = device_setup(model_spec("lstm").backend, cfg, "cuda")
+        torch.manual_seed(0)
+        model = create_model("lstm", 98, 100, dropout=0.0)
+        seen = []
+        results[graphs] = fit(model, windows, windows, cfg, device="cuda", backend=backend,
+                              on_epoch=lambda e: seen.append(next(model.parameters()).detach().clone()))
+        assert all(not torch.equal(a, b) for a, b in zip(seen, seen[1:])), graphs
+        weights[graphs] = seen[-1]
+    losses = {g: [h["train_loss"] for h in r.history] for g, r in results.items()}
+    assert losses["on"] == pytest.approx(losses["off"], rel=0.05)
+    assert torch.allclose(weights["on"], weights["off"], atol=5e-2)
 
 
 @pytest.mark.gpu

@@ -357,6 +357,21 @@ def test_restore_turns_a_graphed_runs_tensor_learning_rate_back_into_a_float(tmp
     assert resumed.status == "completed" and isinstance(resumed.history[-1]["lr"], float)
 
 
+def test_evaluation_leaves_a_model_that_is_already_on_the_device_in_place(monkeypatch):
+    """``.to()`` re-packs an RNN's weights (new addresses, which a captured CUDA graph would no
+    longer train), so evaluation moves a model only when it is elsewhere."""
+    from lobsearch.loop import on_device
+
+    _, val = _windows()
+    model = create_model("lstm_tiny", val.n_features, val.window)
+    monkeypatch.setattr(model, "to", lambda *a, **k: pytest.fail("moved a model already there"))
+    assert on_device(model, torch.device("cpu")) is model
+    evaluate(model, val, device="cpu")
+    monkeypatch.undo()
+    moved = on_device(model, torch.device("meta"))
+    assert all(p.device.type == "meta" for p in moved.parameters())
+
+
 def test_device_setup_sets_cpu_threads(monkeypatch):
     calls = []
     monkeypatch.setattr(torch, "set_num_threads", calls.append)

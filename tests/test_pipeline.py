@@ -488,17 +488,20 @@ def _fake_ray(monkeypatch: pytest.MonkeyPatch, free_cpus: float) -> list[str]:
     calls: list[str] = []
 
     class Remote:
-        def remote(self) -> None:
+        def remote(self) -> str:
             calls.append("import task")
+            return "ref"
 
     monkeypatch.setattr(ray, "get_runtime_context", lambda: _FakeContext())
     monkeypatch.setattr(ray, "available_resources", lambda: calls.append("resources") or {"CPU": free_cpus})
     monkeypatch.setattr(ray, "remote", lambda **options: (lambda fn: Remote()))
     monkeypatch.setattr(pipeline, "_WARMED", set())
+    monkeypatch.setattr(pipeline, "_WARM_UP_TASKS", [])
     return calls
 
 
 def test_ray_data_warm_up_runs_once_per_session_on_the_free_cpus(monkeypatch: pytest.MonkeyPatch):
+    import ray
     from ray.data._internal import stats
 
     actors: list[str] = []
@@ -506,8 +509,13 @@ def test_ray_data_warm_up_runs_once_per_session_on_the_free_cpus(monkeypatch: py
     calls = _fake_ray(monkeypatch, free_cpus=2.0)
     pipeline._warm_up_ray_data()
     assert calls == ["resources", "import task", "import task"] and actors == ["stats actor"]
+    assert pipeline._WARM_UP_TASKS == ["ref", "ref"]
     pipeline._warm_up_ray_data()
     assert len(calls) == 3 and len(actors) == 1  # the same session: nothing more
+    waited: list[tuple] = []
+    monkeypatch.setattr(ray, "wait", lambda refs, **kw: waited.append((list(refs), kw)))
+    assert pipeline._data_resources() == {"num_cpus": 1}
+    assert waited and waited[0][0] == ["ref", "ref"] and pipeline._WARM_UP_TASKS == []
 
 
 def test_ray_data_warm_up_stays_away_when_trials_hold_every_cpu(monkeypatch: pytest.MonkeyPatch):

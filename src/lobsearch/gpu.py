@@ -141,6 +141,19 @@ def release_memory(device: Any) -> None:
     torch.cuda.reset_peak_memory_stats(device)
 
 
+OUT_OF_MEMORY_MARKS = ("out of memory", "CUDNN_STATUS_ALLOC_FAILED", "CUBLAS_STATUS_ALLOC_FAILED")
+"""How a failed GPU allocation reads when a library, not torch's allocator, hits it."""
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """torch's OutOfMemoryError, or a cuDNN / cuBLAS allocation failure raised as RuntimeError."""
+    import torch
+
+    if isinstance(error, torch.OutOfMemoryError):
+        return True
+    return isinstance(error, RuntimeError) and any(mark in str(error) for mark in OUT_OF_MEMORY_MARKS)
+
+
 def out_of_memory_message(error: BaseException, device: Any, *, gpus_per_trial: float | None,
                           batch_size: int) -> str:
     """What a trial that ran out of GPU memory says: where, how much, and what to change."""
@@ -168,17 +181,18 @@ def probe_step(run: Any, prepared: Any, *, device: Any = "cuda", steps: int = 30
     Builds the run as a trial does (``train.build_run``: its real windows and model, both splits
     on the device, so their memory counts), runs the warm-up steps (and CUDA graph capture) the
     loop would, then times ``steps`` steps ending in a host sync and, in a second pass under
-    torch's profiler, sums their kernel time.
+    torch's profiler, sums their kernel time; one evaluation of the validation windows (at
+    ``eval_batch_size``) counts towards the peak memory.
     """
     import torch
 
-    from lobsearch.loop import GRAPH_WARMUP_STEPS, make_train_step, place_model
+    from lobsearch.loop import GRAPH_WARMUP_STEPS, evaluate, make_train_step, place_model, subsample
     from lobsearch.train import build_run
 
     device = torch.device(device)
     torch.cuda.reset_peak_memory_stats(device)
     built = build_run(run, prepared, device=device)
-    train, _ = built.train.to(device), built.val.to(device)
+    train, val = built.train.to(device), subsample(built.val, run.train.max_eval_windows).to(device)
     model = place_model(built.model, built.backend)
     batch = min(run.train.batch_size, len(train))
     step = make_train_step(model, run.train, built.backend, None, steps_per_epoch=10**4)
@@ -196,6 +210,7 @@ def probe_step(run: Any, prepared: Any, *, device: Any = "cuda", steps: int = 30
     torch.cuda.synchronize(device)
     wall_us = (time.perf_counter() - started) * 1e6
     kernel_us = _kernel_time_us(lambda: run_steps(steps), device)
+    evaluate(model, val, device=device, batch_size=run.train.eval_batch_size, backend=built.backend)
     peak = torch.cuda.max_memory_reserved(device)
     label = f"{run.model.name} batch {batch} window {run.data.window}"
     return StepProfile(peak, min(1.0, kernel_us / wall_us), steps * batch / wall_us * 1e6, label)

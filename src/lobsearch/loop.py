@@ -18,6 +18,7 @@ per step instead of hundreds, which is what small LOB models are bound by on a G
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 import random
@@ -36,6 +37,8 @@ from lobsearch.contract import N_CLASSES
 from lobsearch.data.windows import WindowSet
 from lobsearch.errors import DataError
 from lobsearch.metrics import classification_metrics
+
+log = logging.getLogger(__name__)
 
 STATUSES = ("completed", "early_stopped", "nan_loss", "stopped")
 
@@ -295,6 +298,7 @@ class GraphedStep:
     step: TrainStep
     graph: torch.cuda.CUDAGraph | None = None
     static: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+    addresses: tuple[int, ...] = ()
     calls: int = 0
     note: str = ""
 
@@ -307,6 +311,8 @@ class GraphedStep:
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         self.calls += 1
+        if self.graph is not None and self._addresses() != self.addresses:
+            self.graph = None  # the weights moved (an RNN re-packed them): capture them again
         if self.graph is None and not self.note and self.calls > GRAPH_WARMUP_STEPS:
             self._capture(x, y)
         if self.graph is None or x.shape != self.static[0].shape or y.shape != self.static[1].shape:
@@ -335,9 +341,16 @@ class GraphedStep:
                 static_loss = self.step.update(static_x, static_y, autocast_cache=False)
         except RuntimeError as error:
             torch.cuda.synchronize(x.device)
-            self.note = f"CUDA graph capture failed, running eagerly: {str(error).splitlines()[0]}"
+            cause = error.__context__ or error  # capture's own error can hide the one that broke it
+            self.note = f"CUDA graph capture failed, running eagerly: {str(cause).splitlines()[0]}"
+            log.warning(self.note)
             return
         self.graph, self.static = graph, (static_x, static_y, static_loss)
+        self.addresses = self._addresses()
+
+    def _addresses(self) -> tuple[int, ...]:
+        """Where the parameters live: the graph reads and updates them there."""
+        return tuple(p.data_ptr() for p in self.step.params)
 
 
 def make_train_step(
@@ -439,7 +452,7 @@ def _probabilities(
     model: nn.Module, windows: WindowSet, device: torch.device, batch_size: int, backend: Backend | None
 ) -> torch.Tensor:
     """Softmax probabilities (M, C) float32 on ``device``."""
-    model = model.to(device)
+    model = on_device(model, device)
     was_training = model.training
     model.eval()
     autocast = backend.autocast() if backend is not None else torch.autocast(device.type, enabled=False)
@@ -450,6 +463,16 @@ def _probabilities(
             chunks.append(torch.softmax(model(x).float(), dim=-1))
     model.train(was_training)
     return torch.cat(chunks) if chunks else torch.empty(0, N_CLASSES, device=device)
+
+
+def on_device(model: nn.Module, device: torch.device) -> nn.Module:
+    """``model`` on ``device``, moved only when some parameter is elsewhere: ``.to()`` on an RNN
+    always re-packs its weights into a new cuDNN buffer, which would leave a captured CUDA graph
+    training the old one."""
+    if all(p.device.type == device.type and device.index in (None, p.device.index)
+           for p in model.parameters()):
+        return model
+    return model.to(device)
 
 
 def plain(value: Any) -> Any:
@@ -737,6 +760,8 @@ def _restore(payload: dict[str, Any], model: nn.Module, step: TrainStep, progres
     for group in step.optimizer.param_groups:  # a graphed run saved its LR as a device tensor
         if torch.is_tensor(group["lr"]):
             group["lr"] = float(group["lr"])
+        if group.get("capturable"):
+            group["capturable"] = False  # set again at capture; eager steps are faster without
     step.scheduler.load_state_dict(payload["scheduler"])
     for name, value in payload["progress"].items():
         setattr(progress, name, value)

@@ -120,9 +120,19 @@ class Search:
             return 0.0
         runs = [run for _, run in sample_points(self.space, PROBE_CONFIGS)]
         self.say(f"gpus_per_trial auto: measuring {len(runs)} sampled configurations on one GPU")
-        profiles, device_memory = ray.get(
-            _probe_remote().remote(runs, [prepared[run.data.prep().digest()] for run in runs])
-        )
+        task = _probe_remote().remote(runs, [prepared[run.data.prep().digest()] for run in runs])
+        try:
+            profiles, device_memory, failures = ray.get(task, timeout=PROBE_TIMEOUT_S)
+        except Exception as error:  # a timeout, or the probe's worker died
+            ray.cancel(task, force=True)
+            self.say(f"gpus_per_trial auto -> 1: the probe did not finish ({type(error).__name__}: "
+                     f"{str(error).splitlines()[0] if str(error) else ''}); one trial per GPU")
+            return 1.0
+        for failure in failures:
+            self.say(f"  probe skipped a configuration: {failure}")
+        if not profiles:
+            self.say("gpus_per_trial auto -> 1: no sampled configuration could be measured; one trial per GPU")
+            return 1.0
         node = max(gpu_nodes, key=lambda r: r["GPU"])
         packing = trials_per_gpu(
             heaviest(profiles), device_memory_bytes=device_memory,
@@ -231,23 +241,29 @@ class _ray_session:
 PROBE_CONFIGS = 3
 """Sampled configurations ``gpus_per_trial: auto`` measures; the heaviest decides."""
 
+PROBE_TIMEOUT_S = 600.0
+"""How long the search waits for the probe before it falls back to one trial per GPU."""
+
 
 def _probe_remote() -> Any:
     """A Ray task holding one GPU that measures ``gpu.probe_step`` for each run config and
-    returns (profiles, the device's memory in bytes)."""
+    returns (profiles, the device's memory in bytes, one line per configuration that failed)."""
     import ray
 
     @ray.remote(num_gpus=1, num_cpus=1, max_retries=0, max_calls=1)  # exit after: free the GPU
-    def probe(runs: list[Any], prepared: list[Any]) -> tuple[list[Any], int]:
+    def probe(runs: list[Any], prepared: list[Any]) -> tuple[list[Any], int, list[str]]:
         import torch
 
         from lobsearch.gpu import probe_step, release_memory
 
-        profiles = []
+        profiles, failures = [], []
         for run, data in zip(runs, prepared):
-            profiles.append(probe_step(run, data))
+            try:
+                profiles.append(probe_step(run, data))
+            except Exception as error:  # this configuration's trial would fail alike; measure the rest
+                failures.append(f"{run.model.name}: {type(error).__name__}: {str(error).splitlines()[0]}")
             release_memory("cuda")
-        return profiles, torch.cuda.mem_get_info()[1]
+        return profiles, torch.cuda.mem_get_info()[1], failures
 
     return probe
 

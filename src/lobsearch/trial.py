@@ -34,24 +34,37 @@ def run_trial(config: dict[str, Any], *, data: dict[str, Prepared], space: Searc
     its prepared days. Raises TrialFailed when training cannot produce a model or the GPU's
     memory runs out.
     """
-    import ray
-    import torch
-
-    from lobsearch.gpu import out_of_memory_message, release_memory
+    from lobsearch.gpu import is_out_of_memory, out_of_memory_message, release_memory
     from lobsearch.train import pick_device
 
     run = space.run_config(config)
     prepared = data[run.data.prep().digest()]
     _threads_from_resources(run.train.num_threads)
     device = pick_device(run.train.device)
+    message = None
     try:
         _train(run, prepared, device)
-    except torch.OutOfMemoryError as error:
-        gpus = ray.get_runtime_context().get_assigned_resources().get("GPU")
-        message = out_of_memory_message(error, device, gpus_per_trial=gpus, batch_size=run.train.batch_size)
-        raise TrialFailed(message) from None
+    except RuntimeError as error:
+        if not is_out_of_memory(error):
+            raise
+        message = out_of_memory_message(error, device, gpus_per_trial=_assigned("GPU"),
+                                        batch_size=run.train.batch_size)
     finally:
-        release_memory(device)  # the reused trial process must not keep this trial's peak
+        # after the except clause: the error's frames (and the tensors they hold) are gone, so
+        # the reused trial process gives this trial's memory back to the GPU
+        release_memory(device)
+    if message is not None:
+        raise TrialFailed(message)
+
+
+def _assigned(resource: str) -> float | None:
+    """This trial's share of ``resource`` from Ray, None outside a Ray worker."""
+    import ray
+
+    try:
+        return ray.get_runtime_context().get_assigned_resources().get(resource)
+    except Exception:  # not in a Ray worker
+        return None
 
 
 def _train(run: RunConfig, prepared: Prepared, device: Any) -> None:

@@ -333,6 +333,7 @@ def _ray_map(fn: Callable[..., dict], tasks: list[_Task], steps: DaySteps, out: 
 
 
 _WARMED: set[str] = set()
+_WARM_UP_TASKS: list[Any] = []
 
 
 def _warm_up_ray_data() -> None:
@@ -355,8 +356,7 @@ def _warm_up_ray_data() -> None:
     if free < 1:
         return
     importer = ray.remote(num_cpus=1, max_retries=0)(_import_data_modules)
-    for _ in range(min(free, WARM_UP_WORKERS)):
-        importer.remote()
+    _WARM_UP_TASKS[:] = [importer.remote() for _ in range(min(free, WARM_UP_WORKERS))]
     try:  # this import takes the driver about 0.5 s, while the workers import theirs
         from ray.data._internal.stats import get_or_create_stats_actor
 
@@ -367,6 +367,9 @@ def _warm_up_ray_data() -> None:
 
 WARM_UP_WORKERS = 8
 """At most this many workers import Ray Data ahead of the first dataset."""
+
+WARM_UP_WAIT_S = 30.0
+"""How long the first dataset waits for the warm-up's tasks before it counts free CPUs."""
 
 
 def _import_data_modules() -> None:
@@ -447,6 +450,9 @@ def _data_resources() -> dict[str, Any]:
     import ray
     import ray.data
 
+    if _WARM_UP_TASKS:  # their CPUs are about to be free again, not held by trials
+        ray.wait(_WARM_UP_TASKS, num_returns=len(_WARM_UP_TASKS), timeout=WARM_UP_WAIT_S)
+        _WARM_UP_TASKS.clear()
     deadline = time.monotonic() + FREE_CPU_WAIT_S
     while ray.available_resources().get("CPU", 0) < 1:
         if time.monotonic() > deadline:
@@ -474,9 +480,6 @@ def prepare(
     """
     if engine not in ("ray", "local"):
         raise DataError(f"engine: must be 'ray' or 'local' (got {engine!r})")
-    if engine == "ray":
-        _start_ray()
-        _warm_up_ray_data()  # in the background while this process reads the export's layout
     export = export if isinstance(export, Export) else discover_export(export)
     key = cache_key(export, prep)
     root = prepared_root(cache_dir)
@@ -487,6 +490,9 @@ def prepare(
     with _lock(root / f"{key}.lock"):
         if (final / "prepared.json").is_file():
             return load_prepared(final, from_cache=True)
+        if engine == "ray":
+            _start_ray()
+            _warm_up_ray_data()
         _clear_stale(root, key)
         tmp = root / f"{key}.tmp-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
