@@ -111,6 +111,8 @@ BAD = [
     ({"models": {"lstm": {"fixed": {"pooling": "max"}}}}, "pooling"),
     ({"search": {"num_samples": 0}}, "search.num_samples"),
     ({"search": {"gpus_per_trial": 1.5}}, "whole"),
+    ({"search": {"gpus_per_trial": "half"}}, "number of GPUs >= 0, or 'auto'"),
+    ({"search": {"gpus_per_trial": -0.5}}, "number of GPUs >= 0, or 'auto'"),
     ({"search": {"enqueue": [{"lstm.hidden": 3}]}}, "search.enqueue[0].lstm.hidden"),
     ({"objective": {"metric": "val_macro_f2"}}, "did you mean 'val_macro_f1'"),
     ({"serach": {}}, "did you mean 'search'"),

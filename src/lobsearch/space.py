@@ -27,7 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, StrictBool, StrictFloat, StrictInt, StrictStr, model_validator
+from pydantic import (
+    BaseModel, Field, StrictBool, StrictFloat, StrictInt, StrictStr, field_validator, model_validator,
+)
 
 from lobsearch.config import (
     DataConfig,
@@ -147,6 +149,14 @@ class SearchSettings(Frozen):
     time_budget_s: StrictFloat | StrictInt | None = Field(None, gt=0)
     max_failures: StrictInt = Field(1, ge=0)
     enqueue: tuple[dict[str, Any], ...] = ()
+
+    @field_validator("gpus_per_trial", mode="before")
+    @classmethod
+    def _gpus_or_auto(cls, value: Any) -> Any:
+        numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if value != "auto" and not (numeric and value >= 0):
+            raise ValueError("must be a number of GPUs >= 0, or 'auto'")
+        return value
 
     @model_validator(mode="after")
     def _whole_gpus_above_one(self) -> SearchSettings:
