@@ -24,8 +24,11 @@ descendant: for Ray the raylet, GCS, agents and every Ray worker process) with p
 the summed RSS (shared pages counted once per process that maps them) and of the summed PSS
 (shared pages divided among their processes: the tree's actual footprint). The reference's and
 lobsearch's outputs are compared bit for bit. Rounds alternate the order of the measurements,
-and medians are reported, because this machine is shared. Targets (2-core machine): lobsearch
-at 2 CPUs >= 1.0x the reference's rows/s; lobsearch's peak RSS <= 1.5 x the float32 size of the
+and medians are reported, because this machine is shared. Each measurement's outputs are
+deleted once measured (round 1 keeps numpy's for the comparison) and dirty pages are flushed
+before the next begins, so that none pays for another's page-cache write-back.
+
+Targets (2-core machine): lobsearch at 2 CPUs >= 1.0x the reference's rows/s; lobsearch's peak RSS <= 1.5 x the float32 size of the
 largest split + 1.5 GiB.
 """
 
@@ -256,13 +259,27 @@ def run_rounds(export: Path, rounds: int) -> tuple[dict[str, list[dict]], dict]:
         order = MEASUREMENTS[r % 3:] + MEASUREMENTS[:r % 3]
         with tempfile.TemporaryDirectory(prefix="lobsearch-bench-") as scratch:
             for kind in order:
-                result = measure(kind, export, Path(scratch))
+                _settle()
+                folder = Path(scratch) / kind
+                folder.mkdir()
+                result = measure(kind, export, folder)
                 runs[kind].append(result)
                 timings = ", ".join(f"{k} {v:.2f} s" for k, v in result["seconds"].items())
                 print(f"round {r + 1} {kind} (load {result['load_average_1min_before']:.1f}): {timings}", flush=True)
-            if r == 0:
-                check = compare_outputs(Path(runs["numpy"][0]["output"]), Path(runs["ray-2"][0]["output"]))
+                if r == 0 and kind == "numpy":  # round 1 compares it with ray-2's output
+                    continue
+                if r == 0 and kind == "ray-2":
+                    check = compare_outputs(Path(runs["numpy"][0]["output"]), Path(runs["ray-2"][0]["output"]))
+                    shutil.rmtree(Path(scratch) / "numpy")
+                shutil.rmtree(folder)
     return runs, check
+
+
+def _settle() -> None:
+    """Flush what the previous measurement wrote (its outputs are deleted by then, so little is
+    left) and let the machine go quiet, so that no measurement pays for another's write-back."""
+    os.sync()
+    time.sleep(1.0)
 
 
 def summarize(runs: dict[str, list[dict]], facts: dict) -> dict:

@@ -13,6 +13,7 @@ from lobsearch.data.normalize import (
     norm_stats,
     normalize_day,
     scaled_columns,
+    sign_fix,
     stats_for_days,
 )
 from lobsearch.errors import ConfigError, DataError
@@ -99,6 +100,70 @@ def test_a_day_without_passing_rows_has_empty_moments():
 def test_moments_are_float64_after_float32_input():
     m = moments_of(raw(5))
     assert m.mean.dtype == np.float64 and m.m2.dtype == np.float64
+
+
+# Chunked work equals the same steps on the whole day, bit for bit
+
+
+def whole_day_moments(x, ok, version):
+    rows = np.array(x[ok], dtype=np.float64)
+    sign_fix(rows, version)
+    mean = rows.mean(axis=0)
+    return rows.shape[0], mean, ((rows - mean) ** 2).sum(axis=0)
+
+
+def whole_day_normalize(x, stats, version, clip, ok):
+    z = np.array(x, dtype=np.float64)
+    bad = ~np.isfinite(z)
+    sign_fix(z, version)
+    z -= np.where(stats.scaled, stats.mean, 0.0)
+    z /= np.where(stats.scaled, stats.std, 1.0)
+    bound = np.where(stats.scaled, clip, np.inf)
+    np.clip(z, -bound, bound, out=z)
+    z[bad] = 0.0
+    return z.astype(np.float32)
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 300), chunk=st.sampled_from([1, 2, 7, 64, 299, 4096]),
+       version=st.sampled_from([2.0, 2.1]), gated=st.floats(0.0, 0.9), as_float32=st.booleans())
+def test_chunked_moments_and_normalization_equal_the_whole_day_steps_bit_for_bit(seed, n, chunk, version, gated,
+                                                                                    as_float32):
+    rng = np.random.default_rng(seed)
+    x = raw(n, 98, seed).astype(np.float32 if as_float32 else np.float64)
+    ok = rng.random(n) >= gated
+    x[~ok & (rng.random(n) < 0.5), 5] = np.nan
+    x[:, 9] = -0.0  # signed zeros must survive the chunking too
+    if not ok.any():
+        assert day_moments(x, ok, version, chunk_rows=chunk).count == 0
+        return
+    m = day_moments(x, ok, version, chunk_rows=chunk)
+    count, mean, m2 = whole_day_moments(x, ok, version)
+    assert m.count == count
+    assert m.mean.tobytes() == mean.tobytes() and m.m2.tobytes() == m2.tobytes()
+    stats = norm_stats(m)
+    z = normalize_day(x, stats, schema_version=version, clip=3.0, row_ok=ok, chunk_rows=chunk)
+    assert z.tobytes() == whole_day_normalize(x, stats, version, 3.0, ok).tobytes()
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 4096])
+def test_a_non_finite_passing_value_is_named_whatever_the_chunk(chunk):
+    x = raw(10).astype(np.float64)
+    x[7, 4], x[8, 6] = np.inf, np.nan
+    ok = np.ones(10, dtype=bool)
+    for call in (lambda: day_moments(x, ok, None, chunk_rows=chunk),
+                 lambda: normalize_day(x, None, schema_version=None, row_ok=ok, chunk_rows=chunk)):
+        with pytest.raises(DataError, match=r"2 non-finite value\(s\) .*first at row 7, column 4"):
+            call()
+
+
+def test_finite_values_whose_sum_overflows_are_not_an_error():
+    x = np.full((4, 98), 1e308)
+    with np.errstate(over="ignore"):
+        m = day_moments(x, np.ones(4, dtype=bool), None)
+        z = normalize_day(x, None, schema_version=None)
+    assert m.count == 4 and np.isposinf(m.mean).all()
+    assert z.dtype == np.float32 and np.isposinf(z).all()
 
 
 # Statistics and normalize_day

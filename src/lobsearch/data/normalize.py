@@ -15,7 +15,7 @@ Modes (``NORM_MODES``):
 Column rules (contract indices, applied only to columns that exist, index < F): gate,
 categorical and version columns (``NEVER_NORMALIZE``) are never scaled or clipped; DT_SECONDS is
 scaled only with ``normalize_dt``; NET_CANCEL_FLOW and NET_TRADE_FLOW are negated for schema 2.0
-data before any statistic. Work is in float64, one day at a time; results are float32.
+data before any statistic. Work is in float64, a chunk of rows at a time; results are float32.
 """
 
 from __future__ import annotations
@@ -33,6 +33,11 @@ from lobsearch.errors import ConfigError, DataError, unknown_choice
 
 NORM_MODES = ("train", "per_day", "prior_days", "none")
 TRAIN_SPLIT = "train"
+ROW_CHUNK = 4096
+"""Rows worked on at a time. A chunk's float64 working copy (4,096 x 98 x 8 B = 3.2 MB) is
+allocated once per day and stays in cache, where a whole day's float64 copy (39 MB at 50,000
+rows) would be allocated, faulted in and streamed through memory by every operation: on 40
+days x 50,000 rows, normalize_day took half the time chunked."""
 ZERO_STD_RTOL = 1e-10
 """A column whose std is at most this fraction of its |mean| is constant (rounding noise only)."""
 
@@ -66,17 +71,18 @@ def _non_finite_error(rows: np.ndarray, cols: np.ndarray) -> DataError:
     )
 
 
-def _check_finite(x: np.ndarray, row_ok: np.ndarray) -> np.ndarray | None:
-    """(N, F) bool mask of non-finite values, None when all are finite.
+def _check_finite(x: np.ndarray, ok: np.ndarray, features: np.ndarray, row_ok: np.ndarray) -> np.ndarray | None:
+    """(n, F) bool mask of the non-finite values of ``x`` (a chunk of ``features`` whose passing
+    rows are ``ok``), None when all are finite.
 
-    Raises DataError when a row that passes the gates holds a non-finite value.
+    Raises DataError, naming every non-finite value of the day's passing rows, when one of the
+    chunk's passing rows holds one.
     """
     bad = ~np.isfinite(x)
     if not bad.any():
         return None
-    rows, cols = np.nonzero(bad & row_ok[:, None])
-    if rows.size:
-        raise _non_finite_error(rows, cols)
+    if (bad & ok[:, None]).any():
+        _raise_if_not_finite(features, row_ok)
     return bad
 
 
@@ -125,23 +131,71 @@ class Moments:
         return Moments(count, mean, m2)
 
 
-def day_moments(features: np.ndarray, row_ok: np.ndarray, schema_version: float | None) -> Moments:
+def day_moments(
+    features: np.ndarray, row_ok: np.ndarray, schema_version: float | None, *, chunk_rows: int = ROW_CHUNK
+) -> Moments:
     """Moments of one day's (N, F) raw features over its ``row_ok`` rows, after the sign fix.
 
-    Gated rows are ignored, NaN included. Raises DataError when a passing row is not finite.
+    Two passes over the passing rows, ``chunk_rows`` at a time: column sums, then sums of
+    squared deviations from the mean. The result is bit-identical to the same steps on the
+    whole (rows, F) float64 array (see ``_column_sums``). Gated rows are ignored, NaN included.
+    Raises DataError when a passing row is not finite.
     """
     row_ok = _rows_mask(row_ok, features.shape[0])
-    x = np.asarray(features[row_ok], dtype=np.float64)
-    if x.shape[0] == 0:
+    count = int(np.count_nonzero(row_ok))
+    if count == 0:
         return Moments.empty(features.shape[1])
-    rows, cols = np.nonzero(~np.isfinite(x))
-    if rows.size:
-        raise _non_finite_error(np.flatnonzero(row_ok)[rows], cols)
-    sign_fix(x, schema_version)
-    mean = x.mean(axis=0)
-    x -= mean
-    np.square(x, out=x)
-    return Moments(int(x.shape[0]), mean, x.sum(axis=0))
+    total = _column_sums(features, row_ok, schema_version, None, chunk_rows)
+    if not np.isfinite(total).all():  # a NaN or inf in a passing row (or an overflow)
+        _raise_if_not_finite(features, row_ok)
+    mean = total / count
+    return Moments(count, mean, _column_sums(features, row_ok, schema_version, mean, chunk_rows))
+
+
+def _column_sums(
+    features: np.ndarray, row_ok: np.ndarray, schema_version: float | None, center: np.ndarray | None,
+    chunk_rows: int,
+) -> np.ndarray:
+    """(F,) float64 sums over the passing rows of x, or of (x - center)**2 when ``center`` is
+    given; x is the row in float64 after the sign fix.
+
+    numpy's ``sum(axis=0)`` of a C-ordered (rows, F) array adds the rows one after another, so
+    each chunk is summed with the running total as its first row: the same additions in the
+    same order as one sum over the passing rows of the whole day, without a float64 copy of the
+    day. A chunk is copied whole and its gated rows are set so that they add exactly nothing:
+    -0.0 to the sums (x + -0.0 == x, signed zeros included), the center to the squared
+    deviations (whose +0.0 changes no sum of squares).
+    """
+    features = np.asarray(features)  # a memmap's slices are slow to make; its ndarray view is not
+    n_rows, width = features.shape
+    buffer = np.empty((min(chunk_rows, n_rows) + 1, width))
+    total = None
+    for start in range(0, n_rows, chunk_rows):
+        ok = row_ok[start : start + chunk_rows]
+        if not ok.any():
+            continue
+        offset = 0 if total is None else 1
+        rows = buffer[offset : offset + ok.size]
+        rows[...] = features[start : start + ok.size]
+        sign_fix(rows, schema_version)
+        if not ok.all():  # gated rows, NaN included, add nothing: -0.0, or 0.0 once squared
+            rows[~ok] = -0.0 if center is None else center
+        if center is not None:
+            rows -= center
+            np.square(rows, out=rows)
+        if total is not None:
+            buffer[0] = total
+        total = buffer[: offset + ok.size].sum(axis=0)
+    assert total is not None, "callers pass at least one passing row"
+    return total
+
+
+def _raise_if_not_finite(features: np.ndarray, row_ok: np.ndarray) -> None:
+    """Raises the DataError naming every non-finite value in the passing rows, if any."""
+    rows = np.flatnonzero(row_ok)
+    bad_rows, cols = np.nonzero(~np.isfinite(np.asarray(features[row_ok], dtype=np.float64)))
+    if bad_rows.size:
+        raise _non_finite_error(rows[bad_rows], cols)
 
 
 @dataclass(frozen=True, eq=False)
@@ -174,17 +228,14 @@ def norm_stats(m: Moments, *, normalize_dt: bool = True) -> NormStats:
     return NormStats(m.mean, std, scaled_columns(m.mean.shape[0], normalize_dt=normalize_dt))
 
 
-def _apply(x: np.ndarray, stats: NormStats, clip: float | None) -> None:
-    """z-score and clip the scaled columns of ``x`` (float64) in place."""
-    if stats.mean.shape != (x.shape[1],):
-        raise DataError(
-            f"normalization: statistics of {stats.mean.shape[0]} features applied to {x.shape[1]}"
-        )
-    x -= np.where(stats.scaled, stats.mean, 0.0)
-    x /= np.where(stats.scaled, stats.std, 1.0)
-    if clip is not None:
-        bound = np.where(stats.scaled, clip, np.inf)
-        np.clip(x, -bound, bound, out=x)
+def _affine(stats: NormStats, width: int, clip: float | None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(shift, scale, bound), each (F,) float64: z = clip((x - shift) / scale, -bound, bound);
+    the columns that are not scaled get shift 0, scale 1 and bound inf. Bound None: no clip."""
+    if stats.mean.shape != (width,):
+        raise DataError(f"normalization: statistics of {stats.mean.shape[0]} features applied to {width}")
+    shift = np.where(stats.scaled, stats.mean, 0.0)
+    scale = np.where(stats.scaled, stats.std, 1.0)
+    return shift, scale, None if clip is None else np.where(stats.scaled, float(clip), np.inf)
 
 
 def normalize_day(
@@ -194,26 +245,46 @@ def normalize_day(
     schema_version: float | None,
     clip: float | None = 10.0,
     row_ok: np.ndarray | None = None,
+    chunk_rows: int = ROW_CHUNK,
 ) -> np.ndarray:
     """One day's (N, F) raw features -> (N, F) float32: sign fix, then z-score and clip.
 
     ``stats`` None (mode none, or an export already normalized) only casts and applies the sign
     fix (pass ``schema_version=None`` to skip it). ``clip`` None disables clipping. Non-finite
     values in gated rows (``row_ok`` False) become 0, so no gathered window ever holds NaN;
-    ``row_ok`` None treats every row as passing. The input is never modified.
+    ``row_ok`` None treats every row as passing. The input is never modified. Work is in
+    float64, ``chunk_rows`` rows at a time in one reused buffer, cast into the float32 result.
     Raises DataError when a passing row holds NaN or inf, or the widths differ; ConfigError
     when clip is not positive.
     """
     if clip is not None and not clip > 0:
         raise ConfigError("normalization", [f"clip must be > 0 (or None), got {clip!r}"])
-    x = np.array(features, dtype=np.float64)
-    bad = _check_finite(x, _rows_mask(row_ok, x.shape[0]))
-    sign_fix(x, schema_version)
-    if stats is not None:
-        _apply(x, stats, clip)
-    if bad is not None:
-        x[bad] = 0.0
-    return x.astype(np.float32)
+    if features.ndim != 2:
+        raise DataError(f"features: expected a 2-D (rows, features) array, got {features.shape}")
+    features = np.asarray(features)  # a memmap's slices are slow to make; its ndarray view is not
+    n_rows, width = features.shape
+    row_ok = _rows_mask(row_ok, n_rows)
+    affine = None if stats is None else _affine(stats, width, clip)
+    out = np.empty((n_rows, width), dtype=np.float32)
+    buffer = np.empty((min(chunk_rows, n_rows), width))
+    for start in range(0, n_rows, chunk_rows):
+        x = buffer[: min(chunk_rows, n_rows - start)]
+        x[...] = features[start : start + x.shape[0]]
+        with np.errstate(over="ignore", invalid="ignore"):  # the sum only probes for NaN and inf
+            finite = np.isfinite(x.sum())
+        bad = None if finite else _check_finite(x, row_ok[start : start + x.shape[0]], features, row_ok)
+        sign_fix(x, schema_version)
+        if affine is not None:
+            shift, scale, bound = affine
+            x -= shift
+            x /= scale
+            if bound is not None:  # np.clip's result, in half its time
+                np.minimum(x, bound, out=x)
+                np.maximum(x, -bound, out=x)
+        if bad is not None:
+            x[bad] = 0.0
+        out[start : start + x.shape[0]] = x
+    return out
 
 
 def _check_mode(mode: str, k: int) -> None:

@@ -166,9 +166,7 @@ def _load(day_file: DayFile, steps: DaySteps) -> Any:
     if day.labels is None:
         raise DataError(f"{day_file.features}: no labels file, and too few columns to compute labels "
                         f"from the book (found {day.features.shape[1]}, need 40)")
-    # one sequential read: the gates read three strided columns and the steps then every row,
-    # which through the memory map costs about twice as much
-    return dataclasses.replace(day, features=np.ascontiguousarray(day.features))
+    return day
 
 
 def _gates(day: Any, steps: DaySteps) -> Any:
