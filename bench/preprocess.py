@@ -19,17 +19,20 @@ caches of one never reach the next:
   ``ray.init`` itself is timed apart and not counted.
 
 Throughput is the export's rows divided by the seconds of the measured step. Memory is sampled
-every 0.1 s from this process over the worker's whole process tree (the worker and every
-descendant: for Ray the raylet, GCS, agents and every Ray worker process) with psutil: the peak of
-the summed RSS (shared pages counted once per process that maps them) and of the summed PSS
-(shared pages divided among their processes: the tree's actual footprint). The reference's and
+from this process over the worker's whole process tree (the worker and every descendant: for Ray
+the raylet, GCS, agents and every Ray worker process) with psutil: the peak of the summed RSS
+(shared pages counted once per process that maps them; every 0.1 s) and of the summed PSS (shared
+pages divided among their processes: the tree's actual footprint; every 1 s, see TreeSampler). The reference's and
 lobsearch's outputs are compared bit for bit. Rounds alternate the order of the measurements,
 and medians are reported, because this machine is shared. Each measurement's outputs are
-deleted once measured (round 1 keeps numpy's for the comparison) and dirty pages are flushed
-before the next begins, so that none pays for another's page-cache write-back.
+deleted once measured (round 1 keeps numpy's for the comparison; ``cold``'s are deleted before
+``warm``) and written-back data is flushed before each measured step. On this machine (a VM)
+writing 0.8 GB of new files costs 0.13 CPU-s when pages just freed by deleted files are reused,
+and 1.0-1.6 CPU-s when the page cache must grow: without this, every measured step would pay
+for the outputs of the ones before it.
 
-Targets (2-core machine): lobsearch at 2 CPUs >= 1.0x the reference's rows/s; lobsearch's peak RSS <= 1.5 x the float32 size of the
-largest split + 1.5 GiB.
+Targets (2-core machine): lobsearch at 2 CPUs >= 1.0x the reference's rows/s; lobsearch's peak
+RSS <= 1.5 x the float32 size of the largest split + 1.5 GiB.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ import numpy as np
 
 GIB = 1024**3
 SAMPLE_S = 0.1
+PSS_EVERY = 10
 MEASUREMENTS = ("numpy", "ray-1", "ray-2")
 
 
@@ -136,21 +140,28 @@ def worker_ray(export: Path, scratch: Path, cpus: int) -> dict:
     ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
     phases = {"ray.init": [started, time.time()]}
     for phase in ("cold", "warm"):
+        if phase == "warm":  # the reference, too, writes where the previous outputs were deleted
+            shutil.rmtree(scratch / f"ray-{cpus}-cold")
+        _settle()  # and starts with no written-back data outstanding
         begun = time.time()
         prepared = prepare(export, PrepConfig(), cache_dir=scratch / f"ray-{cpus}-{phase}", engine="ray")
         phases[phase] = [begun, time.time()]
-    rows = sum(d.num_samples for days in prepared.splits.values() for d in days)
+        rows, key = sum(d.num_samples for days in prepared.splits.values() for d in days), prepared.key
+        del prepared  # its memory maps would keep the deleted files' pages in the page cache
     ray.shutdown()
-    return {"phases": phases, "rows": rows, "output": str(prepared_root(scratch / f"ray-{cpus}-cold") / prepared.key)}
+    return {"phases": phases, "rows": rows, "output": str(prepared_root(scratch / f"ray-{cpus}-warm") / key)}
 
 
 # ---------------------------------------------------------------- measuring a worker's process tree
 
 
 class TreeSampler(threading.Thread):
-    """Samples a process and its descendants every SAMPLE_S seconds: summed RSS and PSS, process
-    count, and the CPU seconds (user + system) the tree has used so far (an exited process keeps
-    what it had used when last seen)."""
+    """Samples a process and its descendants every SAMPLE_S seconds: summed RSS, process count,
+    and the CPU seconds (user + system) the tree has used so far (an exited process keeps what it
+    had used when last seen); every PSS_EVERY-th sample also the summed PSS. PSS needs
+    /proc/PID/smaps, whose reading costs about 1.2 ms of CPU per Ray process and holds that
+    process's memory-map lock: read every 0.1 s it slowed the Ray side measurably, the
+    one-process reference hardly at all."""
 
     def __init__(self, pid: int):
         super().__init__(daemon=True)
@@ -167,22 +178,24 @@ class TreeSampler(threading.Thread):
                 procs = [self.root, *self.root.children(recursive=True)]
             except self.psutil.Error:
                 break
+            with_pss = len(self.samples) % PSS_EVERY == 0
             rss = pss = n = 0
             for proc in procs:
                 try:
-                    info, cpu = proc.memory_full_info(), proc.cpu_times()
+                    info = proc.memory_full_info() if with_pss else proc.memory_info()
+                    cpu = proc.cpu_times()
                 except self.psutil.Error:
                     continue
-                rss, pss, n = rss + info.rss, pss + info.pss, n + 1
+                rss, pss, n = rss + info.rss, pss + (info.pss if with_pss else 0), n + 1
                 self.cpu[proc.pid] = cpu.user + cpu.system
-            self.samples.append((time.time(), rss, pss, n, sum(self.cpu.values())))
+            self.samples.append((time.time(), rss, pss if with_pss else -1, n, sum(self.cpu.values())))
             self.done.wait(SAMPLE_S)
 
     def peak(self, start: float, end: float) -> dict:
         """Peaks of memory and the CPU seconds used between ``start`` and ``end`` (time.time())."""
         inside = [s for s in self.samples if start <= s[0] <= end] or self.samples[-1:]
         before = [s[4] for s in self.samples if s[0] <= start] or [0.0]
-        return {"rss": max(s[1] for s in inside), "pss": max(s[2] for s in inside),
+        return {"rss": max(s[1] for s in inside), "pss": max(max(s[2] for s in inside), 0),
                 "processes": max(s[3] for s in inside), "cpu_s": inside[-1][4] - before[-1]}
 
 

@@ -512,10 +512,18 @@ def test_ray_data_warm_up_runs_once_per_session_on_the_free_cpus(monkeypatch: py
     assert pipeline._WARM_UP_TASKS == ["ref", "ref"]
     pipeline._warm_up_ray_data()
     assert len(calls) == 3 and len(actors) == 1  # the same session: nothing more
+    # the import tasks still hold both CPUs: counted as free, without waiting for them to end
+    monkeypatch.setattr(ray, "available_resources", lambda: {"CPU": 0.0})
     waited: list[tuple] = []
-    monkeypatch.setattr(ray, "wait", lambda refs, **kw: waited.append((list(refs), kw)))
+    monkeypatch.setattr(ray, "wait", lambda refs, **kw: waited.append((list(refs), kw)) or ([], list(refs)))
+    started = time.monotonic()
     assert pipeline._data_resources() == {"num_cpus": 1}
-    assert waited and waited[0][0] == ["ref", "ref"] and pipeline._WARM_UP_TASKS == []
+    assert time.monotonic() - started < pipeline.FREE_CPU_WAIT_S / 2
+    assert waited == [(["ref", "ref"], {"num_returns": 2, "timeout": 0})]
+    assert pipeline._WARM_UP_TASKS == ["ref", "ref"]
+    monkeypatch.setattr(ray, "wait", lambda refs, **kw: (list(refs), []))  # now they have ended
+    monkeypatch.setattr(ray, "available_resources", lambda: {"CPU": 2.0})
+    assert pipeline._data_resources() == {"num_cpus": 1} and pipeline._WARM_UP_TASKS == []
 
 
 def test_ray_data_warm_up_stays_away_when_trials_hold_every_cpu(monkeypatch: pytest.MonkeyPatch):

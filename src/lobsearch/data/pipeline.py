@@ -368,10 +368,6 @@ def _warm_up_ray_data() -> None:
 WARM_UP_WORKERS = 8
 """At most this many workers import Ray Data ahead of the first dataset."""
 
-WARM_UP_WAIT_S = 30.0
-"""How long the first dataset waits for the warm-up's tasks before it counts free CPUs."""
-
-
 def _import_data_modules() -> None:
     import ray.data  # noqa: F401
 
@@ -450,11 +446,11 @@ def _data_resources() -> dict[str, Any]:
     import ray
     import ray.data
 
-    if _WARM_UP_TASKS:  # their CPUs are about to be free again, not held by trials
-        ray.wait(_WARM_UP_TASKS, num_returns=len(_WARM_UP_TASKS), timeout=WARM_UP_WAIT_S)
-        _WARM_UP_TASKS.clear()
+    if _WARM_UP_TASKS:  # the CPUs of unfinished warm-up tasks are about to be free, not held by trials
+        _, pending = ray.wait(_WARM_UP_TASKS, num_returns=len(_WARM_UP_TASKS), timeout=0)
+        _WARM_UP_TASKS[:] = pending
     deadline = time.monotonic() + FREE_CPU_WAIT_S
-    while ray.available_resources().get("CPU", 0) < 1:
+    while ray.available_resources().get("CPU", 0) + len(_WARM_UP_TASKS) < 1:
         if time.monotonic() > deadline:
             log.warning("every CPU in the Ray cluster is held (by trials?): data tasks run beside them, 2 at a time")
             return {"num_cpus": 0, "compute": ray.data.TaskPoolStrategy(size=2)}
