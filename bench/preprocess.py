@@ -26,10 +26,9 @@ pages divided among their processes: the tree's actual footprint; every 1 s, see
 lobsearch's outputs are compared bit for bit. Rounds alternate the order of the measurements,
 and medians are reported, because this machine is shared. Each measurement's outputs are
 deleted once measured (round 1 keeps numpy's for the comparison; ``cold``'s are deleted before
-``warm``) and written-back data is flushed before each measured step. On this machine (a VM)
-writing 0.8 GB of new files costs 0.13 CPU-s when pages just freed by deleted files are reused,
-and 1.0-1.6 CPU-s when the page cache must grow: without this, every measured step would pay
-for the outputs of the ones before it.
+``warm``), and each measured step starts after its predecessors' writes are flushed and their
+freed pages are gone (``_settle``): otherwise a step's cost for writing its 0.8 GB of outputs
+would depend on how recently another step deleted its own (0.15 against 1.5 CPU-s here).
 
 Targets (2-core machine): lobsearch at 2 CPUs >= 1.0x the reference's rows/s; lobsearch's peak
 RSS <= 1.5 x the float32 size of the largest split + 1.5 GiB.
@@ -140,9 +139,9 @@ def worker_ray(export: Path, scratch: Path, cpus: int) -> dict:
     ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
     phases = {"ray.init": [started, time.time()]}
     for phase in ("cold", "warm"):
-        if phase == "warm":  # the reference, too, writes where the previous outputs were deleted
+        if phase == "warm":
             shutil.rmtree(scratch / f"ray-{cpus}-cold")
-        _settle()  # and starts with no written-back data outstanding
+        _settle()
         begun = time.time()
         prepared = prepare(export, PrepConfig(), cache_dir=scratch / f"ray-{cpus}-{phase}", engine="ray")
         phases[phase] = [begun, time.time()]
@@ -288,11 +287,18 @@ def run_rounds(export: Path, rounds: int) -> tuple[dict[str, list[dict]], dict]:
     return runs, check
 
 
+SETTLE_S = 10.0
+"""Seconds of quiet before each measured step: on this machine (a VM) the pages of deleted files
+are handed back to the host within 3-6 s, after which writing 0.8 GB of files costs 1.4-1.6
+CPU-s instead of 0.15-0.2 (measured). Every step thus writes into pages the page cache must
+newly take, as a first cache on a quiet machine does, whatever ran before it."""
+
+
 def _settle() -> None:
-    """Flush what the previous measurement wrote (its outputs are deleted by then, so little is
-    left) and let the machine go quiet, so that no measurement pays for another's write-back."""
+    """Flush what the previous steps wrote (their outputs are deleted by then) and wait SETTLE_S,
+    so that every measured step starts from the same state of the machine's memory."""
     os.sync()
-    time.sleep(1.0)
+    time.sleep(SETTLE_S)
 
 
 def summarize(runs: dict[str, list[dict]], facts: dict) -> dict:

@@ -12,6 +12,7 @@ from lobsearch.data.normalize import (
     day_moments,
     norm_stats,
     normalize_day,
+    normalized_chunks,
     scaled_columns,
     sign_fix,
     stats_for_days,
@@ -280,6 +281,19 @@ def test_no_stats_only_casts_and_never_modifies_the_input(tmp_path):
                                   np.delete(before, [CANCEL, TRADE], 1).astype(np.float32))
     normalize_day(mapped, norm_stats(moments_of(mapped)), schema_version=2.0)
     np.testing.assert_array_equal(mapped, before)
+
+
+def test_chunks_are_the_day_in_row_order_and_bad_arguments_fail_before_the_first():
+    x = raw(30).astype(np.float64)
+    stats = norm_stats(moments_of(x))
+    chunks = [c.copy() for c in normalized_chunks(x, stats, schema_version=2.0, chunk_rows=7)]
+    assert [len(c) for c in chunks] == [7, 7, 7, 7, 2] and all(c.dtype == np.float64 for c in chunks)
+    whole = normalize_day(x, stats, schema_version=2.0)
+    assert np.concatenate(chunks).astype(np.float32).tobytes() == whole.tobytes()
+    with pytest.raises(ConfigError, match="clip must be > 0"):
+        normalized_chunks(x, stats, schema_version=None, clip=-1.0)
+    with pytest.raises(DataError, match="statistics of 98 features applied to 40"):
+        normalized_chunks(raw(5, 40), stats, schema_version=None)
 
 
 def test_stats_of_another_width_are_a_data_error():

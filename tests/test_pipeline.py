@@ -162,6 +162,19 @@ def test_arrays_travel_back_when_a_worker_cannot_see_the_cache_folder(
     assert returned.count(True) == 6  # pass 2 returned every day's arrays; the driver wrote them
 
 
+def test_a_day_written_into_the_cache_folder_equals_the_day_returned_in_memory(small_export, tmp_path):
+    day_file = day_files(small_export)[0]
+    steps = pipeline.day_steps(TRAIN)
+    stats = norm_stats(moments(load_day(day_file)))
+    in_memory = pipeline.day_arrays(day_file, steps, stats)
+    written = pipeline.day_arrays(day_file, steps, stats, into=tmp_path / "0000_day")
+    assert not set(pipeline.ARRAYS) & set(written)
+    assert {k: v for k, v in in_memory.items() if k not in pipeline.ARRAYS} == written
+    for part in pipeline.ARRAYS:
+        on_disk = np.load(tmp_path / f"0000_day_{part}.npy")
+        assert on_disk.dtype == in_memory[part].dtype and on_disk.tobytes() == in_memory[part].tobytes()
+
+
 def test_gate_report_counts_rows_and_windows_per_day_and_rule(small_export, local_prepared):
     report = local_prepared.gate_report
     days = {f.date: load_day(f) for f in day_files(small_export)}

@@ -43,7 +43,15 @@ import numpy as np
 
 from lobsearch.data.days import DayFile, Export, LabelRule, discover_export, load_day
 from lobsearch.data.gating import gate_rows, window_gate_counts
-from lobsearch.data.normalize import DROP, Moments, NormStats, day_moments, normalize_day, stats_for_days
+from lobsearch.data.normalize import (
+    DROP,
+    Moments,
+    NormStats,
+    day_moments,
+    normalize_day,
+    normalized_chunks,
+    stats_for_days,
+)
 from lobsearch.errors import DataError
 
 if TYPE_CHECKING:
@@ -213,22 +221,46 @@ def day_partials(day_file: DayFile, steps: DaySteps) -> dict[str, Any]:
     return {**_day_report(day_file, day, gates, steps), "moments": (moments.count, moments.mean, moments.m2)}
 
 
-def day_arrays(day_file: DayFile, steps: DaySteps, stats: NormStats | None) -> dict[str, Any]:
+def day_arrays(day_file: DayFile, steps: DaySteps, stats: NormStats | None, into: Path | None = None
+               ) -> dict[str, Any]:
     """Pass 2 for one day: its report plus x (N, F) float32 normalized with ``stats`` (only cast
-    for a day already normalized), labels (N, H) int8 and row_ok (N,) bool."""
+    for a day already normalized), labels (N, H) int8 and row_ok (N,) bool.
+
+    With ``into`` (a path stem in the cache folder) the arrays are written to
+    ``<into>_<array>.npy`` instead, x chunk by chunk as it is normalized (see
+    ``normalize.normalized_chunks``), and only the report is returned.
+    """
     day = _load(day_file, steps)
     gates = _gates(day, steps)
-    x = _naming(
-        day_file,
-        normalize_day,
-        day.features,
-        None if day.normalized else stats,
-        schema_version=None if day.normalized else day.schema_version,
-        clip=steps.clip,
-        row_ok=gates.row_ok,
-    )
+    features, day_stats = day.features, None if day.normalized else stats
+    options = {"schema_version": None if day.normalized else day.schema_version, "clip": steps.clip,
+               "row_ok": gates.row_ok}
     labels = np.ascontiguousarray(day.labels, dtype=np.int8)
-    return {**_day_report(day_file, day, gates, steps), "x": x, "labels": labels, "row_ok": gates.row_ok}
+    report = _day_report(day_file, day, gates, steps)
+    if into is None:
+        x = _naming(day_file, normalize_day, features, day_stats, **options)
+        return {**report, "x": x, "labels": labels, "row_ok": gates.row_ok}
+    _naming(day_file, lambda: _write_npy(Path(f"{into}_x.npy"), features.shape,
+                                         normalized_chunks(features, day_stats, **options)))
+    np.save(f"{into}_labels.npy", labels)
+    np.save(f"{into}_row_ok.npy", gates.row_ok)
+    return report
+
+
+def _write_npy(path: Path, shape: tuple[int, ...], chunks: Iterator[np.ndarray]) -> None:
+    """Write consecutive row chunks (any float dtype) as the float32 .npy file ``path`` of
+    ``shape``, through one small float32 buffer."""
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False,
+              "shape": tuple(shape)}
+    buffer = None
+    with open(path, "wb") as handle:
+        np.lib.format.write_array_header_1_0(handle, header)
+        for chunk in chunks:
+            if buffer is None or buffer.shape[0] < chunk.shape[0]:
+                buffer = np.empty(chunk.shape, dtype=np.float32)
+            part = buffer[: chunk.shape[0]]
+            np.copyto(part, chunk, casting="same_kind")
+            handle.write(part.data)
 
 
 # ---------------------------------------------------------------- engines
@@ -267,15 +299,15 @@ def _save_arrays(result: dict[str, Any], out: Path, name: str) -> dict[str, Any]
 def _run_task(fn: Callable[..., dict], task: _Task, steps: DaySteps, out: str | None
               ) -> dict | DataError:
     """``fn`` on one day, here or on a worker: its result, or the DataError it raised (returned,
-    so that it reaches the driver as itself). When this process sees the folder ``out`` (same
-    node, or storage every node mounts), the arrays are written there and never travel."""
+    so that it reaches the driver as itself). ``out`` is the cache folder of a step that writes
+    arrays (``day_arrays``): when this process sees it (same node, or storage every node
+    mounts), the arrays are written there and never travel."""
     try:
-        result = fn(task.day, steps, *task.args)
+        if out is not None and os.path.isdir(out):
+            return fn(task.day, steps, *task.args, into=Path(out) / task.name)
+        return fn(task.day, steps, *task.args)
     except DataError as error:
         return error
-    if out is not None and "x" in result and os.path.isdir(out):
-        return _save_arrays(result, Path(out), task.name)
-    return result
 
 
 def _outcome(result: dict | DataError) -> dict:
