@@ -194,7 +194,8 @@ class TreeSampler(threading.Thread):
         """Peaks of memory and the CPU seconds used between ``start`` and ``end`` (time.time())."""
         inside = [s for s in self.samples if start <= s[0] <= end] or self.samples[-1:]
         before = [s[4] for s in self.samples if s[0] <= start] or [0.0]
-        return {"rss": max(s[1] for s in inside), "pss": max(max(s[2] for s in inside), 0),
+        pss = [s[2] for s in inside if s[2] >= 0]  # None: the step was shorter than PSS_EVERY samples
+        return {"rss": max(s[1] for s in inside), "pss": max(pss) if pss else None,
                 "processes": max(s[3] for s in inside), "cpu_s": inside[-1][4] - before[-1]}
 
 
@@ -315,7 +316,7 @@ def summarize(runs: dict[str, list[dict]], facts: dict) -> dict:
         table[label] = {
             "seconds": seconds, "rows_per_s": rows / seconds, "ratio_vs_numpy": base / seconds,
             "peak_rss_gib": statistics.median(r["tree"][phase]["rss"] for r in runs[kind]) / GIB,
-            "peak_pss_gib": statistics.median(r["tree"][phase]["pss"] for r in runs[kind]) / GIB,
+            "peak_pss_gib": _median_or_none([r["tree"][phase]["pss"] for r in runs[kind]], GIB),
             "processes": max(r["tree"][phase]["processes"] for r in runs[kind]),
             "cpu_s": statistics.median(r["tree"][phase]["cpu_s"] for r in runs[kind]),
         }
@@ -324,6 +325,15 @@ def summarize(runs: dict[str, list[dict]], facts: dict) -> dict:
     ray_init = statistics.median(r["seconds"]["ray.init"] for r in runs["ray-2"])
     return {"table": table, "rows": rows, "ray_init_s": ray_init, "memory_target_gib": memory_target,
             "largest_split_float32_gib": largest / GIB}
+
+
+def _median_or_none(values: list, unit: float) -> float | None:
+    known = [v for v in values if v is not None]
+    return statistics.median(known) / unit if known else None
+
+
+def _gib(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}G"
 
 
 def print_table(summary: dict, facts: dict, check: dict, rounds: int) -> None:
@@ -335,7 +345,7 @@ def print_table(summary: dict, facts: dict, check: dict, rounds: int) -> None:
     print(header + "\n" + "-" * len(header))
     for label, row in summary["table"].items():
         print(f"{label:38} {row['seconds']:8.2f} {row['rows_per_s']:10,.0f} {row['ratio_vs_numpy']:8.2f} {row['cpu_s']:6.1f} "
-              f"{row['peak_rss_gib']:8.2f}G {row['peak_pss_gib']:8.2f}G {row['processes']:5d}")
+              f"{row['peak_rss_gib']:8.2f}G {_gib(row['peak_pss_gib']):>9} {row['processes']:5d}")
     print(f"ray.init (not counted above): {summary['ray_init_s']:.1f} s. Outputs of round 1 identical "
           f"(numpy vs lobsearch, {check.get('files', 0)} files): {check.get('identical')}")
     print(f"targets: lobsearch 2 CPUs >= 1.00x numpy rows/s; peak RSS <= 1.5 x {summary['largest_split_float32_gib']:.2f} GiB "

@@ -56,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--export-dir", type=Path, default=Path("/tmp/lobsearch-bench-export"))
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error(f"--rounds must be >= 1, got {args.rounds}")
     days = sorted(args.export_dir.glob("*/*_features.npy"))
     if not days:
         sys.exit(f"{args.export_dir}: no *_features.npy files (run bench/preprocess.py once to write the export)")

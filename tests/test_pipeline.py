@@ -175,6 +175,19 @@ def test_a_day_written_into_the_cache_folder_equals_the_day_returned_in_memory(s
         assert on_disk.dtype == in_memory[part].dtype and on_disk.tobytes() == in_memory[part].tobytes()
 
 
+def test_a_day_that_fails_midway_leaves_no_file_in_the_cache_folder(small_export, tmp_path):
+    export = copy_export(small_export, tmp_path / "export")
+    day_file = day_files(export)[0]
+    rewrite_features(day_file.features, lambda x: x.__setitem__((-1, 3), np.nan))  # in a passing row
+    steps = pipeline.day_steps(TRAIN)
+    stats = norm_stats(moments(load_day(day_files(small_export)[0])))
+    out = tmp_path / "cache"
+    out.mkdir()
+    with pytest.raises(DataError, match=rf"{day_file.features.name}: .*non-finite value"):
+        pipeline.day_arrays(day_file, steps, stats, into=out / "0000_day")
+    assert list(out.iterdir()) == []
+
+
 def test_gate_report_counts_rows_and_windows_per_day_and_rule(small_export, local_prepared):
     report = local_prepared.gate_report
     days = {f.date: load_day(f) for f in day_files(small_export)}
@@ -525,18 +538,28 @@ def test_ray_data_warm_up_runs_once_per_session_on_the_free_cpus(monkeypatch: py
     assert pipeline._WARM_UP_TASKS == ["ref", "ref"]
     pipeline._warm_up_ray_data()
     assert len(calls) == 3 and len(actors) == 1  # the same session: nothing more
-    # the import tasks still hold both CPUs: counted as free, without waiting for them to end
-    monkeypatch.setattr(ray, "available_resources", lambda: {"CPU": 0.0})
     waited: list[tuple] = []
-    monkeypatch.setattr(ray, "wait", lambda refs, **kw: waited.append((list(refs), kw)) or ([], list(refs)))
-    started = time.monotonic()
+    monkeypatch.setattr(ray, "wait", lambda refs, **kw: waited.append((list(refs), kw)) or (list(refs), []))
     assert pipeline._data_resources() == {"num_cpus": 1}
-    assert time.monotonic() - started < pipeline.FREE_CPU_WAIT_S / 2
-    assert waited == [(["ref", "ref"], {"num_returns": 2, "timeout": 0})]
-    assert pipeline._WARM_UP_TASKS == ["ref", "ref"]
-    monkeypatch.setattr(ray, "wait", lambda refs, **kw: (list(refs), []))  # now they have ended
-    monkeypatch.setattr(ray, "available_resources", lambda: {"CPU": 2.0})
-    assert pipeline._data_resources() == {"num_cpus": 1} and pipeline._WARM_UP_TASKS == []
+    assert waited == [(["ref", "ref"], {"num_returns": 2, "timeout": pipeline.WARM_UP_WAIT_S})]
+    assert pipeline._WARM_UP_TASKS == []
+
+
+def test_warm_up_tasks_that_never_got_a_cpu_are_cancelled_and_not_counted(monkeypatch: pytest.MonkeyPatch):
+    """Trials took the CPUs between the warm-up and the first dataset: its imports never ran."""
+    import ray
+    from ray.data._internal import stats
+
+    monkeypatch.setattr(stats, "get_or_create_stats_actor", lambda: None)
+    _fake_ray(monkeypatch, free_cpus=2.0)
+    pipeline._warm_up_ray_data()
+    monkeypatch.setattr(ray, "available_resources", lambda: {"CPU": 0.0})
+    monkeypatch.setattr(ray, "wait", lambda refs, **kw: ([], list(refs)))
+    cancelled: list[str] = []
+    monkeypatch.setattr(ray, "cancel", cancelled.append)
+    monkeypatch.setattr(pipeline, "FREE_CPU_WAIT_S", 0.2)
+    resources = pipeline._data_resources()
+    assert resources["num_cpus"] == 0 and cancelled == ["ref", "ref"] and pipeline._WARM_UP_TASKS == []
 
 
 def test_ray_data_warm_up_stays_away_when_trials_hold_every_cpu(monkeypatch: pytest.MonkeyPatch):

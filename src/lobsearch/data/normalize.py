@@ -35,9 +35,9 @@ NORM_MODES = ("train", "per_day", "prior_days", "none")
 TRAIN_SPLIT = "train"
 ROW_CHUNK = 4096
 """Rows worked on at a time. A chunk's float64 working copy (4,096 x 98 x 8 B = 3.2 MB) is
-allocated once per day and stays in cache, where a whole day's float64 copy (39 MB at 50,000
-rows) would be allocated, faulted in and streamed through memory by every operation: on 40
-days x 50,000 rows, normalize_day took half the time chunked."""
+allocated once per pass over a day and stays in cache, where a whole day's float64 copy (39 MB
+at 50,000 rows) would be allocated, faulted in and streamed through memory by every operation:
+on 40 days x 50,000 rows, normalize_day took half the time chunked."""
 ZERO_STD_RTOL = 1e-10
 """A column whose std is at most this fraction of its |mean| is constant (rounding noise only)."""
 
@@ -75,8 +75,8 @@ def _check_finite(x: np.ndarray, ok: np.ndarray, features: np.ndarray, row_ok: n
     """(n, F) bool mask of the non-finite values of ``x`` (a chunk of ``features`` whose passing
     rows are ``ok``), None when all are finite.
 
-    Raises DataError, naming every non-finite value of the day's passing rows, when one of the
-    chunk's passing rows holds one.
+    Raises DataError (the count of non-finite values in the day's passing rows, and the first),
+    when one of the chunk's passing rows holds one.
     """
     bad = ~np.isfinite(x)
     if not bad.any():
@@ -137,15 +137,19 @@ def day_moments(
     """Moments of one day's (N, F) raw features over its ``row_ok`` rows, after the sign fix.
 
     Two passes over the passing rows, ``chunk_rows`` at a time: column sums, then sums of
-    squared deviations from the mean. The result is bit-identical to the same steps on the
-    whole (rows, F) float64 array (see ``_column_sums``). Gated rows are ignored, NaN included.
+    squared deviations from the mean. For F >= 2 the result is bit-identical to the same steps
+    on the whole (rows, F) float64 array (see ``_column_sums``; numpy sums a single column
+    pairwise, so with F = 1 it is equal up to rounding). Gated rows are ignored, NaN included.
     Raises DataError when a passing row is not finite.
     """
+    features = np.asarray(features)
+    _check_chunk_rows(chunk_rows)
     row_ok = _rows_mask(row_ok, features.shape[0])
     count = int(np.count_nonzero(row_ok))
     if count == 0:
         return Moments.empty(features.shape[1])
-    total = _column_sums(features, row_ok, schema_version, None, chunk_rows)
+    with np.errstate(invalid="ignore"):  # inf - inf in a passing row: the error below names it
+        total = _column_sums(features, row_ok, schema_version, None, chunk_rows)
     if not np.isfinite(total).all():  # a NaN or inf in a passing row (or an overflow)
         _raise_if_not_finite(features, row_ok)
     mean = total / count
@@ -163,10 +167,10 @@ def _column_sums(
     each chunk is summed with the running total as its first row: the same additions in the
     same order as one sum over the passing rows of the whole day, without a float64 copy of the
     day. A chunk is copied whole and its gated rows are set so that they add exactly nothing:
-    -0.0 to the sums (x + -0.0 == x, signed zeros included), the center to the squared
-    deviations (whose +0.0 changes no sum of squares).
+    -0.0 to the sums (x + -0.0 == x, signed zeros included), 0.0 to the squared deviations
+    (whose +0.0 changes no sum of squares).
     """
-    features = np.asarray(features)  # a memmap's slices are slow to make; its ndarray view is not
+    features = np.asarray(features)  # a memmap's slices are slow to make; its ndarray view's are not
     n_rows, width = features.shape
     buffer = np.empty((min(chunk_rows, n_rows) + 1, width))
     total = None
@@ -178,10 +182,14 @@ def _column_sums(
         rows = buffer[offset : offset + ok.size]
         rows[...] = features[start : start + ok.size]
         sign_fix(rows, schema_version)
-        if not ok.all():  # gated rows, NaN included, add nothing: -0.0, or 0.0 once squared
-            rows[~ok] = -0.0 if center is None else center
-        if center is not None:
-            rows -= center
+        if center is None:
+            if not ok.all():
+                rows[~ok] = -0.0
+        else:
+            with np.errstate(invalid="ignore"):  # a gated inf minus an overflowed (inf) center
+                rows -= center
+            if not ok.all():
+                rows[~ok] = 0.0
             np.square(rows, out=rows)
         if total is not None:
             buffer[0] = total
@@ -190,8 +198,14 @@ def _column_sums(
     return total
 
 
+def _check_chunk_rows(chunk_rows: int) -> None:
+    if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, (int, np.integer)) or chunk_rows < 1:
+        raise ValueError(f"chunk_rows: must be an integer >= 1, got {chunk_rows!r}")
+
+
 def _raise_if_not_finite(features: np.ndarray, row_ok: np.ndarray) -> None:
-    """Raises the DataError naming every non-finite value in the passing rows, if any."""
+    """Raises the DataError counting the non-finite values in the passing rows and naming the
+    first, if there are any."""
     rows = np.flatnonzero(row_ok)
     bad_rows, cols = np.nonzero(~np.isfinite(np.asarray(features[row_ok], dtype=np.float64)))
     if bad_rows.size:
@@ -257,6 +271,7 @@ def normalize_day(
     Raises DataError when a passing row holds NaN or inf, or the widths differ; ConfigError
     when clip is not positive.
     """
+    features = np.asarray(features)
     chunks = normalized_chunks(features, stats, schema_version=schema_version, clip=clip, row_ok=row_ok,
                                chunk_rows=chunk_rows)
     out = np.empty(features.shape, dtype=np.float32)
@@ -287,19 +302,21 @@ def normalized_chunks(
     """
     if clip is not None and not clip > 0:
         raise ConfigError("normalization", [f"clip must be > 0 (or None), got {clip!r}"])
+    features = np.asarray(features)
     if features.ndim != 2:
         raise DataError(f"features: expected a 2-D (rows, features) array, got {features.shape}")
+    _check_chunk_rows(chunk_rows)
     row_ok = _rows_mask(row_ok, features.shape[0])
     affine = None if stats is None else _affine(stats, features.shape[1], clip)
-    return _chunks(np.asarray(features), row_ok, schema_version, affine, chunk_rows)
+    return _chunks(features, row_ok, schema_version, affine, chunk_rows)
 
 
 def _chunks(
     features: np.ndarray, row_ok: np.ndarray, schema_version: float | None,
     affine: tuple[np.ndarray, np.ndarray, np.ndarray | None] | None, chunk_rows: int,
 ) -> Iterator[np.ndarray]:
-    """The work of ``normalized_chunks`` (its checks done). ``features`` is a plain ndarray: a
-    memmap's slices are slow to make, its ndarray view's are not."""
+    """The work of ``normalized_chunks`` (its checks done). ``features`` is a plain ndarray (a
+    memmap's slices are slow to make; its ndarray view's are not)."""
     n_rows, width = features.shape
     buffer = np.empty((min(chunk_rows, n_rows), width))
     for start in range(0, n_rows, chunk_rows):

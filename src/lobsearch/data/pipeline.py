@@ -170,7 +170,7 @@ def _load(day_file: DayFile, steps: DaySteps) -> Any:
                         "(use 'auto' or 'computed' to compute labels from MID_PRICE)")
     if source == "computed":
         day_file = dataclasses.replace(day_file, labels=None)
-    # rows that pass the gates are checked for NaN/inf by day_moments and normalize_day
+    # rows that pass the gates are checked for NaN/inf by day_moments and normalized_chunks
     day = load_day(day_file, rule=steps.rule, check_finite=False)
     if day.labels is None:
         raise DataError(f"{day_file.features}: no labels file, and too few columns to compute labels "
@@ -250,18 +250,28 @@ def day_arrays(day_file: DayFile, steps: DaySteps, stats: NormStats | None, into
 
 def _write_npy(path: Path, shape: tuple[int, ...], chunks: Iterator[np.ndarray]) -> None:
     """Write consecutive row chunks (any float dtype) as the float32 .npy file ``path`` of
-    ``shape``, through one small float32 buffer."""
+    ``shape``, through one small float32 buffer. The file appears only once complete: it is
+    written as ``<path>.partial``, which is removed if the chunks raise or fall short of shape."""
     header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False,
               "shape": tuple(shape)}
-    buffer = None
-    with open(path, "wb") as handle:
-        np.lib.format.write_array_header_1_0(handle, header)
-        for chunk in chunks:
-            if buffer is None or buffer.shape[0] < chunk.shape[0]:
-                buffer = np.empty(chunk.shape, dtype=np.float32)
-            part = buffer[: chunk.shape[0]]
-            np.copyto(part, chunk, casting="same_kind")
-            handle.write(part.data)
+    partial = path.with_name(path.name + ".partial")
+    buffer, rows = None, 0
+    try:
+        with open(partial, "wb") as handle:
+            np.lib.format.write_array_header_1_0(handle, header)
+            for chunk in chunks:
+                if buffer is None or buffer.shape[0] < chunk.shape[0]:
+                    buffer = np.empty(chunk.shape, dtype=np.float32)
+                part = buffer[: chunk.shape[0]]
+                np.copyto(part, chunk, casting="same_kind")
+                handle.write(part.data)
+                rows += chunk.shape[0]
+        if rows != shape[0]:
+            raise ValueError(f"{path}: {rows} rows written, the header says {shape[0]}")
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
 
 
 # ---------------------------------------------------------------- engines
@@ -385,6 +395,7 @@ def _warm_up_ray_data() -> None:
     if session in _WARMED:
         return
     _WARMED.add(session)
+    _WARM_UP_TASKS.clear()  # any left belong to an earlier session
     free = int(ray.available_resources().get("CPU", 0))
     if free < 1:
         return
@@ -400,6 +411,11 @@ def _warm_up_ray_data() -> None:
 
 WARM_UP_WORKERS = 8
 """At most this many workers import Ray Data ahead of the first dataset."""
+
+WARM_UP_WAIT_S = 10.0
+"""How long the first dataset waits for the warm-up's tasks (about 1 s of imports) before it
+counts free CPUs; tasks still waiting for a CPU then are cancelled."""
+
 
 def _import_data_modules() -> None:
     import ray.data  # noqa: F401
@@ -479,11 +495,13 @@ def _data_resources() -> dict[str, Any]:
     import ray
     import ray.data
 
-    if _WARM_UP_TASKS:  # the CPUs of unfinished warm-up tasks are about to be free, not held by trials
-        _, pending = ray.wait(_WARM_UP_TASKS, num_returns=len(_WARM_UP_TASKS), timeout=0)
-        _WARM_UP_TASKS[:] = pending
+    if _WARM_UP_TASKS:  # their CPUs are about to be free again, not held by trials
+        _, pending = ray.wait(_WARM_UP_TASKS, num_returns=len(_WARM_UP_TASKS), timeout=WARM_UP_WAIT_S)
+        for ref in pending:  # never started: trials took their CPUs first
+            ray.cancel(ref)
+        _WARM_UP_TASKS.clear()
     deadline = time.monotonic() + FREE_CPU_WAIT_S
-    while ray.available_resources().get("CPU", 0) + len(_WARM_UP_TASKS) < 1:
+    while ray.available_resources().get("CPU", 0) < 1:
         if time.monotonic() > deadline:
             log.warning("every CPU in the Ray cluster is held (by trials?): data tasks run beside them, 2 at a time")
             return {"num_cpus": 0, "compute": ray.data.TaskPoolStrategy(size=2)}
