@@ -289,10 +289,10 @@ def run_rounds(export: Path, rounds: int) -> tuple[dict[str, list[dict]], dict]:
 
 
 SETTLE_S = 10.0
-"""Seconds of quiet before each measured step: on this machine (a VM) the pages of deleted files
-are handed back to the host within 3-6 s, after which writing 0.8 GB of files costs 1.4-1.6
-CPU-s instead of 0.15-0.2 (measured). Every step thus writes into pages the page cache must
-newly take, as a first cache on a quiet machine does, whatever ran before it."""
+"""Seconds of quiet before each measured step. On this machine (a VM), 3-6 s after files are
+deleted (their pages are, by all appearances, handed back to the host), writing 0.8 GB of files
+costs 1.4-1.6 CPU-s instead of 0.15-0.2 (measured). Every step thus writes into pages the page
+cache must newly take, as a first cache on a quiet machine does, whatever ran before it."""
 
 
 def _settle() -> None:
