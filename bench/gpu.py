@@ -131,8 +131,7 @@ def deeplob_accuracy(export: Path, device: torch.device) -> dict[str, Any]:
     the fp32 eager loop (graphs off), on the same export and seed."""
     from lobsearch.config import RunConfig
     from lobsearch.data.pipeline import prepare
-    from lobsearch.loop import fit
-    from lobsearch.train import build_run
+    from lobsearch.recipe import build_run, fit_run
 
     out = {}
     for label, train in (("fp32 eager", {"precision": "fp32", "cuda_graphs": "off"}), ("default", {})):
@@ -144,7 +143,7 @@ def deeplob_accuracy(export: Path, device: torch.device) -> dict[str, Any]:
         })
         built = build_run(run, prepare(export, run.data.prep(), engine="local"), device=device)
         started = time.perf_counter()
-        result = fit(built.model, built.train, built.val, run.train, device=device, backend=built.backend)
+        result = fit_run(built)
         out[label] = {"val_macro_f1": result.best_val["macro_f1"], "samples_per_s": result.samples_per_s,
                       "seconds": time.perf_counter() - started, "backend": built.backend.describe()}
         say(f"(b) accuracy, {label}: val macro-F1 {out[label]['val_macro_f1']:.4f}, "

@@ -25,12 +25,9 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from lobsearch.config import TrainConfig
+from lobsearch.backend import apply_backend, device_setup, place_model
 from lobsearch.data.windows import WindowSet
-from lobsearch.loop import (
-    apply_backend, class_weights, device_setup, epoch_batches, make_train_step, place_model,
-    train_batches,
-)
+from lobsearch.steps import StepSettings, class_weights, epoch_batches, make_train_step, train_batches
 from lobsearch.models import create_model, model_spec
 
 MODELS = {"lstm": {"hidden_size": 64, "num_layers": 2}, "deeplob": {}}
@@ -53,15 +50,15 @@ def lobsearch_runner(name: str, windows: WindowSet, batch: int, precision: str, 
     """``run(steps)``: that many steps of fit's inner loop, ending in its one host sync; returns
     the windows trained on (``epoch_batches`` caps a step count at the windows there are).
 
-    ``train`` overrides TrainConfig fields (``cuda_graphs="off"``, ``compile="default"``); the
-    backend is what ``device_setup`` decides for the model, as in a trial. ``run.step`` is the
+    ``train`` overrides ``device_setup``'s choices (``cuda_graphs="off"``, ``compile="default"``);
+    the backend is what ``device_setup`` decides for the model, as in a trial. ``run.step`` is the
     step object (its ``note`` says whether a CUDA graph was captured).
     """
-    cfg = TrainConfig(batch_size=batch, precision=precision, epochs=1000, **{"compile": "off", **train})
-    backend = device_setup(model_spec(name).backend, cfg, device)
+    backend = device_setup(model_spec(name).backend, device, precision=precision, **{"compile": "off", **train})
     torch.manual_seed(0)
     model = place_model(create_model(name, FEATURES, WINDOW, **MODELS[name]), backend)
-    step = make_train_step(model, cfg, backend, class_weights(windows.y).to(device), 10_000)
+    step = make_train_step(model, StepSettings(), backend, class_weights(windows.y).to(device),
+                           steps_per_epoch=10_000, epochs=1000)
     generator = torch.Generator().manual_seed(0)
 
     def run(steps: int) -> int:

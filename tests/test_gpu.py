@@ -249,20 +249,21 @@ def _windows(device: str) -> Any:
 def test_a_graphed_step_trains_like_the_eager_step(name: str):
     """Same model, same batches: the CUDA-graph step's losses follow the eager step's (up to
     kernel-choice rounding), and it really replays a graph after the warm-up."""
-    from lobsearch.config import TrainConfig
-    from lobsearch.loop import GraphedStep, device_setup, make_train_step, place_model
+    from lobsearch.backend import device_setup, place_model
+    from lobsearch.graphs import GraphedStep
     from lobsearch.models import create_model, model_spec
+    from lobsearch.steps import StepSettings, make_train_step
 
     windows = _windows("cuda")
     losses = {}
     for graphs in ("off", "on"):
-        cfg = TrainConfig(batch_size=128, cuda_graphs=graphs, compile="off", learning_rate=1e-3)
-        backend = device_setup(model_spec(name).backend, cfg, "cuda")
+        backend = device_setup(model_spec(name).backend, "cuda", cuda_graphs=graphs, compile="off")
         torch.manual_seed(0)
         model = place_model(create_model(name, 98, 100, **({"dropout": 0.0} if "lstm" in name else {})), backend)
         if "transformer" in name or "mlp" in name:
             model.eval()  # no dropout: the two runs must see the same function
-        step = make_train_step(model, cfg, backend, None, steps_per_epoch=100)
+        step = make_train_step(model, StepSettings(learning_rate=1e-3), backend, None,
+                               steps_per_epoch=100, epochs=10)
         g = torch.Generator().manual_seed(1)
         out = []
         for _ in range(12):
@@ -278,13 +279,13 @@ def test_a_graphed_step_trains_like_the_eager_step(name: str):
 @pytest.mark.gpu
 @needs_cuda
 def test_fit_on_cuda_with_graphs_reports_memory_and_learns():
-    from lobsearch.config import TrainConfig
-    from lobsearch.loop import device_setup, fit
+    from lobsearch.backend import device_setup
+    from lobsearch.loop import FitSettings, fit
     from lobsearch.models import create_model, model_spec
 
     windows = _windows("cuda")
-    cfg = TrainConfig(epochs=2, batch_size=256, steps_per_epoch=10, patience=None)
-    backend = device_setup(model_spec("lstm").backend, cfg, "cuda")
+    cfg = FitSettings(epochs=2, batch_size=256, steps_per_epoch=10, patience=None)
+    backend = device_setup(model_spec("lstm").backend, "cuda")
     result = fit(create_model("lstm", 98, 100), windows, windows, cfg, device="cuda", backend=backend)
     assert result.status == "completed" and result.backend.cuda_graphs
     assert memory_metrics("cuda")["gpu_mem_mb"] > 0
@@ -295,15 +296,15 @@ def test_fit_on_cuda_with_graphs_reports_memory_and_learns():
 def test_a_graphed_lstm_keeps_training_across_epochs_and_evaluations():
     """Evaluation between epochs must not move the weights the graph trains: with graphs on and
     off, three epochs of the same LSTM end close, and the weights change in every epoch."""
-    from lobsearch.config import TrainConfig
-    from lobsearch.loop import device_setup, fit
+    from lobsearch.backend import device_setup
+    from lobsearch.loop import FitSettings, fit
     from lobsearch.models import create_model, model_spec
 
     windows = _windows("cuda")
     results, weights = {}, {}
     for graphs in ("off", "on"):
-        cfg = TrainConfig(epochs=3, batch_size=128, steps_per_epoch=20, patience=None, cuda_graphs=graphs)
-        backend = device_setup(model_spec("lstm").backend, cfg, "cuda")
+        cfg = FitSettings(epochs=3, batch_size=128, steps_per_epoch=20, patience=None)
+        backend = device_setup(model_spec("lstm").backend, "cuda", cuda_graphs=graphs)
         torch.manual_seed(0)
         model = create_model("lstm", 98, 100, dropout=0.0)
         seen = []

@@ -9,26 +9,23 @@ import pytest
 import torch
 from torch import nn
 
+from lobsearch.backend import COMPILE_MIN_STEPS, device_setup
 from lobsearch.config import TrainConfig
 from lobsearch.data.windows import WindowSet
 from lobsearch.errors import DataError
-from lobsearch.loop import (
-    CHECKPOINT_NAME,
-    COMPILE_MIN_STEPS,
-    GRAPH_WARMUP_STEPS,
-    GraphedStep,
+from lobsearch.checkpoints import CHECKPOINT_NAME
+from lobsearch.graphs import GRAPH_WARMUP_STEPS, GraphedStep
+from lobsearch.inference import evaluate, predict
+from lobsearch.loop import FitSettings, fit, subsample
+from lobsearch.recipe import fit_settings
+from lobsearch.steps import (
     TrainStep,
     class_weights,
-    device_setup,
     epoch_batches,
     epoch_steps,
-    evaluate,
-    fit,
     focal_loss,
     lr_factor,
     make_train_step,
-    predict,
-    subsample,
 )
 from lobsearch.models import Backend as SpecBackend
 from lobsearch.models import create_model, model_spec
@@ -51,10 +48,10 @@ def _model(seed: int = 0) -> nn.Module:
     return create_model("lstm_tiny", FEATURES, WINDOW)
 
 
-def _cfg(**changes) -> TrainConfig:
+def _cfg(**changes) -> FitSettings:
     base = {"epochs": 3, "batch_size": 32, "steps_per_epoch": 8, "learning_rate": 5e-3,
             "patience": None, "eval_batch_size": 128}
-    return TrainConfig(**{**base, **changes})
+    return fit_settings(TrainConfig(**{**base, **changes}))
 
 
 def _numbers(history: list[dict]) -> list[dict]:
@@ -251,7 +248,7 @@ def test_subsample_keeps_evenly_spaced_windows():
 
 def test_device_setup_on_cpu_is_plain_fp32_eager():
     torch.backends.cudnn.benchmark = False
-    backend = device_setup(model_spec("deeplob").backend, _cfg(), "cpu", planned_steps=10**6)
+    backend = device_setup(model_spec("deeplob").backend, "cpu", planned_steps=10**6)
     assert backend.autocast_dtype is None and backend.compile_mode is None
     assert not (backend.channels_last or backend.cudnn_benchmark or backend.tf32)
     assert torch.backends.cudnn.benchmark is False
@@ -259,7 +256,7 @@ def test_device_setup_on_cpu_is_plain_fp32_eager():
 
 
 def test_device_setup_honours_explicit_precision_and_compile_on_cpu():
-    backend = device_setup(None, _cfg(precision="bf16", compile="max-autotune"), "cpu")
+    backend = device_setup(None, "cpu", precision="bf16", compile="max-autotune")
     assert backend.autocast_dtype is torch.bfloat16 and backend.compile_mode == "max-autotune"
 
 
@@ -274,48 +271,48 @@ def cuda_switches(monkeypatch):
 
 
 def test_device_setup_on_cuda_follows_the_model(cuda_switches):
-    conv = device_setup(model_spec("deeplob").backend, _cfg(), "cuda")
+    conv = device_setup(model_spec("deeplob").backend, "cuda")
     assert conv.autocast_dtype is torch.bfloat16 and conv.channels_last and conv.cudnn_benchmark
     assert conv.tf32 and torch.backends.cudnn.benchmark is True
     assert torch.get_float32_matmul_precision() == "high"
-    rnn = device_setup(model_spec("lstm").backend, _cfg(), "cuda")
+    rnn = device_setup(model_spec("lstm").backend, "cuda")
     assert rnn.autocast_dtype is None and not rnn.channels_last and not rnn.cudnn_benchmark
     assert torch.backends.cudnn.benchmark is False  # set both ways: no leak from the last trial
-    forced = device_setup(model_spec("deeplob").backend, _cfg(precision="fp32"), "cuda")
+    forced = device_setup(model_spec("deeplob").backend, "cuda", precision="fp32")
     assert forced.autocast_dtype is None
 
 
 def test_compile_auto_needs_a_flagged_model_and_a_long_run(cuda_switches):
     flagged = SpecBackend(compile=True)
-    short = device_setup(flagged, _cfg(), "cuda", planned_steps=COMPILE_MIN_STEPS - 1)
-    long = device_setup(flagged, _cfg(), "cuda", planned_steps=COMPILE_MIN_STEPS)
-    unflagged = device_setup(SpecBackend(), _cfg(), "cuda", planned_steps=10**6)
-    off = device_setup(flagged, _cfg(compile="off"), "cuda", planned_steps=10**6)
+    short = device_setup(flagged, "cuda", planned_steps=COMPILE_MIN_STEPS - 1)
+    long = device_setup(flagged, "cuda", planned_steps=COMPILE_MIN_STEPS)
+    unflagged = device_setup(SpecBackend(), "cuda", planned_steps=10**6)
+    off = device_setup(flagged, "cuda", compile="off", planned_steps=10**6)
     assert (short.compile_mode, long.compile_mode) == (None, "default")
     assert unflagged.compile_mode is None and off.compile_mode is None
 
 
 def test_cuda_graphs_auto_follows_the_model_and_yields_to_compile(cuda_switches):
     flagged = SpecBackend(cuda_graphs=True)
-    assert device_setup(flagged, _cfg(), "cuda").cuda_graphs
-    assert not device_setup(SpecBackend(), _cfg(), "cuda").cuda_graphs
-    assert device_setup(SpecBackend(), _cfg(cuda_graphs="on"), "cuda").cuda_graphs
-    assert not device_setup(flagged, _cfg(cuda_graphs="off"), "cuda").cuda_graphs
+    assert device_setup(flagged, "cuda").cuda_graphs
+    assert not device_setup(SpecBackend(), "cuda").cuda_graphs
+    assert device_setup(SpecBackend(), "cuda", cuda_graphs="on").cuda_graphs
+    assert not device_setup(flagged, "cuda", cuda_graphs="off").cuda_graphs
     for graphs in ("auto", "on"):
-        compiled = device_setup(flagged, _cfg(compile="default", cuda_graphs=graphs), "cuda")
+        compiled = device_setup(flagged, "cuda", compile="default", cuda_graphs=graphs)
         assert compiled.compile_mode == "default" and not compiled.cuda_graphs
         assert "compiled" in " ".join(compiled.notes)
-    on_cpu = device_setup(flagged, _cfg(cuda_graphs="on"), "cpu")
+    on_cpu = device_setup(flagged, "cpu", cuda_graphs="on")
     assert not on_cpu.cuda_graphs and "not on CUDA" in " ".join(on_cpu.notes)
-    assert "cuda_graphs" in device_setup(flagged, _cfg(), "cuda").describe()
+    assert "cuda_graphs" in device_setup(flagged, "cuda").describe()
 
 
 def test_graphed_step_is_only_made_for_graph_backends():
     train, _ = _windows()
     cfg = _cfg()
     model = create_model("lstm_tiny", train.n_features, train.window)
-    plain_backend = device_setup(model_spec("lstm").backend, cfg, "cpu")
-    step = make_train_step(model, cfg, plain_backend, None, steps_per_epoch=4)
+    plain_backend = device_setup(model_spec("lstm").backend, "cpu")
+    step = make_train_step(model, cfg.step, plain_backend, None, steps_per_epoch=4, epochs=cfg.epochs)
     assert isinstance(step, TrainStep)
     graphed = GraphedStep(step)
     # the wrapper forwards what fit and the checkpoint read from a step
@@ -334,8 +331,8 @@ def test_graphed_step_runs_its_warm_up_steps_eagerly_like_the_plain_step():
     for wrap in (False, True):
         torch.manual_seed(0)
         model = create_model("lstm_tiny", train.n_features, train.window)
-        backend = device_setup(None, cfg, "cpu")
-        step = make_train_step(model, cfg, backend, None, steps_per_epoch=4)
+        backend = device_setup(None, "cpu")
+        step = make_train_step(model, cfg.step, backend, None, steps_per_epoch=4, epochs=cfg.epochs)
         step = GraphedStep(step) if wrap else step
         idx = torch.arange(16)
         losses.append([float(step(*train.batch(idx + 16 * i))) for i in range(GRAPH_WARMUP_STEPS)])
@@ -353,14 +350,14 @@ def test_restore_turns_a_graphed_runs_tensor_learning_rate_back_into_a_float(tmp
     payload["optimizer"]["param_groups"][0]["lr"] = torch.tensor(5e-4)
     torch.save(payload, tmp_path / "checkpoint.pt")
     resumed = fit(create_model("lstm_tiny", train.n_features, train.window), train, val,
-                  cfg.model_copy(update={"epochs": 2}), device="cpu", resume=tmp_path)
+                  dataclasses.replace(cfg, epochs=2), device="cpu", resume=tmp_path)
     assert resumed.status == "completed" and isinstance(resumed.history[-1]["lr"], float)
 
 
 def test_evaluation_leaves_a_model_that_is_already_on_the_device_in_place(monkeypatch):
     """``.to()`` re-packs an RNN's weights (new addresses, which a captured CUDA graph would no
     longer train), so evaluation moves a model only when it is elsewhere."""
-    from lobsearch.loop import on_device
+    from lobsearch.inference import on_device
 
     _, val = _windows()
     model = create_model("lstm_tiny", val.n_features, val.window)
@@ -375,7 +372,7 @@ def test_evaluation_leaves_a_model_that_is_already_on_the_device_in_place(monkey
 def test_device_setup_sets_cpu_threads(monkeypatch):
     calls = []
     monkeypatch.setattr(torch, "set_num_threads", calls.append)
-    device_setup(None, _cfg(num_threads=1), "cpu")
+    device_setup(None, "cpu", num_threads=1)
     assert calls == [1]
 
 

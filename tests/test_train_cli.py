@@ -16,17 +16,9 @@ from lobsearch.config import load_run_config
 from lobsearch.data.features import n_selected
 from lobsearch.data.windows import WindowSet
 from lobsearch.errors import ConfigError
-from lobsearch.loop import fit
 from lobsearch.models import model_spec
-from lobsearch.train import (
-    build_run,
-    evaluate_checkpoint,
-    format_table,
-    horizon_index,
-    main,
-    previous_known_labels,
-    resolved_config,
-)
+from lobsearch.recipe import build_run, evaluate_checkpoint, fit_run, horizon_index, previous_known_labels
+from lobsearch.train import format_table, main, resolved_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
@@ -154,8 +146,7 @@ def test_max_train_windows_caps_training_windows(prepared, tmp_path):
 def test_evaluate_checkpoint_reports_val_and_test(prepared, tmp_path):
     config = load_run_config(_write(tmp_path / "tiny.yaml", TINY))
     built = build_run(config, prepared, device="cpu")
-    fit(built.model, built.train, built.val, config.train, device="cpu",
-        checkpoint_dir=tmp_path / "ck", data_hash=built.data_hash, backend=built.backend)
+    fit_run(built, checkpoint_dir=tmp_path / "ck")
     outcome = evaluate_checkpoint(config, prepared, tmp_path / "ck")
     assert {"val", "test", "baselines", "lift", "best_epoch"} <= set(outcome)
     assert np.isclose(outcome["lift"]["test"], outcome["lift_detail"]["test"]["lift_macro_f1"])

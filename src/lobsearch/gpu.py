@@ -178,7 +178,7 @@ def out_of_memory_message(error: BaseException, device: Any, *, gpus_per_trial: 
 def probe_step(run: Any, prepared: Any, *, device: Any = "cuda", steps: int = 30) -> StepProfile:
     """Measure one run config's training step alone on ``device`` (a GPU).
 
-    Builds the run as a trial does (``train.build_run``: its real windows and model, both splits
+    Builds the run as a trial does (``recipe.build_run``: its real windows and model, both splits
     on the device, so their memory counts), runs the warm-up steps (and CUDA graph capture) the
     loop would, then times ``steps`` steps ending in a host sync and, in a second pass under
     torch's profiler, sums their kernel time; one evaluation of the validation windows (at
@@ -186,8 +186,12 @@ def probe_step(run: Any, prepared: Any, *, device: Any = "cuda", steps: int = 30
     """
     import torch
 
-    from lobsearch.loop import GRAPH_WARMUP_STEPS, evaluate, make_train_step, place_model, subsample
-    from lobsearch.train import build_run
+    from lobsearch.backend import place_model
+    from lobsearch.graphs import GRAPH_WARMUP_STEPS
+    from lobsearch.inference import evaluate
+    from lobsearch.loop import subsample
+    from lobsearch.recipe import build_run, fit_settings
+    from lobsearch.steps import make_train_step
 
     device = torch.device(device)
     torch.cuda.reset_peak_memory_stats(device)
@@ -195,7 +199,8 @@ def probe_step(run: Any, prepared: Any, *, device: Any = "cuda", steps: int = 30
     train, val = built.train.to(device), subsample(built.val, run.train.max_eval_windows).to(device)
     model = place_model(built.model, built.backend)
     batch = min(run.train.batch_size, len(train))
-    step = make_train_step(model, run.train, built.backend, None, steps_per_epoch=10**4)
+    step = make_train_step(model, fit_settings(run.train).step, built.backend, None,
+                           steps_per_epoch=10**4, epochs=run.train.epochs)
     generator = torch.Generator(device=device).manual_seed(0)
 
     def run_steps(n: int) -> None:

@@ -204,7 +204,7 @@ def summary_trials(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def evaluate_best(summary: Summary, prepared: dict[str, Any]) -> None:
     """Evaluate the best trial's best model once on validation and test, with naive baselines."""
-    from lobsearch.train import evaluate_checkpoint
+    from lobsearch.recipe import evaluate_checkpoint
 
     if summary.best_checkpoint is None or summary.best_run_config is None:
         return

@@ -2,7 +2,7 @@
 
 1. turn the sampled flat parameters into a validated run config;
 2. take the prepared days of its data config (handed over through the object store);
-3. cut windows and build the model (the same recipe as ``python -m lobsearch.train``);
+3. cut windows and build the model (``lobsearch.recipe``, as ``python -m lobsearch.train`` does);
 4. resume from the trial's last checkpoint when Tune restarts it;
 5. train, reporting every epoch's metrics with a checkpoint, so the scheduler can stop it early.
 
@@ -35,7 +35,7 @@ def run_trial(config: dict[str, Any], *, data: dict[str, Prepared], space: Searc
     memory runs out.
     """
     from lobsearch.gpu import is_out_of_memory, out_of_memory_message, release_memory
-    from lobsearch.train import pick_device
+    from lobsearch.recipe import pick_device
 
     run = space.run_config(config)
     prepared = data[run.data.prep().digest()]
@@ -74,8 +74,7 @@ def _train(run: RunConfig, prepared: Prepared, device: Any) -> None:
     from ray import tune
 
     from lobsearch.gpu import memory_metrics
-    from lobsearch.loop import fit
-    from lobsearch.train import build_run
+    from lobsearch.recipe import build_run, fit_run
 
     built = build_run(run, prepared, device=device)
     work = Path(tempfile.mkdtemp(prefix="lobsearch-trial-"))
@@ -92,20 +91,9 @@ def _train(run: RunConfig, prepared: Prepared, device: Any) -> None:
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(work / "checkpoint"))
 
     try:
-        result = fit(
-            built.model,
-            built.train,
-            built.val,
-            run.train,
-            device=device,
-            on_epoch=report,
-            checkpoint_dir=work / "checkpoint",
-            resume=resume,
-            data_hash=built.data_hash,
-            backend=built.backend,
-        )
+        result = fit_run(built, on_epoch=report, checkpoint_dir=work / "checkpoint", resume=resume)
     finally:
-        shutil.rmtree(work / "restored", ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
     if result.status == "nan_loss":
         raise TrialFailed(result.message)
 

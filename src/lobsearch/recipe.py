@@ -1,0 +1,257 @@
+"""One run, from prepared days to a trained and evaluated model: the recipe every caller shares.
+
+``build_run`` cuts the windows of a run config's data settings from the prepared days, builds
+its model (seeded) and decides its backend; ``fit_run`` trains it with ``loop.fit``;
+``evaluate_model`` and ``evaluate_checkpoint`` report the best weights on validation and test
+against the naive baselines. ``python -m lobsearch.train``, the search trial, the GPU probe and
+the search's final evaluation all call these, so a trial and a single run train alike.
+
+This is where a ``RunConfig`` becomes plain values: ``fit_settings`` for the loop,
+``device_setup``'s keywords for the backend.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from lobsearch.backend import Backend, device_setup
+from lobsearch.checkpoints import load_checkpoint
+from lobsearch.config import RunConfig, TrainConfig
+from lobsearch.contract import MISSING_LABEL
+from lobsearch.data.features import feature_columns, n_selected
+from lobsearch.data.windows import WindowSet, build_window_set
+from lobsearch.errors import ConfigError, DataError
+from lobsearch.files import plain
+from lobsearch.inference import evaluate
+from lobsearch.loop import EpochResult, FitResult, FitSettings, fit, seed_everything, subsample
+from lobsearch.metrics import lift, naive_baselines
+from lobsearch.models import create_model, model_spec
+from lobsearch.steps import StepSettings, epoch_steps
+
+if TYPE_CHECKING:
+    from lobsearch.data.pipeline import Prepared
+
+
+@dataclass
+class BuiltRun:
+    """Windows and model of one run config, ready for ``loop.fit``.
+
+    train/val/test: WindowSets on the CPU (test None unless asked for, or when the export has
+    no test split); n_features: width F' of every window; n_params: trainable parameters;
+    latency_ms: median forward time of one window on the device; data_hash: identifies the
+    data (prepared key, data config, normalization statistics) for checkpoints.
+    """
+
+    config: RunConfig
+    model: nn.Module
+    train: WindowSet
+    val: WindowSet
+    test: WindowSet | None
+    n_features: int
+    n_params: int
+    latency_ms: float
+    data_hash: str
+    backend: Backend
+
+
+def build_run(
+    config: RunConfig, prepared: Prepared, *, device: str | torch.device, with_test: bool = False
+) -> BuiltRun:
+    """Cut the windows of ``prepared`` for ``config.data`` and build ``config.model`` (seeded).
+
+    Train windows are capped at ``data.max_train_windows`` (evenly spaced). The backend is
+    decided here (``backend_for``) from the model's registry settings and the planned
+    number of optimizer steps. Raises ConfigError for a horizon the export has no labels for
+    (naming the available ones), bad features or model settings; DataError for a missing split.
+    """
+    data, device = config.data, torch.device(device)
+    cut = {
+        "columns": feature_columns(data.features, prepared.n_features),
+        "horizon_index": horizon_index(data.horizon, prepared.horizons),
+        "window": data.window,
+        "stride": data.stride,
+        "last_row": data.gates.last_row,
+        "time_regime_onehot": data.time_regime_onehot,
+    }
+    names = ("train", "val", "test") if with_test else ("train", "val")
+    windows = {name: build_window_set(_split_days(prepared, name), **cut) for name in names
+               if name in ("train", "val") or prepared.splits.get(name)}
+    train = subsample(windows["train"], data.max_train_windows)
+    width = n_selected(cut["columns"], prepared.n_features, data.time_regime_onehot)
+    seed_everything(config.train.seed)
+    model = create_model(config.model.name, width, data.window, **config.model.params)
+    steps = epoch_steps(len(train), config.train.batch_size, config.train.steps_per_epoch)
+    backend = backend_for(config, device, planned_steps=steps * config.train.epochs)
+    return BuiltRun(
+        config, model, train, windows["val"], windows.get("test"), width,
+        sum(p.numel() for p in model.parameters() if p.requires_grad),
+        forward_latency_ms(model, width, data.window, backend),
+        data_hash(config, prepared), backend,
+    )
+
+
+def fit_settings(cfg: TrainConfig) -> FitSettings:
+    """The loop's plain settings of a run config's ``train`` section."""
+    step = StepSettings(
+        learning_rate=cfg.learning_rate, weight_decay=float(cfg.weight_decay), schedule=cfg.schedule,
+        warmup_epochs=cfg.warmup_epochs, loss=cfg.loss, focal_gamma=float(cfg.focal_gamma),
+        grad_clip=None if cfg.grad_clip is None else float(cfg.grad_clip),
+    )
+    return FitSettings(
+        epochs=cfg.epochs, batch_size=cfg.batch_size, steps_per_epoch=cfg.steps_per_epoch,
+        patience=cfg.patience, seed=cfg.seed, class_weights=cfg.class_weights,
+        eval_batch_size=cfg.eval_batch_size, max_eval_windows=cfg.max_eval_windows, step=step,
+    )
+
+
+def backend_for(config: RunConfig, device: str | torch.device, *, planned_steps: int | None) -> Backend:
+    """The backend of a run: the model's registry flags and the ``train`` section's choices."""
+    cfg = config.train
+    return device_setup(
+        model_spec(config.model.name).backend, device, precision=cfg.precision, compile=cfg.compile,
+        cuda_graphs=cfg.cuda_graphs, num_threads=cfg.num_threads, planned_steps=planned_steps,
+    )
+
+
+def fit_run(
+    built: BuiltRun,
+    *,
+    on_epoch: Callable[[EpochResult], bool | None] | None = None,
+    checkpoint_dir: str | Path | None = None,
+    resume: str | Path | None = None,
+) -> FitResult:
+    """Train ``built`` with ``loop.fit`` on its own windows, settings, backend and data hash."""
+    return fit(
+        built.model, built.train, built.val, fit_settings(built.config.train),
+        device=built.backend.device, on_epoch=on_epoch, checkpoint_dir=checkpoint_dir,
+        resume=resume, data_hash=built.data_hash, backend=built.backend,
+    )
+
+
+def horizon_index(horizon: int, horizons: tuple[int, ...]) -> int:
+    """Column of ``horizon`` in the labels; ConfigError naming the available horizons."""
+    if horizon not in horizons:
+        available = ", ".join(str(h) for h in horizons)
+        raise ConfigError("run config", [
+            f"data.horizon: the export has no labels for horizon {horizon} (available: {available})"
+        ])
+    return horizons.index(horizon)
+
+
+def _split_days(prepared: Prepared, name: str) -> list:
+    days = prepared.splits.get(name)
+    if not days:
+        raise DataError(f"export: the {name!r} split has no days; training needs train and val days")
+    return days
+
+
+def data_hash(config: RunConfig, prepared: Prepared) -> str:
+    """16 hex digits identifying the data a model is trained on: the prepared data's key, the
+    data config (the export path aside: the key fingerprints the files) and the normalization
+    statistics."""
+    digest = hashlib.sha256()
+    digest.update(str(prepared.key).encode())
+    settings = config.data.model_dump(mode="json", exclude={"export"})
+    digest.update(json.dumps(settings, sort_keys=True).encode())
+    digest.update(prepared.stats_digest().encode())
+    return digest.hexdigest()[:16]
+
+
+def forward_latency_ms(model: nn.Module, n_features: int, window: int, backend: Backend, reps: int = 5) -> float:
+    """Median wall time in ms of one forward pass on a single window (1, T, F) on the device."""
+    model = model.to(backend.device)
+    was_training = model.training
+    model.eval()
+    x = torch.zeros(1, window, n_features, device=backend.device)
+    times = []
+    with torch.inference_mode(), backend.autocast():
+        for _ in range(reps + 1):
+            started = time.perf_counter()
+            model(x)
+            if backend.device.type == "cuda":
+                torch.cuda.synchronize(backend.device)
+            times.append((time.perf_counter() - started) * 1e3)
+    model.train(was_training)
+    return float(statistics.median(times[1:]))
+
+
+def pick_device(choice: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU. Raises ConfigError for ``cuda`` without CUDA."""
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device", ["cuda: no CUDA device is available (torch "
+                                           f"{torch.__version__}); use cpu or auto"])
+    return torch.device(choice)
+
+
+def previous_known_labels(windows: WindowSet, horizon: int) -> np.ndarray:
+    """(M,) for each window, the label of the latest earlier window whose label is already known
+    at its end row e, i.e. whose end is <= e - horizon; MISSING_LABEL (-1) where none is.
+
+    The label of row t looks ``horizon`` rows ahead, so the immediately preceding window's label
+    is not known yet when a window is predicted: with overlapping horizons it nearly equals the
+    window's own label (a macro-F1 near 0.9 on the demo export), a baseline no honest model can beat.
+    """
+    ends = windows.ends.cpu().numpy()
+    latest = np.searchsorted(ends, ends - horizon, side="right") - 1
+    y = windows.y.cpu().numpy()
+    return np.where(latest >= 0, y[np.maximum(latest, 0)], MISSING_LABEL)
+
+
+def split_report(built: BuiltRun, name: str, model: nn.Module) -> dict[str, Any]:
+    """Metrics of ``model`` on split ``name``, its naive baselines and the lift over them.
+
+    The previous-label baseline predicts each window with ``previous_known_labels`` (the
+    majority class of the training windows where there is none).
+    """
+    windows = getattr(built, name)
+    cfg = built.config.train
+    metrics, y_true, _, _ = evaluate(model, windows, device=built.backend.device,
+                                     batch_size=cfg.eval_batch_size, backend=built.backend)
+    y_prev = previous_known_labels(windows, built.config.data.horizon)
+    baselines = plain(naive_baselines(y_true, y_prev, y_train=built.train.y.numpy()))
+    return {"metrics": metrics, "baselines": baselines, "lift": plain(lift(metrics, baselines))}
+
+
+def evaluate_model(built: BuiltRun, state: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Load ``state`` into the model and report on val and (when built) test.
+
+    Returns {"val": metrics, "test": metrics, "baselines": {split: ...}, "lift": {split: lift
+    of macro-F1 over the best naive baseline}, "lift_detail": {split: ...}}.
+    """
+    built.model.load_state_dict(state)
+    splits = [s for s in ("val", "test") if getattr(built, s) is not None]
+    reports = {s: split_report(built, s, built.model) for s in splits}
+    return {
+        **{s: r["metrics"] for s, r in reports.items()},
+        "baselines": {s: r["baselines"] for s, r in reports.items()},
+        "lift": {s: r["lift"]["lift_macro_f1"] for s, r in reports.items()},
+        "lift_detail": {s: r["lift"] for s, r in reports.items()},
+    }
+
+
+def evaluate_checkpoint(config: RunConfig, prepared: Prepared, checkpoint: Path) -> dict[str, Any]:
+    """Rebuild the run of ``config``, load the best weights of a ``fit`` checkpoint (its folder
+    or file) and report on val and test as ``evaluate_model`` does; adds best_epoch.
+
+    Raises DataError when the checkpoint holds no finished epoch or another data hash.
+    """
+    device = pick_device(config.train.device)
+    built = build_run(config, prepared, device=device, with_test=True)
+    payload = load_checkpoint(checkpoint, built.data_hash)
+    state = payload["progress"]["best_state"]
+    if state is None:
+        raise DataError(f"evaluate: checkpoint {checkpoint} holds no finished epoch")
+    return {**evaluate_model(built, state), "best_epoch": payload["progress"]["best_epoch"]}
