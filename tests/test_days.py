@@ -329,6 +329,7 @@ def test_nan_in_a_row_that_passes_the_gates_is_an_error(tmp_path):
     message = raises("2 row\\(s\\) that pass the gates hold NaN or inf; first at row 17, column 84 \\(TRUE_OFI\\)",
                      load_day, day_file(tmp_path))
     assert "20240102_features.npy" in message
+    assert "(rule: rows with BOOK_VALID >= 0.5, MBO_READY >= 0.5 and INVALIDITY_DELTA == 0 are finite)" in message
 
 
 @pytest.mark.parametrize("gate,value", [(FI.BOOK_VALID, 0.0), (FI.MBO_READY, 0.0), (FI.INVALIDITY_DELTA, 2.0)])

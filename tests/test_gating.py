@@ -5,6 +5,7 @@ from hypothesis import strategies as st
 
 from lobsearch.contract import FeatureIndex
 from lobsearch.data.gating import (
+    ROW_RULE,
     RULES,
     candidate_ends,
     gate_rows,
@@ -70,6 +71,19 @@ def test_read_only_memmap_input_is_not_modified(tmp_path):
     mapped = np.load(tmp_path / "d.npy", mmap_mode="r")
     assert gate_rows(mapped).row_ok.tolist() == [False, True, False]
     np.testing.assert_array_equal(mapped, x)
+
+
+def test_the_rule_in_words_lists_every_contract_rule():
+    assert ROW_RULE == "BOOK_VALID >= 0.5, MBO_READY >= 0.5 and INVALIDITY_DELTA == 0"
+
+
+def test_blocks_of_rows_are_gated_as_the_whole_day():
+    rng = np.random.default_rng(2)
+    x = day(*(rng.choice([0.0, 0.4, 0.5, 1.0, 3.0, np.nan], size=300) for _ in range(3)))
+    whole = gate_rows(x).row_ok
+    blocks = np.concatenate([gate_rows(x[start:start + 70]).row_ok for start in range(0, len(x), 70)])
+    np.testing.assert_array_equal(blocks, whole)
+    assert 0 < whole.sum() < len(x)
 
 
 def test_non_2d_features_are_a_data_error():

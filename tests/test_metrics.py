@@ -190,6 +190,16 @@ def test_mcc_equals_the_correlation_of_one_hot_labels(pairs):
     assert m["accuracy"] == pytest.approx(np.mean(true == pred))
 
 
+@settings(max_examples=60, deadline=None)
+@given(labels)
+def test_macro_f1_is_the_mean_of_two_hits_over_predicted_plus_true(pairs):
+    true, pred = (np.array(v) for v in zip(*pairs))
+    cm = confusion_matrix(true, pred)
+    both = cm.sum(axis=0) + cm.sum(axis=1)
+    expected = np.mean([2 * cm[k, k] / both[k] if both[k] else 0.0 for k in range(3)])
+    assert classification_metrics(true, pred)["macro_f1"] == pytest.approx(expected, abs=1e-12)
+
+
 @settings(max_examples=30, deadline=None)
 @given(labels, st.randoms(use_true_random=False))
 def test_metrics_do_not_depend_on_sample_order(pairs, rng):

@@ -1,6 +1,7 @@
 """The synthetic export: the contract, realism, determinism, the planted signal, the demo and the CLI."""
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -12,7 +13,7 @@ import pytest
 from lobsearch import synth
 from lobsearch.contract import CATEGORICAL, FeatureIndex as FI
 from lobsearch.data.days import compute_labels, load_split_data, validate_export
-from lobsearch.errors import ConfigError
+from lobsearch.errors import ConfigError, DataError
 
 ROWS, LAG = 4000, 20
 
@@ -238,6 +239,57 @@ def test_demo_export_is_generated_once_atomically(tmp_path, monkeypatch, capsys)
     monkeypatch.setattr(synth, "DEMO_ROWS", 400)
     assert synth.demo_export(tmp_path / "other").parent == tmp_path / "other"
     assert synth.demo_key() not in first.name
+
+
+@pytest.fixture
+def tiny_demo(monkeypatch):
+    monkeypatch.setattr(synth, "DEMO_DAYS", 2)
+    monkeypatch.setattr(synth, "DEMO_ROWS", 300)
+
+
+def test_demo_cache_defaults_to_home_and_expands_the_variable(tmp_path, monkeypatch, tiny_demo):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("LOBSEARCH_CACHE")
+    assert synth.demo_export().parent == tmp_path / ".cache" / "lobsearch"
+    monkeypatch.setenv("LOBSEARCH_CACHE", "~/elsewhere")
+    assert synth.demo_export().parent == tmp_path / "elsewhere"
+
+
+def test_a_cache_variable_naming_a_file_is_a_data_error(tmp_path, monkeypatch, capsys, tiny_demo):
+    (tmp_path / "f").write_text("")
+    monkeypatch.setenv("LOBSEARCH_CACHE", str(tmp_path / "f"))
+    with pytest.raises(DataError, match=f"^LOBSEARCH_CACHE={tmp_path / 'f'}: not a directory \\(a file is there\\); "
+                                        "point LOBSEARCH_CACHE at a folder"):
+        synth.demo_export()
+    monkeypatch.setenv("LOBSEARCH_CACHE", str(tmp_path / "f" / "sub"))
+    with pytest.raises(DataError, match=f"LOBSEARCH_CACHE=.*: cannot be created \\({tmp_path / 'f'} is a file\\)"):
+        synth.demo_export()
+    assert synth.demo_export(tmp_path / "ok").parent == tmp_path / "ok", "the argument wins over the variable"
+    with pytest.raises(SystemExit):
+        synth.main(["--demo"])
+    assert "LOBSEARCH_CACHE=" in capsys.readouterr().err
+
+
+def test_a_cache_argument_naming_a_file_is_a_data_error_naming_the_argument(tmp_path, tiny_demo):
+    (tmp_path / "f").write_text("")
+    with pytest.raises(DataError, match=f"^cache folder {tmp_path / 'f'}: not a directory.*; pass a folder") as info:
+        synth.demo_export(tmp_path / "f")
+    assert "LOBSEARCH_CACHE" not in str(info.value)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_a_cache_folder_that_cannot_be_written_is_a_data_error(tmp_path, monkeypatch, tiny_demo):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    try:
+        monkeypatch.setenv("LOBSEARCH_CACHE", str(locked))
+        with pytest.raises(DataError, match=f"LOBSEARCH_CACHE={locked}: not writable"):
+            synth.demo_export()
+        monkeypatch.setenv("LOBSEARCH_CACHE", str(locked / "sub"))
+        with pytest.raises(DataError, match="LOBSEARCH_CACHE=.*: cannot be created \\(Permission denied"):
+            synth.demo_export()
+    finally:
+        locked.chmod(0o700)
 
 
 def test_cli_writes_an_export_and_prints_the_oracle(tmp_path, capsys):

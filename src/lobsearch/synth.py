@@ -45,7 +45,10 @@ from lobsearch.contract import (
     FeatureIndex as FI,
 )
 from lobsearch.data.days import MANIFEST_NAME, SPLITS, compute_labels
-from lobsearch.errors import ConfigError
+from lobsearch.data.gating import gate_rows
+from lobsearch.data.pipeline import cache_root as resolve_cache_root
+from lobsearch.errors import ConfigError, DataError
+from lobsearch.metrics import classification_metrics
 
 SYNTH_VERSION = 1
 """Bumped whenever the generated data changes; part of the demo export's cache key."""
@@ -396,7 +399,7 @@ def _simulate_day(rng: np.random.Generator, spec: _Spec, price: float) -> tuple[
     expected = _expected_returns(flow_all, log_mid, x[:, FI.MID_PRICE], scale, spec)
     keep = slice(spec.smoothing, spec.smoothing + spec.rows)
     features = np.ascontiguousarray(_finish_rows(rng, x[keep], spec))
-    sim = _SimDay(features, labels[keep], expected[keep], _passes_gates(features))
+    sim = _SimDay(features, labels[keep], expected[keep], gate_rows(features).row_ok)
     return sim, float(np.exp(log_mid[-1] + rng.normal(0, 0.005)))
 
 
@@ -413,13 +416,9 @@ def _finish_rows(rng: np.random.Generator, x: np.ndarray, spec: _Spec) -> np.nda
     if spec.schema == "2.0":
         x[:, list(SIGN_FLIP_SCHEMA_2_0)] *= -1
     if spec.nan_in_gated:
-        invalid = x[:, FI.BOOK_VALID] < 0.5
+        invalid = ~gate_rows(x, mbo_ready=False, invalidity=False).row_ok
         x[np.ix_(invalid, [FI.SPREAD_BPS, FI.SIGNED_MP_DELTA_BPS, FI.DEPTH_NORM_OFI])] = np.nan
     return x
-
-
-def _passes_gates(x: np.ndarray) -> np.ndarray:
-    return (x[:, FI.BOOK_VALID] >= 0.5) & (x[:, FI.MBO_READY] >= 0.5) & (x[:, FI.INVALIDITY_DELTA] == 0)
 
 
 # --------------------------------------------------------------------------- oracle
@@ -462,20 +461,12 @@ def _trailing_mean(values: np.ndarray, width: int) -> np.ndarray:
     return (sums[1:] - sums[np.arange(1, len(values) + 1) - counts]) / counts
 
 
-def _macro_f1(truth: np.ndarray, predicted: np.ndarray) -> float:
-    """Mean over the three classes of F1 (0 for a class never seen nor predicted)."""
-    confusion = np.bincount(truth * 3 + predicted, minlength=9).reshape(3, 3)
-    tp = np.diag(confusion)
-    denominator = confusion.sum(axis=0) + confusion.sum(axis=1)
-    return float(np.mean(np.where(denominator > 0, 2 * tp / np.maximum(denominator, 1), 0.0)))
-
-
 def _classify(expected: np.ndarray, cut: float) -> np.ndarray:
     return 1 + (expected > cut).astype(np.int64) - (expected < -cut).astype(np.int64)
 
 
 def _oracle_macro_f1(days: dict[str, list[_SimDay]], n_horizons: int) -> list[float]:
-    """Per horizon: fit the cut on train days' usable rows, score val + test (train if none)."""
+    """Per horizon: fit the cut on train rows that pass the gates, score val + test (train if none)."""
     def rows(split_days, j):
         expected = np.concatenate([d.expected[d.usable, j] for d in split_days])
         return expected, np.concatenate([d.labels[d.usable, j] for d in split_days]).astype(np.int64)
@@ -485,9 +476,9 @@ def _oracle_macro_f1(days: dict[str, list[_SimDay]], n_horizons: int) -> list[fl
     for j in range(n_horizons):
         fit_e, fit_y = rows(days["train"], j)
         cuts = np.quantile(np.abs(fit_e), np.linspace(0.02, 0.98, 49))
-        best = max(cuts, key=lambda c: _macro_f1(fit_y, _classify(fit_e, c)))
+        best = max(cuts, key=lambda c: classification_metrics(fit_y, _classify(fit_e, c))["macro_f1"])
         test_e, test_y = rows(held_out, j)
-        scores.append(round(_macro_f1(test_y, _classify(test_e, best)), 4))
+        scores.append(round(classification_metrics(test_y, _classify(test_e, best))["macro_f1"], 4))
     return scores
 
 
@@ -544,11 +535,6 @@ def _manifest(spec: _Spec, dates: list[str], split_of: list[str], oracle: list[f
 # --------------------------------------------------------------------------- demo and CLI
 
 
-def _cache_root(cache_root: str | Path | None) -> Path:
-    default = Path.home() / ".cache" / "lobsearch"
-    return Path(cache_root or os.environ.get("LOBSEARCH_CACHE") or default).expanduser().resolve()
-
-
 def demo_key() -> str:
     """12 hex chars naming the demo export's version: lobsearch, generator and demo size."""
     text = json.dumps([__version__, SYNTH_VERSION, DEMO_DAYS, DEMO_ROWS, DEMO_SEED, DEMO_LAG])
@@ -561,12 +547,12 @@ def demo_export(cache_root: str | Path | None = None) -> Path:
     ``cache`` is ``cache_root``, else ``$LOBSEARCH_CACHE``, else ``~/.cache/lobsearch``. The export
     is written to a temporary folder beside it and renamed into place, so a reader never sees a
     partial export and two concurrent callers both end with the same complete one.
+    Raises DataError when the cache is not a folder lobsearch can create and write.
     """
-    root = _cache_root(cache_root)
+    root = resolve_cache_root(cache_root)
     target = root / f"demo-{demo_key()}"
     if (target / MANIFEST_NAME).is_file():
         return target
-    root.mkdir(parents=True, exist_ok=True)
     print(f"lobsearch: generating the demo export ({DEMO_DAYS} days x {DEMO_ROWS} rows) once, "
           f"into {target}", file=sys.stderr)
     scratch = Path(tempfile.mkdtemp(prefix=".demo-", dir=root))
@@ -624,7 +610,7 @@ def main(argv: list[str] | None = None) -> int:
             args.out_dir, days=args.days, rows=args.rows, seed=args.seed, lag=args.lag,
             splits=tuple(args.splits), fmt=args.fmt, window=args.window, schema=args.schema,
             nan_in_gated=args.nan_in_gated)
-    except ConfigError as exc:
+    except (ConfigError, DataError) as exc:
         parser.error(str(exc))
     manifest = json.loads((out / MANIFEST_NAME).read_text())
     print(out)

@@ -40,8 +40,8 @@ from lobsearch.contract import (
     MISSING_LABEL,
     SIGNED_STRATEGIES,
     FeatureIndex,
-    Gate,
 )
+from lobsearch.data.gating import ROW_RULE, gate_rows
 from lobsearch.errors import DataError, unknown_choice
 
 SPLITS = ("train", "val", "test")
@@ -538,21 +538,13 @@ def _check_overlap(path: Path, sequences: np.ndarray) -> None:
                          "consecutive windows overlap by T-1 rows (stride 1), so they can be made flat")
 
 
-def _usable_rows(block: np.ndarray) -> np.ndarray:
-    """(n, F) -> (n,) bool: the rows that pass all three gates (all rows when F has no gate columns)."""
-    if block.shape[1] <= max(Gate):
-        return np.ones(len(block), dtype=bool)
-    return ((block[:, Gate.BOOK_VALID] >= 0.5) & (block[:, Gate.MBO_READY] >= 0.5)
-            & (block[:, Gate.INVALIDITY] == 0))
-
-
 def _check_finite(path: Path, features: np.ndarray) -> None:
     """NaN or inf in a row that passes the gates is a DataError; scanned in chunks of rows."""
     step = max(1, _CHUNK_VALUES // max(features.shape[1], 1))
     count, first = 0, None
     for start in range(0, len(features), step):
         block = np.asarray(features[start:start + step])
-        bad = _usable_rows(block) & ~np.isfinite(block).all(axis=1)
+        bad = gate_rows(block).row_ok & ~np.isfinite(block).all(axis=1)
         if bad.any():
             count += int(bad.sum())
             if first is None:
@@ -564,7 +556,7 @@ def _check_finite(path: Path, features: np.ndarray) -> None:
         name = FeatureIndex(col).name if col < len(FeatureIndex) else f"column {col}"
         raise _error(path, f"{count} row(s) that pass the gates hold NaN or inf; first at row {row}, "
                      f"column {col} ({name}): {value}",
-                     "rows with BOOK_VALID >= 0.5, MBO_READY >= 0.5 and INVALIDITY_DELTA == 0 are finite")
+                     f"rows with {ROW_RULE} are finite")
 
 
 def _day_labels(day: DayFile, meta: dict, manifest: dict, header: NpyHeader, features: np.ndarray,

@@ -13,7 +13,7 @@ from types import MappingProxyType
 
 import numpy as np
 
-from lobsearch.contract import Gate
+from lobsearch.contract import GATE_RULES, Gate
 from lobsearch.errors import ConfigError, DataError
 
 RULES = MappingProxyType(
@@ -23,6 +23,10 @@ RULES = MappingProxyType(
 
 MIN_GATED_FEATURES = int(Gate.INVALIDITY) + 1
 """Exports with fewer columns than this (97) carry no gates."""
+
+ROW_RULE = ", ".join(tuple(GATE_RULES.values())[:-1]) + " and " + tuple(GATE_RULES.values())[-1]
+"""The rule a row meets to pass every gate, in words, for messages:
+``BOOK_VALID >= 0.5, MBO_READY >= 0.5 and INVALIDITY_DELTA == 0``."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -58,7 +62,9 @@ def gate_rows(
     mbo_ready: bool = True,
     invalidity: bool = True,
 ) -> GateResult:
-    """Apply the enabled gates to one day's (N, F) raw features (any float dtype, may be a memmap).
+    """Apply the enabled gates to one day's (N, F) raw features, or to any block of its rows
+    (any float dtype, may be a memmap). ``gate_rows(x).row_ok`` is the (N,) bool mask of the rows
+    that pass every gate.
 
     Raises DataError when ``features`` is not 2-D.
     """

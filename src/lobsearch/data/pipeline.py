@@ -119,9 +119,50 @@ class Prepared:
         return ", ".join(parts) + f"; {dropped:,} rows fail the gates"
 
 
-def cache_root() -> Path:
-    """``$LOBSEARCH_CACHE`` or ``~/.cache/lobsearch``; on a cluster point it at shared storage."""
-    return Path(os.environ.get("LOBSEARCH_CACHE") or Path.home() / ".cache" / "lobsearch").resolve()
+CACHE_ENV = "LOBSEARCH_CACHE"
+"""Environment variable naming the cache folder (prepared data, the demo export)."""
+
+
+def cache_root(folder: str | Path | None = None) -> Path:
+    """The cache folder, absolute and created if missing: ``folder``, else ``$LOBSEARCH_CACHE``,
+    else ``~/.cache/lobsearch``. On a cluster point it at shared storage.
+
+    Raises DataError naming where the path came from (the argument, the variable or the default)
+    when it is not a folder, cannot be created, or cannot be written.
+    """
+    path, where, fix = _cache_choice(folder)
+    problem = _folder_problem(path)
+    if problem:
+        raise DataError(f"{where}: {problem}; {fix} lobsearch can create and write")
+    return path
+
+
+def _cache_choice(folder: str | Path | None) -> tuple[Path, str, str]:
+    """(absolute path, how a message names it, how to choose another) of the cache folder."""
+    if folder:
+        path = Path(folder).expanduser().resolve()
+        return path, f"cache folder {path}", "pass a folder"
+    if os.environ.get(CACHE_ENV):
+        path = Path(os.environ[CACHE_ENV]).expanduser().resolve()
+        return path, f"{CACHE_ENV}={path}", f"point {CACHE_ENV} at a folder"
+    path = (Path.home() / ".cache" / "lobsearch").resolve()
+    return path, f"default cache folder {path}", f"set {CACHE_ENV} to a folder"
+
+
+def _folder_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be a folder lobsearch writes, or None; creates it (and parents) when missing."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        return "not a directory (a file is there)"
+    except NotADirectoryError:
+        blocker = next(parent for parent in path.parents if parent.exists())
+        return f"cannot be created ({blocker} is a file)"
+    except OSError as exc:
+        return f"cannot be created ({exc.strerror}: {exc.filename})"
+    if not os.access(path, os.W_OK | os.X_OK):
+        return "not writable"
+    return None
 
 
 def cache_key(export: Export, prep: PrepConfig) -> str:
@@ -354,7 +395,7 @@ def _ray_map(fn: Callable[..., dict], tasks: list[_Task], steps: DaySteps, out: 
 
     if not tasks:
         return
-    _start_ray()
+    start_ray()
     blobs = [ray.put(_day_bytes(t.day)) for t in tasks] if _ship_files() else None
     folder = None if out is None else str(out)
 
@@ -423,8 +464,9 @@ def _import_data_modules() -> None:
     import lobsearch.data.pipeline  # noqa: F401
 
 
-def _start_ray() -> None:
-    """Join the running Ray, or start a local one."""
+def start_ray() -> None:
+    """Join the running Ray, or start a local one sized to this machine: no dashboard, workers'
+    output kept off the driver's console, Ray's logging left as the caller set it."""
     import ray
 
     if not ray.is_initialized():
@@ -538,7 +580,7 @@ def prepare(
         if (final / "prepared.json").is_file():
             return load_prepared(final, from_cache=True)
         if engine == "ray":
-            _start_ray()
+            start_ray()
             _warm_up_ray_data()
         _clear_stale(root, key)
         tmp = root / f"{key}.tmp-{uuid.uuid4().hex[:8]}"
