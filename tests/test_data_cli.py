@@ -77,6 +77,7 @@ def test_a_bad_window_is_refused_by_the_parser(small_export, capsys):
     assert "--window: must be an integer >= 1 (got 0)" in capsys.readouterr().err
 
 
+@pytest.mark.integration
 def test_the_module_runs_as_a_command(small_export, tmp_path):
     done = subprocess.run(
         [sys.executable, "-m", "lobsearch.data", "report", str(small_export), "--json", "--window", "10"],

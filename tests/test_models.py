@@ -180,28 +180,31 @@ def test_every_bad_value_is_reported_at_once():
         create_model("lstm", N_FEATURES, 10, hidden_size=0, dropout=1.0, bidirectional=1,
                       num_layers=2.0, pooling="atention")
     problems = info.value.problems
-    assert "hidden_size: expected int >= 1, got 0" in problems
-    assert "dropout: expected float in [0.0, 1.0), got 1.0" in problems
-    assert "bidirectional: expected bool, got int 1" in problems
-    assert "num_layers: expected int, got float 2.0" in problems
+    assert "hidden_size: Input should be greater than or equal to 1 (got 0)" in problems
+    assert "dropout: Input should be less than 1 (got 1.0)" in problems
+    assert "bidirectional: Input should be a valid boolean (got 1)" in problems
+    assert "num_layers: Input should be a valid integer (got 2.0)" in problems
     assert ("pooling: unknown value 'atention'; did you mean 'attention'? choices: attention, last"
             in problems)
 
 
-@pytest.mark.parametrize("value", [float("nan"), float("inf"), "0.1", None])
-def test_a_float_hyperparameter_rejects_nan_inf_and_non_numbers(value):
-    with pytest.raises(ConfigError, match="dropout: expected float"):
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), "0.1", None, True])
+def test_a_float_hyperparameter_rejects_nan_inf_bools_and_non_numbers(value):
+    with pytest.raises(ConfigError, match=r"dropout: Input should be a (valid|finite) number \(got "):
         create_model("gru", N_FEATURES, 10, dropout=value)
 
 
 def test_a_float_hyperparameter_accepts_an_int():
-    assert create_model("gru_tiny", N_FEATURES, 10, dropout=0) is not None
+    spec = model_spec("gru_tiny")
+    assert spec.problems({"dropout": 0}) == []
+    assert spec.problems({"dropout": 1}) == ["dropout: Input should be less than 1 (got 1)"]
+    assert create_model("gru_tiny", N_FEATURES, 10, dropout=0).dropout.p == 0
 
 
 @pytest.mark.parametrize("arg,kwargs,expected", [
-    ("n_features", {"n_features": 0}, "n_features: expected int >= 1, got 0"),
-    ("window", {"window": 2.5}, "window: expected int >= 1, got 2.5"),
-    ("n_classes", {"n_classes": 1}, "n_classes: expected int >= 2, got 1"),
+    ("n_features", {"n_features": 0}, "n_features: Input should be greater than or equal to 1 (got 0)"),
+    ("window", {"window": 2.5}, "window: Input should be a valid integer (got 2.5)"),
+    ("n_classes", {"n_classes": 1}, "n_classes: Input should be greater than or equal to 2 (got 1)"),
 ])
 def test_shape_arguments_are_checked(arg, kwargs, expected):
     args = {"n_features": N_FEATURES, "window": 10, **kwargs}

@@ -32,6 +32,7 @@ def run_cluster(mode: str, tmp_path: Path, export: Path, *, trials: int, epochs:
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_trials_spread_over_worker_nodes(small_export: Path, tmp_path: Path) -> None:
     log = run_cluster("spread", tmp_path, small_export, trials=4, epochs=2)
     assert log["code"] == 0
@@ -42,6 +43,7 @@ def test_trials_spread_over_worker_nodes(small_export: Path, tmp_path: Path) -> 
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_search_survives_losing_a_worker_node(small_export: Path, tmp_path: Path) -> None:
     epochs = 6
     log = run_cluster("lose-node", tmp_path, small_export, trials=4, epochs=epochs, steps=30)

@@ -37,6 +37,7 @@ def command(space: Path, export: Path, storage: Path, *extra: str) -> list[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_killed_search_resumes_without_losing_or_rerunning_trials(small_export: Path, tmp_path: Path) -> None:
     body = yaml.safe_load((ROOT / "search_spaces" / "smoke.yaml").read_text())
     body["fixed"]["train"].update(epochs=EPOCHS, steps_per_epoch=10, patience=3)
@@ -83,6 +84,7 @@ def test_killed_search_resumes_without_losing_or_rerunning_trials(small_export: 
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_ctrl_c_stops_cleanly_and_says_how_to_resume(small_export: Path, tmp_path: Path) -> None:
     body = yaml.safe_load((ROOT / "search_spaces" / "smoke.yaml").read_text())
     body["fixed"]["train"].update(epochs=EPOCHS, steps_per_epoch=10)

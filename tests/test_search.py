@@ -113,6 +113,24 @@ def test_a_failing_trial_is_marked_failed_and_the_search_goes_on(ray_session, sm
 
 @pytest.mark.ray
 @pytest.mark.slow
+def test_a_search_whose_every_trial_failed_exits_1(ray_session, small_export: Path, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    body = yaml.safe_load(SMOKE.read_text())
+    body["params"]["data.window"] = {"type": "categorical", "choices": [5000]}
+    body["search"].update(num_samples=2, max_failures=0)
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(body))
+    code = main([str(path), "--data", str(small_export), "--storage", str(tmp_path / "runs"), "--name", "none",
+                 "--wandb", "disabled"])
+    assert code == 1
+    assert "every trial failed" in capsys.readouterr().err
+    results = json.loads((tmp_path / "runs" / "none" / "results.json").read_text())
+    assert [t["status"] for t in results["trials"]] == ["failed", "failed"] and results["best"] is None
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+@pytest.mark.integration
 def test_wandb_offline_records_what_the_trials_reported(ray_session, small_export: Path, tmp_path: Path) -> None:
     from lobsearch.tracking import read_offline_run
 
@@ -162,7 +180,7 @@ def test_multi_objective_search_reports_the_pareto_front(ray_session, small_expo
 
 @pytest.mark.ray
 @pytest.mark.slow
-@pytest.mark.parametrize("space", ["lstm.yaml", "all.yaml"])
+@pytest.mark.parametrize("space", sorted(p.name for p in (ROOT / "search_spaces").glob("*.yaml")))
 def test_every_space_runs_end_to_end_in_smoke_mode(ray_session, small_export: Path, tmp_path: Path, space: str) -> None:
     code = main([str(ROOT / "search_spaces" / space), "--smoke", "--data", str(small_export),
                  "--storage", str(tmp_path), "--name", "s", "--wandb", "disabled", "--quiet"])

@@ -260,6 +260,7 @@ def test_only_training_days_are_read(synth_export, synth_report, tmp_path):
     np.testing.assert_array_equal(report.mi, synth_report.mi)
 
 
+@pytest.mark.integration
 def test_cli_prints_the_table_and_writes_the_report(synth_export, synth_report, tmp_path):
     done = subprocess.run(
         [sys.executable, "-m", "lobsearch.signals", str(synth_export), "--top", "12"],

@@ -7,9 +7,11 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
+from pydantic import ValidationError
 
+from lobsearch.config import TrainConfig
 from lobsearch.errors import ConfigError
-from lobsearch.space import load_space
+from lobsearch.space import Objective, Param, load_space
 
 SPACES = sorted((Path(__file__).parents[1] / "search_spaces").glob("*.yaml"))
 
@@ -100,10 +102,10 @@ BAD = [
     ({"params": {"data.windw": {"type": "int", "low": 1, "high": 5}}}, "did you mean 'data.window'"),
     ({"params": {"model.hidden_size": {"type": "int", "low": 1, "high": 5}}}, "must start with 'data.' or 'train.'"),
     ({"params": {"train.learning_rate": {"type": "float", "low": 0.1, "high": 0.01}}}, "low <= high"),
-    ({"params": {"train.learning_rate": {"type": "float", "low": 0.0, "high": 0.01, "log": True}}}, "needs low > 0"),
-    ({"params": {"train.learning_rate": {"type": "float", "low": 1e-3, "high": 0.01, "log": True, "step": 1e-3}}}, "cannot be combined"),
+    ({"params": {"train.learning_rate": {"type": "float", "low": 0.0, "high": 0.01, "log": True}}}, "`low > 0` must hold for `log=True`"),
+    ({"params": {"train.learning_rate": {"type": "float", "low": 1e-3, "high": 0.01, "log": True, "step": 1e-3}}}, "`step` is not supported when `log` is true"),
     ({"params": {"data.window": {"type": "int", "low": 0, "high": 5}}}, "data.window"),
-    ({"params": {"data.window": {"type": "categorical", "choices": []}}}, "non-empty"),
+    ({"params": {"data.window": {"type": "categorical", "choices": []}}}, "`choices` must contain one or more elements"),
     ({"params": {"data.normalization.clip": {"type": "float", "low": 1.0, "high": 5.0}}}, "categorical choices"),
     ({"params": {"data.normalization": {"type": "categorical", "choices": ["train"]}}}, "whole section"),
     ({"models": {"deeplab": {}}}, "did you mean 'deeplob'"),
@@ -142,3 +144,73 @@ def test_yaml_exponent_floats_are_numbers(tmp_path: Path) -> None:
     path.write_text("models: {lstm: {}}\nparams:\n  train.learning_rate: {type: float, low: 1e-4, high: 1e-2, log: true}\n")
     space = load_space(path)
     assert space.spec.params["train.learning_rate"].low == 1e-4
+
+
+def test_a_hyperparameter_in_place_of_a_family_lists_the_registered_families(tmp_path: Path) -> None:
+    body = {"models": {"hidden_size": {"type": "int", "low": 8, "high": 32}}}
+    with pytest.raises(ConfigError) as info:
+        load_space(write(tmp_path, body))
+    (problem,) = info.value.problems
+    assert problem.startswith("models.hidden_size: unknown model 'hidden_size'; choices: ")
+    families = problem.split("choices: ")[1].split(", ")
+    assert set(families) >= {"deeplob", "gru", "logistic", "lstm", "mlp", "transformer", "lstm_tiny"}
+
+
+def test_a_hyperparameter_in_place_of_fixed_or_params_lists_those(tmp_path: Path) -> None:
+    body = {"models": {"lstm": {"hidden_size": {"type": "int", "low": 8, "high": 32}}}}
+    with pytest.raises(ConfigError) as info:
+        load_space(write(tmp_path, body))
+    assert info.value.problems == ("models.lstm.hidden_size: unknown key (choices: fixed, params)",)
+
+
+def test_a_duplicate_key_in_a_space_file_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "dup.yaml"
+    path.write_text("models: {lstm: {}}\nparams: {}\nsearch: {num_samples: 2}\nparams: {}\n")
+    with pytest.raises(ConfigError) as info:
+        load_space(path)
+    assert str(path) in str(info.value)
+    assert info.value.problems == ("line 4: duplicate key 'params' (first at line 2)",)
+
+
+def _space(tmp_path: Path, **sections) -> object:
+    return load_space(write(tmp_path, {"models": {"lstm_tiny": {}}, **sections}))
+
+
+def test_max_epochs_is_the_top_of_a_searched_range_or_choice(tmp_path: Path) -> None:
+    fixed = {"train": {"epochs": 3}}
+    ranged = {"train.epochs": {"type": "int", "low": 2, "high": 11, "step": 4}}
+    with pytest.warns(UserWarning, match="replaced with \\[2, 10\\]"):
+        assert _space(tmp_path, fixed=fixed, params=ranged).max_epochs == 10
+    chosen = {"train.epochs": {"type": "categorical", "choices": [4, 12, 6]}}
+    assert _space(tmp_path, fixed=fixed, params=chosen).max_epochs == 12
+
+
+def test_max_epochs_is_the_fixed_value_else_the_default(tmp_path: Path) -> None:
+    assert _space(tmp_path, fixed={"train": {"epochs": 3}}).max_epochs == 3
+    assert _space(tmp_path).max_epochs == TrainConfig().epochs
+
+
+@pytest.mark.parametrize("objective, sign", [
+    ({"metric": "val_macro_f1"}, 1),
+    ({"metric": "val_macro_f1", "mode": "min"}, -1),
+    ({"metric": "val_loss"}, -1),
+])
+def test_objective_sign_follows_its_direction(objective: dict, sign: int) -> None:
+    assert Objective.model_validate(objective).sign == sign
+
+
+def test_params_take_exactly_the_distributions_optuna_takes() -> None:
+    assert Param(type="int", low=1, high=64, log=True, step=1).distribution().log
+    with pytest.warns(UserWarning, match="not divisible by `step`"):
+        assert Param(type="float", low=0.0, high=1.0, step=0.3).extremes() == [0.0, 0.9]
+    bad = [
+        {"type": "int", "low": 1, "high": 64, "log": True, "step": 2},
+        {"type": "int", "low": 1.5, "high": 4},
+        {"type": "float", "low": 0.0, "high": 1.0, "step": 0.0},
+        {"type": "categorical", "choices": [1], "low": 0},
+        {"type": "float", "low": 0.0, "high": 1.0, "choices": [0.5]},
+        {"type": "float", "low": 0.0},
+    ]
+    for raw in bad:
+        with pytest.raises(ValidationError):
+            Param.model_validate(raw)

@@ -230,7 +230,8 @@ def fake_search(tmp_path: Path, mode: str) -> SimpleNamespace:
 
     space = SimpleNamespace(spec=SimpleNamespace(tracking=Tracking(wandb=mode, project="lobsearch-test"), objective=Objective()),
                             families=["lstm"], run_config=run_config)
-    return SimpleNamespace(space=space, name="lstm-20261126-1200", run_dir=tmp_path / "run")
+    return SimpleNamespace(space=space, name="lstm-20261126-1200", run_dir=tmp_path / "run",
+                           metric="val_macro_f1", mode="max")
 
 
 def test_the_tune_callback_records_one_run_per_trial(tmp_path, wandb_env):

@@ -171,6 +171,7 @@ def test_cli_trains_and_writes_its_files(small_export, tmp_path, capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_smoke_config_beats_both_naive_baselines_on_the_demo_export(tmp_path):
     out = tmp_path / "smoke"
     done = subprocess.run(

@@ -12,20 +12,21 @@ A run config has three sections, as the older trainer's users write them::
 
 The older spellings ``data.sequence.window_size``, ``data.sequence.stride``,
 ``model.model_type`` and ``data.data_dir`` are accepted and mapped onto the names above.
+
+The schema stands without the model zoo (importing this module loads no torch): whether
+``model`` names a registered model with valid hyperparameters, and whether ``data.window`` is
+long enough for it, is a second pass (``model_problems``) that ``validate_run`` runs after the
+schema and reports together with it.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     StrictBool,
     StrictFloat,
@@ -37,21 +38,8 @@ from pydantic import (
 )
 
 from lobsearch.contract import DEFAULT_HORIZONS, DEFAULT_SMOOTHING, DEFAULT_THRESHOLD
-from lobsearch.errors import ConfigError, closest
-
-
-class Frozen(BaseModel):
-    """Base of every config: immutable, unknown keys rejected, NaN and inf rejected."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-    def digest(self) -> str:
-        """A stable 16-hex-digit hash of the config's content (its canonical JSON)."""
-        text = json.dumps(self.model_dump(mode="json"), sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-PositiveInt = Field(ge=1)
+from lobsearch.errors import ConfigError
+from lobsearch.schema import Frozen, validate
 
 
 class GatesConfig(Frozen):
@@ -141,7 +129,11 @@ class DataConfig(Frozen):
 
 
 class ModelConfig(Frozen):
-    """A registered model name plus its hyperparameters, written flat beside the name."""
+    """A model name plus its hyperparameters, written flat beside the name.
+
+    The schema takes any name and any hyperparameters; ``model_problems`` checks them against
+    the model registry.
+    """
 
     name: StrictStr = "lstm"
     params: dict[str, Any] = Field(default_factory=dict)
@@ -156,19 +148,6 @@ class ModelConfig(Frozen):
             raw.setdefault("name", raw.pop("model_type"))
         name = raw.pop("name", "lstm")
         return {"name": name, "params": raw}
-
-    @model_validator(mode="after")
-    def _known_model_and_params(self) -> ModelConfig:
-        from lobsearch.models import model_spec
-
-        try:
-            spec = model_spec(self.name)
-        except ConfigError as error:
-            raise ValueError("; ".join(error.problems)) from None
-        problems = spec.problems(self.params)
-        if problems:
-            raise ValueError("; ".join(problems))
-        return self
 
 
 class TrainConfig(Frozen):
@@ -199,97 +178,106 @@ class TrainConfig(Frozen):
 
 
 class RunConfig(Frozen):
-    """One training run: ``python -m lobsearch.train RUN.yaml`` takes this."""
+    """One training run: ``python -m lobsearch.train RUN.yaml`` takes this.
+
+    Build one with ``validate_run`` (or ``load_run_config``), which adds the model check to
+    the schema's.
+    """
 
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
 
-    @model_validator(mode="after")
-    def _window_fits_model(self) -> RunConfig:
-        from lobsearch.models import model_spec
 
-        problems = model_spec(self.model.name).problems(self.model.params, window=self.data.window)
-        if problems:
-            raise ValueError("; ".join(problems))
-        return self
+def model_problems(model: ModelConfig, window: int | None = None) -> list[str]:
+    """What the model registry rejects in ``model``, one line each: an unknown name (with the
+    closest match and the choices), unknown or invalid hyperparameters (``model.<key>: ...``),
+    its cross-field rules, and ``window`` when given and below the model's minimum."""
+    from lobsearch.models import model_spec
 
-
-def _unknown_key(where: str, key: str, choices: Any, what: str = "key") -> str:
-    hint = closest(key, choices)
-    did_you_mean = f"; did you mean {hint!r}?" if hint else ""
-    return f"{where}: unknown {what}{did_you_mean} (choices: {', '.join(sorted(choices))})"
-
-
-def _model_fields(cls: type[BaseModel], loc: tuple) -> list[str]:
-    """The field names valid at ``loc`` (a pydantic error location) inside ``cls``."""
-    for part in loc[:-1]:
-        field = cls.model_fields.get(str(part)) if isinstance(part, str) else None
-        annotation = getattr(field, "annotation", None)
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
-            return []
-        cls = annotation
-    return list(cls.model_fields)
-
-
-def format_problems(error: ValidationError, cls: type[BaseModel], prefix: str = "") -> list[str]:
-    """One line per pydantic error: ``dotted.key: rule (got value)``."""
-    problems = []
-    for item in error.errors():
-        loc = tuple(p for p in item["loc"] if not str(p).startswith("function-"))
-        key = prefix + ".".join(str(p) for p in loc if not _is_type_tag(p))
-        if item["type"] == "extra_forbidden":
-            problems.append(_unknown_key(key, str(loc[-1]), _model_fields(cls, loc)))
-            continue
-        message = item["msg"].removeprefix("Value error, ")
-        value = item.get("input")
-        shown = "" if isinstance(value, dict) else f" (got {value!r})"
-        problems.append(f"{key or '(top level)'}: {message}{shown}")
-    return list(dict.fromkeys(problems))
-
-
-def _is_type_tag(part: Any) -> bool:
-    text = str(part)
-    return text in {"int", "float", "str", "bool", "none"} or text.startswith(("tuple[", "constrained"))
-
-
-def validate(cls: type[Frozen], raw: Any, source: str, prefix: str = "") -> Any:
-    """Build ``cls`` from ``raw`` or raise ConfigError listing every problem, prefixed by ``source``."""
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError(source, [f"{prefix or '(top level)'}: must be a mapping (got {type(raw).__name__})"])
     try:
-        return cls.model_validate(raw)
-    except ValidationError as error:
-        raise ConfigError(source, format_problems(error, cls, prefix)) from None
+        spec = model_spec(model.name)
+    except ConfigError as error:
+        return [f"model.name: {p}" for p in error.problems]
+    found = spec.problems(model.params, window=window)
+    return [f"model.{p}" if p.partition(": ")[0] in model.params else f"model: {p}" for p in found]
+
+
+def validate_run(raw: Any, source: str) -> RunConfig:
+    """Build a RunConfig from ``raw``: the schema, then ``model_problems``; raises ConfigError
+    listing the problems of both in one pass, prefixed by ``source``. When the schema fails, the
+    model is still checked if its own section is valid (the window if ``data`` is)."""
+    try:
+        config = validate(RunConfig, raw, source)
+    except ConfigError as error:
+        model, data = _section(ModelConfig, raw, "model"), _section(DataConfig, raw, "data")
+        found = model_problems(model, data.window if data else None) if model else []
+        raise ConfigError(source, [*error.problems, *found]) from None
+    found = model_problems(config.model, config.data.window)
+    if found:
+        raise ConfigError(source, found)
+    return config
+
+
+def _section(cls: type[Frozen], raw: Any, key: str) -> Any:
+    """``raw[key]`` built as ``cls``, or None when it breaks the schema (reported there)."""
+    value = raw.get(key) if isinstance(raw, dict) else None
+    try:
+        return cls.model_validate({} if value is None else value)
+    except ValidationError:
+        return None
 
 
 _FLOAT = re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)$")
 
 
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that also reads ``1e-3`` as a float (YAML 1.1 wants ``1.0e-3``)."""
+    """SafeLoader that also reads ``1e-3`` as a float (YAML 1.1 wants ``1.0e-3``) and records
+    every key a mapping repeats in ``duplicates`` as (line, problem); a key merged in with
+    ``<<`` may still be overridden."""
+
+    def __init__(self, stream: str):
+        super().__init__(stream)
+        self.duplicates: list[tuple[int, str]] = []
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        first: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key, line = self.construct_object(key_node), key_node.start_mark.line + 1
+            if key in first:
+                problem = f"line {line}: duplicate key {key!r} (first at line {first[key]})"
+                self.duplicates.append((line, problem))
+            first.setdefault(key, line)
+        return super().construct_mapping(node, deep=deep)
 
 
 _Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
 
 
 def read_yaml(path: str | Path) -> Any:
-    """Parse a YAML file; raises ConfigError naming the file and line for syntax errors."""
+    """Parse a YAML file; raises ConfigError naming the file and the line of a syntax error or
+    of each repeated key (``line 12: duplicate key 'params' (first at line 3)``)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(str(path), ["file not found"])
+    loader = _Loader(path.read_text())
     try:
-        return yaml.load(path.read_text(), Loader=_Loader)
+        data = loader.get_single_data()
     except yaml.YAMLError as error:
         raise ConfigError(str(path), [f"not valid YAML: {error}"]) from None
+    finally:
+        loader.dispose()
+    if loader.duplicates:
+        raise ConfigError(str(path), [problem for _, problem in sorted(loader.duplicates)])
+    return data
 
 
 def load_run_config(path: str | Path) -> RunConfig:
-    """Read and validate a run config file; a relative ``data.export`` is made absolute (cwd)."""
-    config = validate(RunConfig, read_yaml(path), str(path))
-    return with_absolute_export(config)
+    """Read and validate a run config file (``validate_run``); a relative ``data.export`` is
+    made absolute (cwd)."""
+    return with_absolute_export(validate_run(read_yaml(path), str(path)))
 
 
 def with_absolute_export(config: RunConfig) -> RunConfig:

@@ -11,14 +11,16 @@ fractional GPUs) fill those gaps. How many is a measurement, not a constant:
 - *CPUs*: every trial needs its own CPUs on the GPU's node.
 
 ``probe_step`` measures a configuration's step on a GPU (``search.gpus_per_trial: auto`` runs it
-on a few sampled configurations before the search starts, in a Ray task holding one GPU), and
-``trials_per_gpu`` turns the heaviest measurement into a packing.
+on a few sampled configurations before the search starts, in a Ray task holding one GPU),
+``trials_per_gpu`` turns the heaviest measurement into a packing, and
+``decide_gpus_per_trial`` makes the whole decision from plain values (no Ray here).
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +37,9 @@ fragmentation take more than the probe saw."""
 
 MAX_TRIALS_PER_GPU = 16
 """Ray packs at most this many trials on one GPU (1/16 GPU each)."""
+
+PROBE_CONFIGS = 3
+"""Sampled configurations ``gpus_per_trial: auto`` measures; the heaviest decides."""
 
 
 @dataclass(frozen=True)
@@ -103,6 +108,65 @@ def heaviest(profiles: list[StepProfile]) -> StepProfile:
         samples_per_s=min(p.samples_per_s for p in profiles),
         label=", ".join(p.label for p in profiles),
     )
+
+
+@dataclass(frozen=True)
+class ProbeOutcome:
+    """What the probe of a few sampled configurations on one GPU found.
+
+    profiles: one per configuration measured; device_memory_bytes: the GPU's memory; failures:
+    one line per configuration that could not be measured; error: why the probe itself did not
+    finish (a timeout, its worker died), None when it did.
+    """
+
+    profiles: tuple[StepProfile, ...] = ()
+    device_memory_bytes: int = 0
+    failures: tuple[str, ...] = ()
+    error: str | None = None
+
+
+def decide_gpus_per_trial(
+    setting: float | str,
+    nodes: list[dict[str, float]],
+    *,
+    cpus_per_trial: float,
+    autoscaling: bool,
+    probe: Callable[[], ProbeOutcome],
+    say: Callable[[str], None],
+) -> float:
+    """The GPUs each trial asks Ray for: ``setting`` itself when it is a number; for ``auto``, 0
+    when no node in ``nodes`` (the alive nodes' resources) has a GPU, else the packing that
+    ``probe()`` measures on one GPU (``trials_per_gpu`` of the heaviest profile, on the node with
+    the most GPUs), and 1 when the probe fails or measures nothing. Says each decision.
+    """
+    if setting != "auto":
+        return float(setting)
+    gpu_nodes = [n for n in nodes if n.get("GPU")]
+    if not gpu_nodes:
+        hint = (" (no GPU node is up yet: if the autoscaler adds GPU nodes, give "
+                "--gpus-per-trial, or keep one GPU node up with min_workers)") if autoscaling else ""
+        say(f"gpus_per_trial auto: no GPU in the cluster, trials run on CPUs{hint}")
+        return 0.0
+    say(f"gpus_per_trial auto: measuring {PROBE_CONFIGS} sampled configurations on one GPU")
+    found = probe()
+    if found.error is not None:
+        say(f"gpus_per_trial auto -> 1: the probe did not finish ({found.error}); one trial per GPU")
+        return 1.0
+    for failure in found.failures:
+        say(f"  probe skipped a configuration: {failure}")
+    if not found.profiles:
+        say("gpus_per_trial auto -> 1: no sampled configuration could be measured; one trial per GPU")
+        return 1.0
+    node = max(gpu_nodes, key=lambda r: r["GPU"])
+    packing = trials_per_gpu(
+        heaviest(list(found.profiles)), device_memory_bytes=found.device_memory_bytes,
+        cpus_per_gpu=node.get("CPU", 1) / node["GPU"], cpus_per_trial=cpus_per_trial,
+    )
+    for profile in found.profiles:
+        say(f"  {profile.label}: {profile.samples_per_s:,.0f} samples/s alone, GPU busy "
+            f"{profile.busy:.0%}, peak {profile.peak_memory_bytes / 2**20:,.0f} MiB")
+    say(f"gpus_per_trial auto -> {packing.gpus_per_trial:g}: {packing.reason}")
+    return packing.gpus_per_trial
 
 
 def _gib(n: float) -> str:

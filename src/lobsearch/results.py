@@ -13,17 +13,16 @@ from __future__ import annotations
 
 import csv
 import io
-import math
-import os
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 
-if TYPE_CHECKING:
-    from lobsearch.search import Search
+from lobsearch.console import fmt
+from lobsearch.files import dump_json, plain, write_text
+from lobsearch.plan import Plan
 
 EPOCH_KEYS = ("epoch", "train_loss", "val_loss", "val_macro_f1", "val_accuracy", "val_mcc", "samples_per_s", "lr")
 
@@ -78,52 +77,44 @@ def _history(result: Any) -> list[dict[str, Any]]:
     if frame is None or frame.empty:
         return []
     keep = [k for k in EPOCH_KEYS if k in frame.columns] + (["time_total_s"] if "time_total_s" in frame else [])
-    rows = [{("time_s" if k == "time_total_s" else k): _plain(v) for k, v in row.items()} for row in frame[keep].to_dict("records")]
+    rows = [{("time_s" if k == "time_total_s" else k): plain(v, finite=True) for k, v in row.items()}
+            for row in frame[keep].to_dict("records")]
     # a trial retried from its last checkpoint may report an epoch twice: the later one counts
     return list({row.get("epoch", i): row for i, row in enumerate(rows)}.values())
 
 
-def _plain(value: Any) -> Any:
-    if hasattr(value, "item"):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def _trial_record(number: int, result: Any, search: Search, t0: float | None) -> dict[str, Any]:
-    metric = search.space.spec.objective.metric
-    sign = 1 if search.space.spec.objective.direction == "max" else -1
+def _trial_record(number: int, result: Any, plan: Plan, t0: float | None) -> dict[str, Any]:
+    metric = plan.metric
     history = _history(result)
     best_row = max(
-        (row for row in history if row.get(metric) is not None), key=lambda r: sign * r[metric], default=None
+        (row for row in history if row.get(metric) is not None), key=lambda r: plan.sign * r[metric], default=None
     )
     last = result.metrics or {}
-    params = {k: _plain(v) for k, v in (result.config or {}).items()}
+    params = {k: plain(v, finite=True) for k, v in (result.config or {}).items()}
     end = last.get("timestamp")
     duration = last.get("time_total_s")
     start = end - duration if end is not None and duration is not None else None
     return {
         "trial_id": last.get("trial_id", result.path.rsplit("/", 1)[-1] if result.path else str(number)),
         "number": number,
-        "status": _status(result, search.space.spec.fixed.get("train", {}).get("epochs", 10)),
+        "status": _status(result, plan.max_epochs),
         "params": params,
         "best": ({"epoch": best_row.get("epoch"), **{k: v for k, v in best_row.items() if k.startswith("val_")}}
                  if best_row else None),
         "epochs": len(history),
-        "duration_s": _plain(duration),
+        "duration_s": plain(duration, finite=True),
         "start_s": None if start is None or t0 is None else round(start - t0, 3),
         "end_s": None if end is None or t0 is None else round(end - t0, 3),
         "n_params": last.get("n_params"),
         "node_id": last.get("node_id"),
-        "latency_ms": _plain(last.get("latency_ms")),
+        "latency_ms": plain(last.get("latency_ms"), finite=True),
         "history": history,
         "error": None if result.error is None else str(result.error).strip().splitlines()[-1][:500],
         "checkpoint": result.checkpoint.path if result.checkpoint is not None else None,
     }
 
 
-def collect(grid: Any, search: Search, export: Any, prepared: dict[str, Any]) -> Summary:
+def collect(grid: Any, plan: Plan, export: Any, prepared: dict[str, Any]) -> Summary:
     """Turn Tune's ResultGrid into a Summary with the best trial picked on validation."""
     results = list(grid)
     starts = [
@@ -133,48 +124,47 @@ def collect(grid: Any, search: Search, export: Any, prepared: dict[str, Any]) ->
     ]
     t0 = min(starts) if starts else None
     trials = sorted(
-        (_trial_record(i, r, search, t0) for i, r in enumerate(results)),
+        (_trial_record(i, r, plan, t0) for i, r in enumerate(results)),
         key=lambda t: (t["start_s"] is None, t["start_s"] or 0),
     )
     for number, trial in enumerate(trials):
         trial["number"] = number
-    spec = search.space.spec
+    spec = plan.space.spec
     summary = Summary(
-        name=search.name,
-        space=search.space.source,
-        objective={"metric": spec.objective.metric, "mode": spec.objective.direction},
+        name=plan.name,
+        space=plan.space.source,
+        objective={"metric": plan.metric, "mode": plan.mode},
         export=str(export.root),
-        started_at=search.started_at,
-        stopped_by=_stopped_by(trials, search),
+        started_at=plan.started_at,
+        stopped_by=_stopped_by(trials, plan),
         trials=trials,
         oracle_macro_f1=(export.manifest or {}).get("oracle_macro_f1"),
     )
     summary.gate_report = next(iter(prepared.values())).gate_report if prepared else None
     horizon = spec.fixed.get("data", {}).get("horizon")
     summary.extra["horizon"] = horizon if "data.horizon" not in spec.params else None
-    _pick_best(summary, search)
+    _pick_best(summary, plan)
     if spec.objective.multi:
         summary.pareto = pareto_front(trials, spec.objective)
     return summary
 
 
-def _stopped_by(trials: list[dict[str, Any]], search: Search) -> str:
-    settings = search.space.spec.search
+def _stopped_by(trials: list[dict[str, Any]], plan: Plan) -> str:
+    settings = plan.space.spec.search
     if len(trials) >= settings.num_samples and all(t["status"] != "pruned" or t["epochs"] for t in trials):
         return "completed"
     return "time_budget" if settings.time_budget_s else "interrupted"
 
 
-def _pick_best(summary: Summary, search: Search) -> None:
-    metric = search.space.spec.objective.metric
-    sign = 1 if search.space.spec.objective.direction == "max" else -1
+def _pick_best(summary: Summary, plan: Plan) -> None:
+    metric = plan.metric
     scored = [t for t in summary.trials if t["best"] and t["best"].get(metric) is not None]
     if not scored:
         return
-    best = max(scored, key=lambda t: sign * t["best"][metric])
+    best = max(scored, key=lambda t: plan.sign * t["best"][metric])
     summary.best = {"trial_id": best["trial_id"], "params": best["params"], "search_val": dict(best["best"])}
     summary.best_checkpoint = best["checkpoint"]
-    summary.best_run_config = search.space.run_config(best["params"])
+    summary.best_run_config = plan.space.run_config(best["params"])
 
 
 def pareto_front(trials: list[dict[str, Any]], objective: Any) -> list[dict[str, Any]]:
@@ -214,17 +204,15 @@ def evaluate_best(summary: Summary, prepared: dict[str, Any]) -> None:
 
 
 def write_results(summary: Summary, run_dir: Path) -> None:
-    from lobsearch.search import dump_json
-
     run_dir.mkdir(parents=True, exist_ok=True)
     dump_json(run_dir / "results.json", summary.to_json())
-    _write_atomic(run_dir / "results.csv", _csv(summary.trials))
+    write_text(run_dir / "results.csv", _csv(summary.trials))
     if summary.best_run_config is not None:
         config = summary.best_run_config.model_dump(mode="json")
         config["model"] = {"name": config["model"]["name"], **config["model"]["params"]}
         header = f"# Best configuration of search {summary.name!r}; run it with:\n"
         header += f"#   python -m lobsearch.train {run_dir / 'best_config.yaml'}\n"
-        _write_atomic(run_dir / "best_config.yaml", header + yaml.safe_dump(config, sort_keys=False))
+        write_text(run_dir / "best_config.yaml", header + yaml.safe_dump(config, sort_keys=False))
     try:
         from lobsearch.report import write_report
 
@@ -256,12 +244,6 @@ def _csv(trials: list[dict[str, Any]]) -> str:
     return buffer.getvalue()
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def print_summary(summary: Summary, run_dir: Path, *, quiet: bool = False) -> None:
     """The short table a user reads at the end of a search (one line with ``quiet``)."""
     metric = summary.objective["metric"]
@@ -284,7 +266,7 @@ def print_summary(summary: Summary, run_dir: Path, *, quiet: bool = False) -> No
     if ranked:
         print(f"\n  {'trial':<14} {metric:>13} {'epochs':>6} {'status':<13} params")
         for trial in ranked:
-            params = ", ".join(f"{k}={_short(v)}" for k, v in trial["params"].items())
+            params = ", ".join(f"{k}={fmt(v)}" for k, v in trial["params"].items())
             print(f"  {trial['trial_id']:<14} {trial['best'][metric]:>13.4f} {trial['epochs']:>6} {trial['status']:<13} {params}")
     best = summary.best
     if best and best.get("test"):
@@ -300,7 +282,3 @@ def print_summary(summary: Summary, run_dir: Path, *, quiet: bool = False) -> No
         print(f"  report: {run_dir / 'report.html'}")
     if summary.extra.get("wandb_sync"):
         print(f"  W&B runs are offline; upload them with:\n    {summary.extra['wandb_sync']}")
-
-
-def _short(value: Any) -> str:
-    return f"{value:.3g}" if isinstance(value, float) else str(value)

@@ -1,235 +1,252 @@
 """The search driver: Ray at the edge of lobsearch.
 
-``Search.run`` starts (or joins) Ray, prepares each data config once with Ray Data, runs a Tune
-``Tuner`` (OptunaSearch + ASHA) over ``trial.run_trial``, and writes the results. A search whose
-storage already holds an experiment of the same name is resumed: finished trials are kept,
-unfinished ones continue from their checkpoints, and the searcher's state is restored.
+``run_search`` resolves what the search is (the export, its name and storage, the GPUs per
+trial) into a frozen ``Plan``, starts (or joins) Ray, prepares each data config once with Ray
+Data, runs a Tune ``Tuner`` (``lobsearch.tuner``) over ``trial.run_trial``, and finishes: the
+results files (``lobsearch.results``), the best model's test metrics, the W&B best run. A
+search whose storage already holds an experiment of the same name is resumed: finished trials
+are kept, unfinished ones continue from their checkpoints, and the searcher's state is restored.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
-from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from lobsearch.console import clock, fmt
 from lobsearch.errors import DataError
+from lobsearch.plan import Plan
 from lobsearch.space import SearchSpace
-from lobsearch.tune import EXIT_INTERRUPTED, default_name, default_storage, elapsed, fmt
 
 
-@dataclass
-class Search:
-    space: SearchSpace
-    export: Path | None
-    name: str
-    storage: str
-    resume: bool = False
-    address: str | None = None
-    quiet: bool = False
-    gpus_per_trial: float = 0.0
-    """Resolved from the space's ``search.gpus_per_trial`` (``auto`` is measured) before the Tuner."""
-    started: float = field(default_factory=time.monotonic)
-    started_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+class Outcome(str, Enum):
+    """How a search ended: every trial it ran finished (some may have failed), it was
+    interrupted (Ctrl-C; finished trials kept), or no trial produced a result at all."""
 
-    @classmethod
-    def from_args(cls, space: SearchSpace, args: argparse.Namespace) -> Search:
-        storage = args.storage or default_storage()
-        if "://" not in storage:
-            storage = str(Path(storage).resolve())
-        if args.resume and not args.name:
-            raise DataError("--resume needs --name NAME: the search to continue (see the run folder under --storage)")
-        return cls(
-            space=space,
-            export=args.data.resolve() if args.data else None,
-            name=args.name or default_name(space),
-            storage=storage,
-            resume=args.resume,
-            address=args.address or os.environ.get("RAY_ADDRESS"),
-            quiet=args.quiet,
-        )
+    FINISHED = "finished"
+    INTERRUPTED = "interrupted"
+    ALL_FAILED = "all_failed"
 
-    @property
-    def run_dir(self) -> Path:
-        """Where results files go: the experiment folder, or ./runs/NAME for remote storage."""
-        if "://" in self.storage:
-            return Path("runs").resolve() / self.name
-        return Path(self.storage) / self.name
 
-    def say(self, message: str) -> None:
-        if not self.quiet:
-            print(f"[{elapsed(self.started)}] {message}", flush=True)
+def run_search(
+    space: SearchSpace,
+    *,
+    export: Path | None,
+    name: str | None = None,
+    storage: str | None = None,
+    resume: bool = False,
+    address: str | None = None,
+    quiet: bool = False,
+) -> Outcome:
+    """Run (or resume) the search of ``space`` on ``export`` (None: the built-in demo export).
 
-    def run(self) -> int:
-        from lobsearch.data.days import discover_export, validate_export
+    ``name`` defaults to ``<space name>-<timestamp>``, ``storage`` to ``$LOBSEARCH_STORAGE`` or
+    ./runs, ``address`` to ``$RAY_ADDRESS`` (else a local Ray). Raises DataError for an export
+    that breaks the contract or a ``resume`` with nothing to continue.
+    """
+    from lobsearch.data.days import discover_export, validate_export
+
+    started = time.monotonic()
+    say = _printer(started, quiet)
+    if resume and not name:
+        raise DataError("--resume needs --name NAME: the search to continue (see the run folder under --storage)")
+    if export is None:
         from lobsearch.synth import demo_export
 
-        if self.export is None:
-            self.export = demo_export()
-            self.say(f"no --data given: using the built-in synthetic demo export at {self.export}")
-        export = discover_export(self.export)
-        validate_export(export, deep=False)  # headers now; every row is checked as it is prepared
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        settings = self.space.spec.search
-        self.say(
-            f"search {self.name!r}: {settings.num_samples} trials of {self.space.source}, "
-            f"objective {self.space.spec.objective.metric} ({self.space.spec.objective.direction})"
+        export = demo_export()
+        say(f"no --data given: using the built-in synthetic demo export at {export}")
+    found = discover_export(export)
+    validate_export(found, deep=False)  # headers now; every row is checked as it is prepared
+    name = name or default_name(space)
+    storage = _absolute(storage or default_storage())
+    _say_start(space, name, say)
+    with _ray_session(address or os.environ.get("RAY_ADDRESS")) as joined:
+        prepared = _prepare(space, found, say)
+        plan = Plan(
+            space=space, export=Path(export).resolve(), name=name, storage=storage,
+            run_dir=_run_dir(storage, name), resume=resume, address=joined,
+            metric=space.spec.objective.metric, mode=space.spec.objective.direction,
+            sign=space.spec.objective.sign, max_epochs=space.max_epochs,
+            gpus_per_trial=_gpus_per_trial(space, prepared, autoscaling=bool(joined), say=say),
+            started=started, started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            say=say, quiet=quiet,
         )
-        if settings.time_budget_s:
-            self.say(
-                f"time budget {settings.time_budget_s:.0f} s: the search stops then, "
-                "even if fewer trials have run"
-            )
-        with _ray_session(self.address):
-            prepared = self._prepare(export)
-            self.gpus_per_trial = self._gpus_per_trial(prepared)
-            grid, interrupted = self._fit(prepared)
-            return self._finish(grid, prepared, export, interrupted)
-
-    def _prepare(self, export: Any) -> dict[str, Any]:
-        from lobsearch.data.pipeline import prepare
-
-        prepared = {}
-        for prep in self.space.prep_configs():
-            started = time.monotonic()
-            result = prepare(export, prep, engine="ray")
-            origin = "from cache" if result.from_cache else f"in {time.monotonic() - started:.1f} s"
-            self.say(f"data config {prep.digest()}: {result.summary()} ({origin})")
-            prepared[prep.digest()] = result
-        return prepared
-
-    def _gpus_per_trial(self, prepared: dict[str, Any]) -> float:
-        """The space's GPUs per trial; ``auto``: 0 without GPUs, else the packing that a probe of
-        a few sampled configurations on one GPU supports (``gpu.trials_per_gpu``)."""
-        import ray
-
-        from lobsearch.gpu import heaviest, trials_per_gpu
-
-        settings = self.space.spec.search
-        if settings.gpus_per_trial != "auto":
-            return float(settings.gpus_per_trial)
-        gpu_nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive") and n["Resources"].get("GPU")]
-        if not gpu_nodes:
-            hint = (" (no GPU node is up yet: if the autoscaler adds GPU nodes, give "
-                    "--gpus-per-trial, or keep one GPU node up with min_workers)") if self.address else ""
-            self.say(f"gpus_per_trial auto: no GPU in the cluster, trials run on CPUs{hint}")
-            return 0.0
-        runs = [run for _, run in sample_points(self.space, PROBE_CONFIGS)]
-        self.say(f"gpus_per_trial auto: measuring {len(runs)} sampled configurations on one GPU")
-        task = _probe_remote().remote(runs, [prepared[run.data.prep().digest()] for run in runs])
-        try:
-            profiles, device_memory, failures = ray.get(task, timeout=PROBE_TIMEOUT_S)
-        except Exception as error:  # a timeout, or the probe's worker died
-            ray.cancel(task, force=True)
-            self.say(f"gpus_per_trial auto -> 1: the probe did not finish ({type(error).__name__}: "
-                     f"{str(error).splitlines()[0] if str(error) else ''}); one trial per GPU")
-            return 1.0
-        for failure in failures:
-            self.say(f"  probe skipped a configuration: {failure}")
-        if not profiles:
-            self.say("gpus_per_trial auto -> 1: no sampled configuration could be measured; one trial per GPU")
-            return 1.0
-        node = max(gpu_nodes, key=lambda r: r["GPU"])
-        packing = trials_per_gpu(
-            heaviest(profiles), device_memory_bytes=device_memory,
-            cpus_per_gpu=node.get("CPU", 1) / node["GPU"], cpus_per_trial=settings.cpus_per_trial,
-        )
-        for profile in profiles:
-            self.say(f"  {profile.label}: {profile.samples_per_s:,.0f} samples/s alone, GPU busy "
-                     f"{profile.busy:.0%}, peak {profile.peak_memory_bytes / 2**20:,.0f} MiB")
-        self.say(f"gpus_per_trial auto -> {packing.gpus_per_trial:g}: {packing.reason}")
-        return packing.gpus_per_trial
-
-    def _fit(self, prepared: dict[str, Any]) -> tuple[Any, bool]:
-        from lobsearch.tuner import build_tuner
-
-        tuner = build_tuner(self, prepared)
-        try:
-            grid = tuner.fit()
-        except KeyboardInterrupt:
-            return None, True
-        return grid, _was_interrupted(grid, self)
-
-    def _finish(self, grid: Any, prepared: dict[str, Any], export: Any, interrupted: bool) -> int:
-        from lobsearch.results import collect, evaluate_best, print_summary, upload_results, write_results
-
-        resume_hint = (
-            f"python -m lobsearch.tune {self.space.source} --name {self.name} --storage {self.storage} --resume"
-        )
-        if grid is None:
-            print(f"interrupted; finished trials are kept. Resume with:\n  {resume_hint}")
-            return EXIT_INTERRUPTED
-        summary = collect(grid, self, export, prepared)
-        if interrupted:
-            summary.stopped_by = "interrupted"
-        if summary.best is not None:
-            self.say("evaluating the best configuration once on the test split")
-            evaluate_best(summary, prepared)
-        write_results(summary, self.run_dir)
-        self._record_best(summary)
-        if "://" in self.storage:
-            upload_results(self.run_dir, f"{self.storage.rstrip('/')}/{self.name}")
-        print_summary(summary, self.run_dir, quiet=self.quiet)
-        if interrupted:
-            print(f"interrupted; finished trials are kept. Resume with:\n  {resume_hint}")
-            return EXIT_INTERRUPTED
-        return 0
+        plan.run_dir.mkdir(parents=True, exist_ok=True)
+        grid, interrupted = _fit(plan, prepared)
+        return _finish(plan, grid, prepared, found, interrupted)
 
 
-    def _record_best(self, summary: Any) -> None:
-        """The best configuration and its test metrics as one more W&B run of the search's group."""
-        from lobsearch.tracking import record_best, settings_for_search, sync_command
-
-        settings = settings_for_search(self)
-        if settings is None or summary.best is None:
-            return
-        checkpoint = Path(summary.best_checkpoint) if summary.best_checkpoint else None
-        config = summary.best_run_config.model_dump(mode="json") if summary.best_run_config else {}
-        record_best(settings, group=self.name, best=summary.best, config=config,
-                    checkpoint=checkpoint if checkpoint and checkpoint.is_dir() else None)
-        command = sync_command(self.run_dir)
-        if command:
-            summary.extra["wandb_sync"] = command
+def default_name(space: SearchSpace) -> str:
+    """``<space name>-<YYYYmmdd-HHMMSS>``."""
+    return f"{space.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
-def _was_interrupted(grid: Any, search: Search) -> bool:
+def default_storage() -> str:
+    """``$LOBSEARCH_STORAGE`` or ./runs."""
+    return os.environ.get("LOBSEARCH_STORAGE") or "runs"
+
+
+def _absolute(storage: str) -> str:
+    """A local storage folder made absolute (Tune changes each trial's directory); URIs kept."""
+    return storage if "://" in storage else str(Path(storage).resolve())
+
+
+def _run_dir(storage: str, name: str) -> Path:
+    """Where results files go: the experiment folder, or ./runs/NAME for remote storage."""
+    return Path("runs").resolve() / name if "://" in storage else Path(storage) / name
+
+
+def _printer(started: float, quiet: bool) -> Callable[[str], None]:
+    def say(message: str) -> None:
+        if not quiet:
+            print(f"[{clock(time.monotonic() - started)}] {message}", flush=True)
+
+    return say
+
+
+def _say_start(space: SearchSpace, name: str, say: Callable[[str], None]) -> None:
+    settings, objective = space.spec.search, space.spec.objective
+    say(f"search {name!r}: {settings.num_samples} trials of {space.source}, "
+        f"objective {objective.metric} ({objective.direction})")
+    if settings.time_budget_s:
+        say(f"time budget {settings.time_budget_s:.0f} s: the search stops then, even if fewer trials have run")
+
+
+def _prepare(space: SearchSpace, export: Any, say: Callable[[str], None]) -> dict[str, Any]:
+    """Each data config of the space prepared once with Ray Data: {prep digest: Prepared}."""
+    from lobsearch.data.pipeline import prepare
+
+    prepared = {}
+    for prep in space.prep_configs():
+        started = time.monotonic()
+        result = prepare(export, prep, engine="ray")
+        origin = "from cache" if result.from_cache else f"in {time.monotonic() - started:.1f} s"
+        say(f"data config {prep.digest()}: {result.summary()} ({origin})")
+        prepared[prep.digest()] = result
+    return prepared
+
+
+def _gpus_per_trial(space: SearchSpace, prepared: dict[str, Any], *, autoscaling: bool,
+                    say: Callable[[str], None]) -> float:
+    """``gpu.decide_gpus_per_trial`` on the cluster's alive nodes, probing on one of its GPUs."""
+    import ray
+
+    from lobsearch.gpu import decide_gpus_per_trial
+
+    settings = space.spec.search
+    return decide_gpus_per_trial(
+        settings.gpus_per_trial, [n["Resources"] for n in ray.nodes() if n.get("Alive")],
+        cpus_per_trial=settings.cpus_per_trial, autoscaling=autoscaling,
+        probe=lambda: _probe(space, prepared), say=say,
+    )
+
+
+def _fit(plan: Plan, prepared: dict[str, Any]) -> tuple[Any, bool]:
+    from lobsearch.tuner import build_tuner
+
+    tuner = build_tuner(plan, prepared)
+    try:
+        grid = tuner.fit()
+    except KeyboardInterrupt:
+        return None, True
+    return grid, _was_interrupted(plan)
+
+
+def _finish(plan: Plan, grid: Any, prepared: dict[str, Any], export: Any, interrupted: bool) -> Outcome:
+    from lobsearch.results import collect, evaluate_best, print_summary, upload_results, write_results
+
+    resume_hint = (
+        f"python -m lobsearch.tune {plan.space.source} --name {plan.name} --storage {plan.storage} --resume"
+    )
+    if grid is None:
+        print(f"interrupted; finished trials are kept. Resume with:\n  {resume_hint}")
+        return Outcome.INTERRUPTED
+    summary = collect(grid, plan, export, prepared)
+    if interrupted:
+        summary.stopped_by = "interrupted"
+    if summary.best is not None:
+        plan.say("evaluating the best configuration once on the test split")
+        evaluate_best(summary, prepared)
+    write_results(summary, plan.run_dir)
+    _record_best(plan, summary)
+    if plan.remote_storage:
+        upload_results(plan.run_dir, plan.experiment_path)
+    print_summary(summary, plan.run_dir, quiet=plan.quiet)
+    if interrupted:
+        print(f"interrupted; finished trials are kept. Resume with:\n  {resume_hint}")
+        return Outcome.INTERRUPTED
+    if summary.trials and all(t["status"] == "failed" for t in summary.trials):
+        return Outcome.ALL_FAILED
+    return Outcome.FINISHED
+
+
+def _record_best(plan: Plan, summary: Any) -> None:
+    """The best configuration and its test metrics as one more W&B run of the search's group."""
+    from lobsearch.tracking import record_best, settings_for_search, sync_command
+
+    settings = settings_for_search(plan)
+    if settings is None or summary.best is None:
+        return
+    checkpoint = Path(summary.best_checkpoint) if summary.best_checkpoint else None
+    config = summary.best_run_config.model_dump(mode="json") if summary.best_run_config else {}
+    record_best(settings, group=plan.name, best=summary.best, config=config,
+                checkpoint=checkpoint if checkpoint and checkpoint.is_dir() else None)
+    command = sync_command(plan.run_dir)
+    if command:
+        summary.extra["wandb_sync"] = command
+
+
+def _was_interrupted(plan: Plan) -> bool:
     """True when the fit returned with trials still pending, running or paused: Ctrl-C stopped it
     (a time budget ends every started trial, and the searcher then starts no more)."""
     from ray.tune import ExperimentAnalysis
 
     try:
-        trials = ExperimentAnalysis(f"{search.storage.rstrip('/')}/{search.name}").trials
+        trials = ExperimentAnalysis(plan.experiment_path).trials
     except Exception:  # no readable experiment state: nothing suggests an interruption
         return False
     return any(trial.status not in ("TERMINATED", "ERROR") for trial in trials)
 
 
+RAY_ENVIRONMENT = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "WANDB_SILENT": "true",
+    "RAY_AUTH_MODE": "disabled",
+    "RAY_AIR_NEW_OUTPUT": "0",
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+}
+"""Set (unless already set) before Ray starts: no usage reporting, no auth prompt, Tune's own
+console output off (lobsearch prints its status line), no checkpoint-sync warning."""
+
+
 class _ray_session:
-    """Join the cluster at ``address`` or start a local Ray sized to this machine; shut down after."""
+    """Join the cluster at ``address`` or start a local Ray sized to this machine; shut down
+    after. Entering yields the address joined (None for a local Ray)."""
 
     def __init__(self, address: str | None):
         self.address = address
         self.started_here = False
 
-    def __enter__(self) -> None:
+    def __enter__(self) -> str | None:
         import ray
 
-        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        os.environ.setdefault("WANDB_SILENT", "true")
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-        os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+        from lobsearch.data.pipeline import start_ray
+
+        for key, value in RAY_ENVIRONMENT.items():
+            os.environ.setdefault(key, value)
         if ray.is_initialized():
-            return
+            return self.address
         if self.address:
             ray.init(address=self.address, log_to_driver=False)
         else:
-            ray.init(address="local", include_dashboard=False, log_to_driver=False, configure_logging=False)
+            start_ray()
         self.started_here = True
+        return self.address
 
     def __exit__(self, *exc: Any) -> None:
         import ray
@@ -238,11 +255,26 @@ class _ray_session:
             ray.shutdown()
 
 
-PROBE_CONFIGS = 3
-"""Sampled configurations ``gpus_per_trial: auto`` measures; the heaviest decides."""
-
 PROBE_TIMEOUT_S = 600.0
 """How long the search waits for the probe before it falls back to one trial per GPU."""
+
+
+def _probe(space: SearchSpace, prepared: dict[str, Any]) -> Any:
+    """Run the probe of ``PROBE_CONFIGS`` sampled configurations in a Ray task holding one GPU;
+    a ``gpu.ProbeOutcome`` (with ``error`` set when it did not finish in time)."""
+    import ray
+
+    from lobsearch.gpu import PROBE_CONFIGS, ProbeOutcome
+
+    runs = [run for _, run in sample_points(space, PROBE_CONFIGS)]
+    task = _probe_remote().remote(runs, [prepared[run.data.prep().digest()] for run in runs])
+    try:
+        profiles, device_memory, failures = ray.get(task, timeout=PROBE_TIMEOUT_S)
+    except Exception as error:  # a timeout, or the probe's worker died
+        ray.cancel(task, force=True)
+        first = str(error).splitlines()[0] if str(error) else ""
+        return ProbeOutcome(error=f"{type(error).__name__}: {first}")
+    return ProbeOutcome(tuple(profiles), device_memory, tuple(failures))
 
 
 def _probe_remote() -> Any:
@@ -282,15 +314,6 @@ def sample_points(space: SearchSpace, n: int) -> list[tuple[dict[str, Any], Any]
         points.append((flat, space.run_config(flat)))
         study.tell(trial, 0.0)
     return points
-
-
-def dump_json(path: Path, payload: Any) -> None:
-    """Write JSON atomically (tmp + rename): a crash never leaves a half-written file."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str))
-    os.replace(tmp, path)
-
-
 
 
 def dry_run(space: SearchSpace, *, export: Path | None = None, n: int = 5) -> list[Any]:

@@ -27,27 +27,32 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
 from pydantic import (
     BaseModel, Field, StrictBool, StrictFloat, StrictInt, StrictStr, field_validator, model_validator,
 )
 
-from lobsearch.config import (
-    DataConfig,
-    Frozen,
-    PrepConfig,
-    RunConfig,
-    TrainConfig,
-    read_yaml,
-    validate,
-)
+from lobsearch.config import DataConfig, PrepConfig, RunConfig, TrainConfig, read_yaml, validate_run
 from lobsearch.contract import OBJECTIVES
 from lobsearch.errors import ConfigError, closest, unknown_choice
+from lobsearch.schema import Frozen, validate
 
 Scalar = StrictBool | StrictInt | StrictFloat | StrictStr
 
 
 class Param(Frozen):
-    """One searched value: ``float``/``int`` over [low, high] (``log`` or ``step``), or ``categorical``."""
+    """One searched value: ``float``/``int`` over [low, high] (``log`` or ``step``), or ``categorical``.
+
+    Valid when Optuna accepts its distribution (``distribution``): low <= high, ``log`` needs
+    low > 0 and no ``step``, ``step`` > 0, non-empty ``choices``; Optuna's message is the error.
+    Checked here besides: categorical takes only ``choices``, float and int take no ``choices``
+    and need both bounds, and int bounds and step are whole numbers (Optuna would truncate them).
+    """
 
     type: Literal["float", "int", "categorical"]
     low: StrictInt | StrictFloat | None = None
@@ -58,31 +63,31 @@ class Param(Frozen):
 
     @model_validator(mode="after")
     def _consistent(self) -> Param:
-        if self.type == "categorical":
-            if not self.choices:
-                raise ValueError("categorical needs a non-empty `choices` list")
-            if self.low is not None or self.high is not None or self.log or self.step is not None:
-                raise ValueError("categorical takes only `choices` (not low/high/log/step)")
-            return self
-        if self.choices is not None:
+        ranged = self.low is not None or self.high is not None or self.log or self.step is not None
+        if self.type == "categorical" and ranged:
+            raise ValueError("categorical takes only `choices` (not low/high/log/step)")
+        if self.type != "categorical" and self.choices is not None:
             raise ValueError(f"{self.type} takes low/high, not `choices`")
-        if self.low is None or self.high is None:
+        if self.type != "categorical" and (self.low is None or self.high is None):
             raise ValueError(f"{self.type} needs both `low` and `high`")
-        if self.low > self.high:
-            raise ValueError(f"needs low <= high (got low={self.low}, high={self.high})")
-        if self.log and self.step is not None:
-            raise ValueError("`log` and `step` cannot be combined (Optuna's rule)")
-        if self.log and self.low <= 0:
-            raise ValueError(f"`log: true` needs low > 0 (got {self.low})")
         if self.type == "int" and not all(isinstance(v, int) for v in (self.low, self.high, self.step or 1)):
             raise ValueError(f"int needs whole-number low/high/step (got {self.low}, {self.high}, {self.step})")
-        if self.step is not None and self.step <= 0:
-            raise ValueError(f"`step` must be > 0 (got {self.step})")
+        self.distribution()
         return self
 
+    def distribution(self) -> BaseDistribution:
+        """The Optuna distribution trials sample from; raises Optuna's ValueError when it has none."""
+        if self.type == "categorical":
+            return CategoricalDistribution(self.choices or ())
+        if self.type == "int":
+            return IntDistribution(self.low, self.high, log=self.log, step=self.step or 1)
+        return FloatDistribution(self.low, self.high, log=self.log, step=self.step)
+
     def extremes(self) -> list[Any]:
-        """The values that bound this parameter: low and high, or every choice."""
-        return list(self.choices) if self.type == "categorical" else [self.low, self.high]
+        """The values that bound this parameter: the lowest and highest a trial can get (Optuna
+        trims ``high`` to the last step), or every choice."""
+        found = self.distribution()
+        return list(found.choices) if self.type == "categorical" else [found.low, found.high]
 
     def suggest(self, trial: Any, name: str) -> Any:
         """Ask ``trial`` (an optuna Trial or FixedTrial) for this parameter under ``name``."""
@@ -123,7 +128,14 @@ class Objective(Frozen):
 
     @property
     def direction(self) -> str:
+        """``"max"`` or ``"min"``: ``mode`` when given, else the metric's own direction."""
         return self.mode or OBJECTIVES[self.metric]
+
+    @property
+    def sign(self) -> int:
+        """1 when the objective is maximized, -1 when minimized: ``sign * value`` grows as trials
+        get better."""
+        return 1 if self.direction == "max" else -1
 
     @property
     def multi(self) -> bool:
@@ -200,6 +212,16 @@ class SearchSpace:
     def families(self) -> list[str]:
         return list(self.spec.models)
 
+    @property
+    def max_epochs(self) -> int:
+        """The most epochs any trial can run: the top of a searched ``train.epochs`` (its highest
+        reachable value or choice), else the fixed ``train.epochs``, else TrainConfig's default."""
+        searched = self.spec.params.get("train.epochs")
+        if searched is not None:
+            return max(searched.extremes())
+        fixed = _mapping(self.spec.fixed.get("train")).get("epochs")
+        return TrainConfig.model_fields["epochs"].default if fixed is None else fixed
+
     def define_by_run(self, trial: Any) -> dict[str, Any]:
         """Sample one configuration into ``trial``; returns the constants Tune should add."""
         for key, param in self.spec.params.items():
@@ -221,7 +243,7 @@ class SearchSpace:
             elif key.split(".")[0] in ("data", "train"):
                 _set_path(raw, key, value)
         raw["model"] = model
-        return validate(RunConfig, raw, f"{self.source} (sampled {flat})")
+        return validate_run(raw, f"{self.source} (sampled {flat})")
 
     def prep_configs(self) -> list[PrepConfig]:
         """Every preprocessing config a trial can ask for: the product of searched prep choices."""
@@ -330,13 +352,24 @@ def _check_bounds(space: SearchSpace) -> list[str]:
     return list(dict.fromkeys(problems))
 
 
+def _without_unknown_families(raw: Any) -> Any:
+    """``raw`` less the model families the registry lacks: ``_check_names`` names each of those
+    with the registered choices, and their bodies have no schema to be checked against."""
+    from lobsearch.models import list_models
+
+    models = raw.get("models") if isinstance(raw, dict) else None
+    if not isinstance(models, dict):
+        return raw
+    return {**raw, "models": {k: v for k, v in models.items() if k in list_models()}}
+
+
 def load_space(path: str | Path) -> SearchSpace:
     """Read and validate a search-space file; raises ConfigError listing every problem at once."""
     path = Path(path)
     raw = read_yaml(path)
     problems = _check_names(raw) if isinstance(raw, dict) else []
     try:
-        spec = validate(SpaceFile, raw, str(path))
+        spec = validate(SpaceFile, _without_unknown_families(raw), str(path))
     except ConfigError as error:
         raise ConfigError(str(path), list(dict.fromkeys([*error.problems, *problems]))) from None
     if problems:

@@ -318,14 +318,13 @@ def _wandb_callback_class() -> type:
             self.best: dict[str, dict] = {}
 
         @classmethod
-        def for_search(cls, search: Any) -> Any:
-            """The callback for a ``lobsearch.search.Search``, or None when tracking is disabled."""
-            spec = search.space.spec
-            settings = settings_for_search(search)
+        def for_search(cls, plan: Any) -> Any:
+            """The callback for a search's ``lobsearch.plan.Plan``, or None when tracking is disabled."""
+            settings = settings_for_search(plan)
             if settings is None:
                 return None
-            return cls(settings, group=search.name, metric=spec.objective.metric, mode=spec.objective.direction,
-                       families=tuple(search.space.families), run_config=search.space.run_config)
+            return cls(settings, group=plan.name, metric=plan.metric, mode=plan.mode,
+                       families=tuple(plan.space.families), run_config=plan.space.run_config)
 
         def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             params = dict(trial.config or {})
@@ -371,20 +370,20 @@ def _wandb_callback_class() -> type:
                 return
             summary = {f"best_{k}": v for k, v in self.best.pop(trial.trial_id, {}).items()}
             if failed:
-                summary["error"] = _last_error_line(trial)
+                summary["error"] = last_error_line(trial)
             tracker.finish(summary, failed=failed)
 
     WandbCallback.__module__, WandbCallback.__qualname__ = __name__, "WandbCallback"
     return WandbCallback
 
 
-def settings_for_search(search: Any) -> WandbSettings | None:
-    """W&B settings of a ``lobsearch.search.Search`` (runs go in its run folder); None when disabled."""
-    tracking = search.space.spec.tracking
+def settings_for_search(plan: Any) -> WandbSettings | None:
+    """W&B settings of a search's ``lobsearch.plan.Plan`` (runs go in its run folder); None when disabled."""
+    tracking = plan.space.spec.tracking
     mode = resolve_mode(tracking.wandb)
     if mode == "disabled":
         return None
-    return WandbSettings(mode=mode, project=tracking.project, entity=tracking.entity, dir=search.run_dir)
+    return WandbSettings(mode=mode, project=tracking.project, entity=tracking.entity, dir=plan.run_dir)
 
 
 def record_best(settings: WandbSettings, *, group: str, best: dict, config: dict, checkpoint: Path | None) -> None:
@@ -402,7 +401,7 @@ def record_best(settings: WandbSettings, *, group: str, best: dict, config: dict
     tracker.finish(summary, artifact=checkpoint)
 
 
-def _last_error_line(trial: Any) -> str:
+def last_error_line(trial: Any) -> str:
     """The last line of the trial's error file (Tune writes the traceback there), or a placeholder."""
     path = getattr(trial, "error_file", None)
     try:

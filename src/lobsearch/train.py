@@ -28,11 +28,12 @@ import numpy as np
 import torch
 import yaml
 
-from lobsearch.config import RunConfig, TrainConfig, load_run_config, validate
+from lobsearch.config import RunConfig, TrainConfig, load_run_config
 from lobsearch.errors import ConfigError, DataError
 from lobsearch.files import atomic_write, plain, write_text
 from lobsearch.loop import EpochResult, FitResult
 from lobsearch.recipe import BuiltRun, build_run, evaluate_model, fit_run, pick_device
+from lobsearch.schema import validate
 
 if TYPE_CHECKING:
     from lobsearch.data.pipeline import Prepared

@@ -10,16 +10,14 @@ model's test metrics, and ``report.html``.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import time
-from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 from lobsearch.errors import LobsearchError
 from lobsearch.space import SearchSpace, load_space
 
+EXIT_OK = 0
+EXIT_ALL_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
 
@@ -62,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m lobsearch.tune``; returns the exit status: 0 the search
+    finished, 1 every trial failed, 2 bad input (one ``error:`` message), 130 interrupted."""
     args = build_parser().parse_args(argv)
     try:
         space = _apply_overrides(load_space(args.space), args)
@@ -69,23 +69,30 @@ def main(argv: list[str] | None = None) -> int:
             from lobsearch.search import dry_run
 
             dry_run(space, export=args.data)
-            return 0
-        from lobsearch.search import Search
+            return EXIT_OK
+        from lobsearch.search import Outcome, run_search
 
-        return Search.from_args(space, args).run()
+        outcome = run_search(
+            space, export=args.data.resolve() if args.data else None, name=args.name,
+            storage=args.storage, resume=args.resume, address=args.address, quiet=args.quiet,
+        )
     except LobsearchError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    if outcome is Outcome.ALL_FAILED:
+        print("error: every trial failed (see the errors above and in results.json)", file=sys.stderr)
+    return {Outcome.FINISHED: EXIT_OK, Outcome.INTERRUPTED: EXIT_INTERRUPTED,
+            Outcome.ALL_FAILED: EXIT_ALL_FAILED}[outcome]
 
 
 def _apply_overrides(space: SearchSpace, args: argparse.Namespace) -> SearchSpace:
     """The space with command-line overrides (and the smoke preset) applied, validated again."""
     search = space.spec.search.model_dump()
-    fixed = dict(space.spec.fixed)
+    fixed, params = dict(space.spec.fixed), space.spec.model_dump(mode="python")["params"]
     if args.smoke:
         search.update(num_samples=2, max_concurrent=min(2, search.get("max_concurrent") or 2), grace_period=1)
         train = {**fixed.get("train", {}), "epochs": 2, "steps_per_epoch": 5, "max_eval_windows": 2000}
-        fixed = {**fixed, "train": train}
+        fixed, params = {**fixed, "train": train}, {k: v for k, v in params.items() if k != "train.epochs"}
     for field, value in (
         ("num_samples", args.num_samples),
         ("max_concurrent", args.max_concurrent),
@@ -98,8 +105,9 @@ def _apply_overrides(space: SearchSpace, args: argparse.Namespace) -> SearchSpac
     tracking = space.spec.tracking.model_dump()
     if args.wandb:
         tracking["wandb"] = args.wandb
-    raw = {**space.spec.model_dump(mode="python"), "search": search, "fixed": fixed, "tracking": tracking}
-    from lobsearch.config import validate
+    raw = {**space.spec.model_dump(mode="python"), "search": search, "fixed": fixed, "params": params,
+           "tracking": tracking}
+    from lobsearch.schema import validate
     from lobsearch.space import SpaceFile
 
     spec = validate(SpaceFile, raw, f"{space.source} (with command-line options)")
@@ -113,27 +121,6 @@ def _gpus(text: str) -> float | str:
         return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number of GPUs or 'auto', got {text!r}") from None
-
-
-def default_name(space: SearchSpace) -> str:
-    return f"{space.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-
-
-def default_storage() -> str:
-    """``$LOBSEARCH_STORAGE`` or ./runs, made absolute (Tune changes each trial's directory)."""
-    value = os.environ.get("LOBSEARCH_STORAGE") or "runs"
-    return value if "://" in value else str(Path(value).resolve())
-
-
-def elapsed(start: float) -> str:
-    seconds = int(time.monotonic() - start)
-    return f"{seconds // 60:02d}:{seconds % 60:02d}"
-
-
-def fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
 
 
 if __name__ == "__main__":

@@ -8,18 +8,17 @@ from __future__ import annotations
 
 import math
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
+from lobsearch.console import elapsed, fmt
+from lobsearch.plan import Plan
+from lobsearch.tracking import last_error_line
 from lobsearch.trial import run_trial
-from lobsearch.tune import elapsed, fmt
-
-if TYPE_CHECKING:
-    from lobsearch.search import Search
 
 
 AUTOSCALE_CONCURRENCY = 8
@@ -46,11 +45,11 @@ def default_concurrency(cluster: dict[str, float], cpus: float, gpus: float) -> 
     return max(1, min(fits))
 
 
-def _searcher(search: Search) -> Any:
+def _searcher(plan: Plan) -> Any:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    spec = search.space.spec
+    spec = plan.space.spec
     objective = spec.objective
     seed = spec.search.seed
     if spec.search.searcher == "random":
@@ -62,7 +61,7 @@ def _searcher(search: Search) -> Any:
     metrics = [objective.metric] + [t.metric for t in objective.also]
     modes = [objective.direction] + [t.mode for t in objective.also]
     searcher = OptunaSearch(
-        space=search.space.define_by_run,
+        space=plan.space.define_by_run,
         metric=metrics if objective.multi else metrics[0],
         mode=modes if objective.multi else modes[0],
         sampler=sampler,
@@ -71,43 +70,42 @@ def _searcher(search: Search) -> Any:
     return searcher
 
 
-def _scheduler(search: Search) -> Any:
-    spec = search.space.spec
+def _scheduler(plan: Plan) -> Any:
+    spec = plan.space.spec
     if spec.search.scheduler == "none":
         return FIFOScheduler()
-    max_epochs = spec.fixed.get("train", {}).get("epochs", 10)
     return ASHAScheduler(
         time_attr="training_iteration",
-        max_t=max(max_epochs, spec.search.grace_period),
+        max_t=max(plan.max_epochs, spec.search.grace_period),
         grace_period=spec.search.grace_period,
         reduction_factor=spec.search.reduction_factor,
     )
 
 
-def build_tuner(search: Search, prepared: dict[str, Any]) -> tune.Tuner:
-    """A new Tuner for ``search``, or the restored one when its storage already holds the experiment."""
+def build_tuner(plan: Plan, prepared: dict[str, Any]) -> tune.Tuner:
+    """A new Tuner for ``plan``, or the restored one when its storage already holds the experiment."""
     import ray
 
-    spec = search.space.spec
+    spec = plan.space.spec
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, data=prepared, space=search.space),
-        trial_resources(spec.search.cpus_per_trial, search.gpus_per_trial),
+        tune.with_parameters(run_trial, data=prepared, space=plan.space),
+        trial_resources(spec.search.cpus_per_trial, plan.gpus_per_trial),
     )
-    path = f"{search.storage.rstrip('/')}/{search.name}"
+    path = plan.experiment_path
     if tune.Tuner.can_restore(path):
-        search.say(f"resuming {search.name!r} from {path}: finished trials are kept")
+        plan.say(f"resuming {plan.name!r} from {path}: finished trials are kept")
         return tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
-    if search.resume:
+    if plan.resume:
         from lobsearch.errors import DataError
 
-        raise DataError(f"--resume: no search named {search.name!r} under {search.storage} (nothing to continue)")
+        raise DataError(f"--resume: no search named {plan.name!r} under {plan.storage} (nothing to continue)")
     concurrency = spec.search.max_concurrent or default_concurrency(
-        ray.cluster_resources(), spec.search.cpus_per_trial, search.gpus_per_trial
+        ray.cluster_resources(), spec.search.cpus_per_trial, plan.gpus_per_trial
     )
-    if search.address and not spec.search.max_concurrent:
+    if plan.address and not spec.search.max_concurrent:
         # an autoscaling cluster starts with few workers: let pending trials ask for more nodes
         concurrency = max(concurrency, min(spec.search.num_samples, AUTOSCALE_CONCURRENCY))
-    search.say(f"running up to {concurrency} trials at once")
+    plan.say(f"running up to {concurrency} trials at once")
     objective = spec.objective
     return tune.Tuner(
         trainable,
@@ -115,27 +113,27 @@ def build_tuner(search: Search, prepared: dict[str, Any]) -> tune.Tuner:
             metric=None if objective.multi else objective.metric,
             mode=None if objective.multi else objective.direction,
             num_samples=spec.search.num_samples,
-            search_alg=ConcurrencyLimiter(_searcher(search), max_concurrent=concurrency),
-            scheduler=_scheduler(search) if not objective.multi else FIFOScheduler(),
+            search_alg=ConcurrencyLimiter(_searcher(plan), max_concurrent=concurrency),
+            scheduler=_scheduler(plan) if not objective.multi else FIFOScheduler(),
             time_budget_s=spec.search.time_budget_s,
             reuse_actors=True,
         ),
         run_config=tune.RunConfig(
-            name=search.name,
-            storage_path=search.storage,
+            name=plan.name,
+            storage_path=plan.storage,
             verbose=0,
-            callbacks=_callbacks(search),
+            callbacks=_callbacks(plan),
             failure_config=tune.FailureConfig(max_failures=spec.search.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         ),
     )
 
 
-def _callbacks(search: Search) -> list[Any]:
+def _callbacks(plan: Plan) -> list[Any]:
     from lobsearch.tracking import WandbCallback
 
-    callbacks: list[Any] = [Progress(search)]
-    wandb = WandbCallback.for_search(search)
+    callbacks: list[Any] = [Progress(plan)]
+    wandb = WandbCallback.for_search(plan)
     if wandb is not None:
         callbacks.append(wandb)
     return callbacks
@@ -144,45 +142,43 @@ def _callbacks(search: Search) -> list[Any]:
 class Progress(tune.Callback):
     """One status line every few seconds: trials done / running / pruned / failed, best so far."""
 
-    def __init__(self, search: Search, every_s: float = 10.0):
-        self.search = search
+    def __init__(self, plan: Plan, every_s: float = 10.0):
+        self.plan = plan
         self.every_s = every_s
         self.last = 0.0
         self.best: float | None = None
         self.best_trial = ""
-        self.metric = search.space.spec.objective.metric
-        self.sign = 1 if search.space.spec.objective.direction == "max" else -1
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        value = result.get(self.metric)
-        if isinstance(value, (int, float)) and math.isfinite(value):
-            if self.best is None or self.sign * value > self.sign * self.best:
-                self.best, self.best_trial = value, trial.trial_id
+        value = result.get(self.plan.metric)
+        if isinstance(value, (int, float)) and math.isfinite(value) and self.plan.better(value, self.best):
+            self.best, self.best_trial = value, trial.trial_id
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.search.say(f"trial {trial.trial_id} failed: {_first_line(trial)} (the search goes on)")
+        self.plan.say(f"trial {trial.trial_id} failed: {last_error_line(trial)} (the search goes on)")
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
         now = time.monotonic()
         if now - self.last < self.every_s:
             return
         self.last = now
-        self.search.say(self.line(trials))
+        self.plan.say(self.line(trials))
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
-        self.search.say(self.line(trials))
+        self.plan.say(self.line(trials))
 
     def line(self, trials: list) -> str:
-        counts = trial_counts(trials, self.search.space.spec.fixed.get("train", {}).get("epochs", 10))
-        best = f"best {self.metric} {fmt(self.best)} ({self.best_trial})" if self.best is not None else "no result yet"
-        total = self.search.space.spec.search.num_samples
+        counts = trial_counts(trials)
+        metric = self.plan.metric
+        best = f"best {metric} {fmt(self.best)} ({self.best_trial})" if self.best is not None else "no result yet"
+        total = self.plan.space.spec.search.num_samples
         return (
             f"trials {counts['done']}/{total} done ({counts['pruned']} pruned by ASHA), "
-            f"{counts['running']} running, {counts['failed']} failed | {best} | elapsed {elapsed(self.search.started)}"
+            f"{counts['running']} running, {counts['failed']} failed | {best} | elapsed {elapsed(self.plan.started)}"
         )
 
 
-def trial_counts(trials: list, max_epochs: int) -> dict[str, int]:
+def trial_counts(trials: list) -> dict[str, int]:
     """Counts by state; a terminated trial that stopped before its last epoch on its own was pruned."""
     counts = {"done": 0, "pruned": 0, "running": 0, "failed": 0, "pending": 0}
     for trial in trials:
@@ -198,12 +194,3 @@ def trial_counts(trials: list, max_epochs: int) -> dict[str, int]:
         else:
             counts["pending"] += 1
     return counts
-
-
-def _first_line(trial: Any) -> str:
-    error = getattr(trial, "error_file", None)
-    try:
-        text = open(error).read().strip().splitlines() if error else []
-    except OSError:
-        text = []
-    return text[-1] if text else "see its error.txt"

@@ -6,56 +6,51 @@ builder's signature is the model's contract::
     builder(n_features: int, window: int, n_classes: int = 3, *, name: Annotation = default, ...)
 
 Every keyword-only parameter is a hyperparameter; its default is the model's default and its
-annotation is the rule a value is checked against: ``int``, ``float``, ``bool``,
-``Literal[...]`` (the choices), optionally wrapped as ``Annotated[int, Interval(...)]``. Each
-registration also adds the tiny twin ``"<name>_tiny"``: the same builder with the ``tiny``
-hyperparameters as its defaults, small enough for fast tests and smoke runs.
+annotation is the rule a value is checked against, by a strict pydantic model built from the
+signature: ``int``, ``float``, ``bool``, ``Literal[...]`` (the choices), optionally constrained
+as ``Annotated[int, Field(ge=1)]`` (``PositiveInt``, ``Dropout``). Strict means a bool is no
+int, a string is no number, NaN and inf are no floats; an int is a float. Each registration also
+adds the tiny twin ``"<name>_tiny"``: the same builder with the ``tiny`` hyperparameters as its
+defaults, small enough for fast tests and smoke runs.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import inspect
-import math
-import numbers
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
+import pydantic
+from pydantic import ConfigDict, Field
 from torch import nn
 
+from lobsearch.schema import Frozen, format_problems
 from lobsearch.errors import ConfigError, unknown_choice
 
 Check = Callable[[Mapping[str, Any], int | None], list[str]]
 """Cross-field rules of a model: (hyperparameters, n_features or None when unknown) -> problems."""
 
-
-@dataclass(frozen=True)
-class Interval:
-    """Range a numeric hyperparameter must lie in: ``[low, high]``, or ``[low, high)``."""
-
-    low: float | None = None
-    high: float | None = None
-    high_open: bool = False
-
-    def contains(self, value: float) -> bool:
-        """Whether ``value`` lies in the range."""
-        if self.low is not None and value < self.low:
-            return False
-        if self.high is None:
-            return True
-        return value < self.high if self.high_open else value <= self.high
-
-    def __str__(self) -> str:
-        if self.high is None:
-            return f">= {self.low}"
-        return f"in [{self.low}, {self.high}{')' if self.high_open else ']'}"
+PositiveInt = Annotated[int, Field(ge=1)]
+Dropout = Annotated[float, Field(ge=0.0, lt=1.0)]
 
 
-PositiveInt = Annotated[int, Interval(low=1)]
-Dropout = Annotated[float, Interval(0.0, 1.0, high_open=True)]
+class Hyperparameters(Frozen):
+    """Base of every model's hyperparameter schema: Frozen's rules, with strict types (and any
+    field name allowed, ``model_*`` included)."""
+
+    model_config = ConfigDict(strict=True, protected_namespaces=())
+
+
+class _Shape(Hyperparameters):
+    """The non-hyperparameter arguments of ``create_model``."""
+
+    n_features: PositiveInt = 1
+    window: PositiveInt = 1
+    n_classes: Annotated[int, Field(ge=2)] = 3
 
 
 @dataclass(frozen=True)
@@ -83,16 +78,18 @@ class ModelSpec:
     name: registry name (``"lstm"``, ``"lstm_tiny"``); family: the module that defines it
     (``"linear"``, ``"recurrent"``, ``"deeplob"``, ``"transformer"``); builder: the function
     ``create_model`` calls; hyperparameters: read-only {name: default} taken from the builder's
-    keyword-only parameters (a twin's defaults include its tiny overrides); min_window: an int
-    or a function of the full hyperparameters; tiny: the twin's overrides; backend: CUDA
-    settings; window_rule: why a minimum window exists; check: cross-field rules; twin_of: the
-    full-size name for a tiny twin, else None.
+    keyword-only parameters (a twin's defaults include its tiny overrides); schema: the strict
+    pydantic model of those parameters, one field per hyperparameter with its annotation as
+    the rule; min_window: an int or a function of the full hyperparameters; tiny: the twin's
+    overrides; backend: CUDA settings; window_rule: why a minimum window exists; check:
+    cross-field rules; twin_of: the full-size name for a tiny twin, else None.
     """
 
     name: str
     family: str
     builder: Callable[..., nn.Module]
     hyperparameters: Mapping[str, Any]
+    schema: type[Hyperparameters]
     min_window: int | Callable[[Mapping[str, Any]], int]
     tiny: Mapping[str, Any]
     backend: Backend
@@ -122,10 +119,13 @@ class ModelSpec:
         window: int | None = None,
         n_classes: int = 3,
     ) -> list[str]:
-        """Every problem with these overrides (unknown names, types, ranges, cross-field rules,
-        window and feature counts) in one pass; empty when ``create_model`` would accept them."""
-        found = _shape_problems(n_features, window, n_classes)
-        found += _value_problems(self.builder, self.hyperparameters, hyperparameters)
+        """Every problem with these overrides in one pass; empty when ``create_model`` would
+        accept them. A name or value problem reads ``key: rule (got value)`` (unknown names
+        with the closest match and the choices); the cross-field rules and the window minimum
+        are checked once every value is valid."""
+        shape = {"n_features": n_features, "window": window, "n_classes": n_classes}
+        found = _schema_problems(_Shape, {k: v for k, v in shape.items() if v is not None})
+        found += self._value_problems(hyperparameters)
         if found:
             return found
         full = self.resolve(hyperparameters)
@@ -139,6 +139,15 @@ class ModelSpec:
                 f"it needs window >= {minimum}"
             )
         return found
+
+    def _value_problems(self, values: Mapping[str, Any]) -> list[str]:
+        """Unknown names (with the closest match), then the schema's verdict on the known ones."""
+        known = {k: v for k, v in values.items() if k in self.hyperparameters}
+        unknown = [
+            f"{key}: " + unknown_choice("hyperparameter", key, self.hyperparameters)
+            for key in values if key not in known
+        ]
+        return unknown + _schema_problems(self.schema, known)
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
@@ -155,24 +164,26 @@ def register(
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Decorator: register ``builder`` as ``name`` and its tiny twin as ``name + "_tiny"``.
 
-    Raises ValueError when the name is taken, a keyword-only parameter lacks a default or an
-    annotation, or ``tiny`` names an unknown hyperparameter or an invalid value.
+    Raises ValueError when the name is taken or a keyword-only parameter lacks a default or an
+    annotation, ConfigError when ``tiny`` names an unknown hyperparameter or an invalid value.
     """
 
     def decorator(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        defaults = _keyword_defaults(builder)
-        family = builder.__module__.rsplit(".", 1)[-1]
-        full = ModelSpec(
-            name, family, builder, MappingProxyType(defaults), min_window,
-            MappingProxyType(dict(tiny)), backend, window_rule, check,
+        parameters = _keyword_parameters(builder)
+        defaults = {key: default for key, (_, default) in parameters.items()}
+        shared = dict(
+            family=builder.__module__.rsplit(".", 1)[-1], builder=builder,
+            schema=pydantic.create_model(f"{name}_hyperparameters", __base__=Hyperparameters,
+                                         **parameters),
+            min_window=min_window, tiny=MappingProxyType(dict(tiny)), backend=backend,
+            window_rule=window_rule, check=check,
         )
+        full = ModelSpec(name=name, hyperparameters=MappingProxyType(defaults), **shared)
         bad = full.problems(tiny)
         if bad:
             raise ConfigError(f"tiny twin of model {name!r}", bad)
-        twin = ModelSpec(
-            f"{name}_tiny", family, builder, MappingProxyType(full.resolve(tiny)), min_window,
-            full.tiny, backend, window_rule, check, twin_of=name,
-        )
+        twin = ModelSpec(name=f"{name}_tiny", hyperparameters=MappingProxyType(full.resolve(tiny)),
+                         twin_of=name, **shared)
         taken = [spec.name for spec in (full, twin) if spec.name in _REGISTRY]
         if taken:
             raise ValueError(f"model name {taken[0]!r} is already registered")
@@ -212,10 +223,10 @@ def create_model(
     return spec.builder(n_features, window, n_classes, **spec.resolve(hyperparameters))
 
 
-def _keyword_defaults(builder: Callable[..., nn.Module]) -> dict[str, Any]:
-    """{name: default} of the builder's keyword-only parameters; each needs default + annotation."""
+def _keyword_parameters(builder: Callable[..., nn.Module]) -> dict[str, tuple[Any, Any]]:
+    """{name: (annotation, default)} of the builder's keyword-only parameters; each needs both."""
     hints = typing.get_type_hints(builder, include_extras=True)
-    defaults = {}
+    found = {}
     for param in inspect.signature(builder).parameters.values():
         if param.kind is not inspect.Parameter.KEYWORD_ONLY:
             continue
@@ -224,68 +235,14 @@ def _keyword_defaults(builder: Callable[..., nn.Module]) -> dict[str, Any]:
                 f"{builder.__qualname__}: hyperparameter {param.name!r} needs a default and an "
                 "annotation"
             )
-        defaults[param.name] = param.default
-    return defaults
-
-
-def _shape_problems(n_features: int | None, window: int | None, n_classes: int) -> list[str]:
-    """Problems with the non-hyperparameter arguments of ``create_model``."""
-    found = []
-    for arg, value, low in (("n_features", n_features, 1), ("window", window, 1),
-                            ("n_classes", n_classes, 2)):
-        if value is not None and not (_is_int(value) and value >= low):
-            found.append(f"{arg}: expected int >= {low}, got {value!r}")
+        found[param.name] = (hints[param.name], param.default)
     return found
 
 
-def _value_problems(
-    builder: Callable[..., nn.Module], defaults: Mapping[str, Any], values: Mapping[str, Any]
-) -> list[str]:
-    """Unknown names and values that break their annotation, one message each."""
-    hints = typing.get_type_hints(builder, include_extras=True)
-    found = []
-    for key, value in values.items():
-        if key not in defaults:
-            found.append(unknown_choice("hyperparameter", key, defaults))
-        else:
-            problem = _annotation_problem(key, value, hints[key])
-            if problem:
-                found.append(problem)
-    return found
-
-
-def _annotation_problem(key: str, value: Any, hint: Any) -> str | None:
-    """Why ``value`` breaks the annotation ``hint`` of hyperparameter ``key``, or None."""
-    base, interval = hint, None
-    if typing.get_origin(hint) is Annotated:
-        base, *extras = typing.get_args(hint)
-        interval = next((e for e in extras if isinstance(e, Interval)), None)
-    if typing.get_origin(base) is Literal:
-        choices = typing.get_args(base)
-        if not any(type(value) is type(c) and value == c for c in choices):
-            return f"{key}: " + unknown_choice("value", value, choices)
-        return None
-    if not _has_type(value, base):
-        return f"{key}: expected {base.__name__}, got {type(value).__name__} {value!r}"
-    if interval is not None and not interval.contains(value):
-        return f"{key}: expected {base.__name__} {interval}, got {value!r}"
-    return None
-
-
-def _has_type(value: Any, base: type) -> bool:
-    """Strict type test: bool is not an int, an int is a float, NaN and inf are no floats."""
-    if base is bool:
-        return isinstance(value, bool)
-    if base is int:
-        return _is_int(value)
-    if base is float:
-        return _is_real(value) and math.isfinite(value)
-    return isinstance(value, base)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _is_real(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+def _schema_problems(schema: type[pydantic.BaseModel], values: Mapping[str, Any]) -> list[str]:
+    """``key: rule (got value)`` for each value ``schema`` rejects; empty when it accepts all."""
+    try:
+        schema.model_validate(values)
+    except pydantic.ValidationError as error:
+        return format_problems(error, schema)
+    return []

@@ -1,0 +1,86 @@
+"""Run configs: the schema without the model zoo, the model check after it, strict YAML."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lobsearch.config import ModelConfig, load_run_config, model_problems, read_yaml, validate_run
+from lobsearch.errors import ConfigError
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.integration
+def test_the_schema_and_the_space_load_without_torch():
+    probe = "import sys, lobsearch.config, lobsearch.space\nprint('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_schema_and_model_problems_are_reported_in_one_pass():
+    raw = {"data": {"window": 0}, "model": {"name": "lstm", "hiden_size": 8, "dropout": 1.5},
+           "train": {"schedule": "cosin"}}
+    with pytest.raises(ConfigError) as info:
+        validate_run(raw, "run.yaml")
+    assert info.value.source == "run.yaml"
+    assert info.value.problems == (
+        "data.window: Input should be greater than or equal to 1 (got 0)",
+        "train.schedule: unknown value 'cosin'; did you mean 'cosine'? choices: cosine, none",
+        "model.hiden_size: unknown hyperparameter 'hiden_size'; did you mean 'hidden_size'? "
+        "choices: bidirectional, dropout, hidden_size, num_layers, pooling",
+        "model.dropout: Input should be less than 1 (got 1.5)",
+    )
+
+
+def test_an_unknown_model_names_the_choices():
+    with pytest.raises(ConfigError) as info:
+        validate_run({"model": {"name": "deeplab"}}, "run.yaml")
+    (problem,) = info.value.problems
+    assert problem.startswith("model.name: unknown model 'deeplab'; did you mean 'deeplob'? choices: deeplob,")
+
+
+def test_a_window_below_the_models_minimum_is_rejected_even_when_the_rest_is_broken():
+    raw = {"data": {"window": 10}, "model": {"name": "deeplob"}, "train": {"epochs": 0}}
+    with pytest.raises(ConfigError) as info:
+        validate_run(raw, "run.yaml")
+    assert "train.epochs: Input should be greater than or equal to 1 (got 0)" in info.value.problems
+    assert any(p.startswith("model: window=10 is too small for model 'deeplob'") for p in info.value.problems)
+    assert validate_run({"data": {"window": 19}, "model": {"name": "deeplob"}}, "run.yaml").data.window == 19
+
+
+def test_cross_field_rules_keep_their_own_wording():
+    model = ModelConfig.model_validate({"name": "transformer", "d_model": 10, "nhead": 4})
+    assert model_problems(model) == ["model: d_model=10 must be divisible by nhead=4"]
+    assert model_problems(ModelConfig.model_validate({"name": "lstm_tiny"}), window=1) == []
+
+
+def test_duplicate_keys_name_the_file_the_key_and_both_lines(tmp_path):
+    path = _write(tmp_path / "run.yaml", "data: {window: 10}\nmodel: {name: lstm}\ntrain:\n"
+                  "  epochs: 3\n  batch_size: 4\n  epochs: 4\nmodel: {name: gru}\n")
+    with pytest.raises(ConfigError) as info:
+        load_run_config(path)
+    assert info.value.source == str(path)
+    assert info.value.problems == (
+        "line 6: duplicate key 'epochs' (first at line 4)",
+        "line 7: duplicate key 'model' (first at line 2)",
+    )
+
+
+def test_a_merged_key_may_be_overridden(tmp_path):
+    path = _write(tmp_path / "merge.yaml", "base: &b {epochs: 3, batch_size: 4}\ntrain:\n  <<: *b\n  epochs: 5\n")
+    assert read_yaml(path)["train"] == {"epochs": 5, "batch_size": 4}
+
+
+def test_exponent_floats_and_syntax_errors(tmp_path):
+    assert read_yaml(_write(tmp_path / "f.yaml", "lr: 1e-3\nwd: -2E+1\nn: 10\n")) == {"lr": 1e-3, "wd": -20.0, "n": 10}
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        read_yaml(_write(tmp_path / "bad.yaml", "a: [1, 2\n"))
+    with pytest.raises(ConfigError, match="file not found"):
+        read_yaml(tmp_path / "missing.yaml")
