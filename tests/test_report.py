@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -18,10 +19,13 @@ from lobsearch.errors import DataError
 from lobsearch.report import (
     NOT_APPLICABLE,
     axis_positions,
+    history_study,
     importance_scopes,
     infer_distributions,
     main,
     param_importances,
+    optuna_png,
+    pareto_study,
     ranked,
     render,
     section_best_model,
@@ -348,6 +352,51 @@ def test_axes_scale_numbers_log_when_wide_and_place_categories_evenly():
     assert positions.tolist() == [1.0, 0.0, 1.0] and ticks == [(0.0, "deeplob"), (1.0, "lstm")]
 
 
+def test_optuna_figures_use_agg_close_their_figures_and_leave_the_style_and_warnings_alone():
+    import matplotlib
+
+    results = make_results()
+    results["pareto"] = [{"trial_id": "a1b2_00001", "val_macro_f1": 0.38, "n_params": 12000},
+                         {"trial_id": "a1b2_00004", "val_macro_f1": 0.36, "n_params": 5600}]
+    before = dict(matplotlib.rcParams)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # Optuna's ExperimentalWarning included
+        html = render(results)
+    import matplotlib.pyplot as plt
+
+    assert len(images(html)) == 8 and "could not be drawn" not in html
+    assert matplotlib.get_backend().lower() == "agg" and plt.get_fignums() == []
+    changed = {k: v for k, v in matplotlib.rcParams.items() if before.get(k) != v}
+    assert changed.keys() <= {"backend", "backend_fallback"}, changed  # selecting Agg, and no ggplot style
+
+
+def test_a_plot_that_fails_leaves_no_figure_open():
+    import matplotlib.pyplot as plt
+
+    def broken_plot():
+        plt.subplots()
+        raise ValueError("degenerate study")
+
+    with pytest.raises(ValueError, match="degenerate study"):
+        optuna_png(broken_plot, (4, 3))
+    assert plt.get_fignums() == []
+
+
+def test_the_history_study_keeps_the_search_numbers_and_the_pareto_study_the_directions():
+    from optuna.trial import TrialState
+
+    results = make_results(n_trials=8, failed=2)
+    study = history_study(results)
+    values = dict((t["number"], v) for t, v in ranked(results))
+    assert [t.number for t in study.trials] == list(range(8))
+    assert {t.number: t.value for t in study.trials if t.state is TrialState.COMPLETE} == values
+    assert [t.number for t in study.trials if t.state is TrialState.FAIL] == [3, 4]
+    results["objective"] = {"metric": "val_loss", "mode": "min"}
+    front = [{"trial_id": "a", "val_loss": 0.8, "n_params": 12000}, {"trial_id": "b", "val_loss": 0.75, "n_params": 56000}]
+    study = pareto_study(results, front, ["val_loss", "n_params"])
+    assert [d.name for d in study.directions] == ["MINIMIZE", "MINIMIZE"] and len(study.best_trials) == 2
+
+
 def test_missing_or_broken_results_are_named(tmp_path, capsys):
     with pytest.raises(DataError, match=r"results.json: not found"):
         write_report(tmp_path)
@@ -369,6 +418,7 @@ def chromium() -> str:
     return found
 
 
+@pytest.mark.integration
 def test_every_figure_decodes_in_a_headless_browser(full_html, tmp_path):
     browser = chromium()
     page = tmp_path / "probe.html"

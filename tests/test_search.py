@@ -132,7 +132,7 @@ def test_a_search_whose_every_trial_failed_exits_1(ray_session, small_export: Pa
 @pytest.mark.slow
 @pytest.mark.integration
 def test_wandb_offline_records_what_the_trials_reported(ray_session, small_export: Path, tmp_path: Path) -> None:
-    from lobsearch.tracking import read_offline_run
+    from wandb_offline import read_offline_run
 
     space = _space(tmp_path, num_samples=2, scheduler="none")
     storage = tmp_path / "runs"

@@ -17,10 +17,10 @@ from lobsearch.tracking import (
     TrackingWarning,
     TrialTracker,
     WandbSettings,
-    read_offline_run,
     resolve_mode,
     sync_command,
 )
+from wandb_offline import read_offline_run
 
 EPOCHS = [
     {"train_loss": 1.05, "val_macro_f1": 0.35, "val_accuracy": 0.50},
@@ -59,6 +59,7 @@ def test_importing_tracking_does_not_import_wandb_or_ray():
     assert done.returncode == 0, done.stderr
 
 
+@pytest.mark.integration
 def test_offline_run_records_config_history_summary_and_model(tmp_path, wandb_env):
     checkpoint = tmp_path / "best.pt"
     checkpoint.write_bytes(b"weights" * 10)
@@ -82,6 +83,7 @@ def test_offline_run_records_config_history_summary_and_model(tmp_path, wandb_en
     assert sync_command(tmp_path / "run") == f"wandb sync {(tmp_path / 'run' / 'wandb').resolve()}/offline-run-*"
 
 
+@pytest.mark.integration
 def test_finish_marks_a_failed_trial_and_is_idempotent(tmp_path, wandb_env):
     tracker = start(offline(tmp_path))
     folder = tracker.path
@@ -117,6 +119,7 @@ def test_init_failure_is_a_warning_and_a_no_op_tracker(tmp_path, wandb_env, monk
     assert not tracker.active
 
 
+@pytest.mark.integration
 def test_online_without_reachable_server_warns_quickly(tmp_path, wandb_env, monkeypatch):
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
     monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # nothing listens: like no network
@@ -127,6 +130,7 @@ def test_online_without_reachable_server_warns_quickly(tmp_path, wandb_env, monk
     assert not tracker.active
 
 
+@pytest.mark.integration
 def test_a_failing_log_warns_once_and_the_run_still_finishes(tmp_path, wandb_env):
     tracker = start(offline(tmp_path))
     folder = tracker.path
@@ -144,6 +148,7 @@ def test_a_failing_log_warns_once_and_the_run_still_finishes(tmp_path, wandb_env
     assert run["history"] == [] and run["summary"]["best_val_macro_f1"] == 0.41 and run["exit_code"] == 0
 
 
+@pytest.mark.integration
 def test_read_offline_run_tolerates_a_torn_tail_and_rejects_other_files(tmp_path, wandb_env):
     tracker = start(offline(tmp_path))
     for epoch, metrics in enumerate(EPOCHS, start=1):
@@ -234,6 +239,7 @@ def fake_search(tmp_path: Path, mode: str) -> SimpleNamespace:
                            metric="val_macro_f1", mode="max")
 
 
+@pytest.mark.integration
 def test_the_tune_callback_records_one_run_per_trial(tmp_path, wandb_env):
     from lobsearch.tracking import WandbCallback
 
@@ -301,3 +307,18 @@ def test_the_tune_callback_stops_trying_after_a_failed_start(tmp_path, wandb_env
         callback.on_trial_result(iteration=1, trials=trials, trial=trial, result=tune_result(1, EPOCHS[0]))
         callback.on_trial_complete(iteration=1, trials=trials, trial=trial)
     assert calls == ["a1b2_00000"]
+
+
+@pytest.mark.integration
+def test_numpy_values_paths_and_tuples_are_recorded_as_plain_json(tmp_path, wandb_env):
+    import numpy as np
+
+    tracker = TrialTracker.start(offline(tmp_path), group="g", job_type="lstm", name="a1b2_00000",
+                                 config={"export": tmp_path / "export", "shape": (40, 98), "lr": np.float32(0.5)})
+    folder = tracker.path
+    tracker.log_epoch({"val_macro_f1": np.float64(0.375), "samples": np.int64(4096)}, step=1)
+    tracker.finish({"best_epoch": np.int64(1), "f1": np.array([0.25, 0.5])})
+    run = read_offline_run(folder)
+    assert run["config"] == {"export": str(tmp_path / "export"), "shape": [40, 98], "lr": 0.5}
+    assert {k: run["history"][0][k] for k in ("val_macro_f1", "samples")} == {"val_macro_f1": 0.375, "samples": 4096}
+    assert run["summary"]["best_epoch"] == 1 and run["summary"]["f1"] == [0.25, 0.5]

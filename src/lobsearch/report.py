@@ -1,8 +1,10 @@
 """The local report of a search: one self-contained HTML file, for readers without a W&B account.
 
 ``python -m lobsearch.report RUN_DIR`` reads ``RUN_DIR/results.json`` (written by
-``lobsearch.tune``), writes ``RUN_DIR/report.html`` and prints its path. Figures are PNGs drawn
-with matplotlib's Agg canvas and embedded as base64; the page loads nothing from anywhere (its
+``lobsearch.tune``), writes ``RUN_DIR/report.html`` and prints its path. Figures are PNGs
+embedded as base64: the optimization history, parameter importance and Pareto front are Optuna's
+matplotlib plots of a study rebuilt from the results (pyplot on the Agg backend), the others are
+drawn on pyplot-free matplotlib Figures. The page loads nothing from anywhere (its
 Content-Security-Policy forbids it). Every missing piece of the results (no finished trial, no
 test metrics, no gate report) renders as a note.
 
@@ -15,12 +17,15 @@ from __future__ import annotations
 
 import argparse
 import base64
+import functools
 import io
 import json
 import math
 import sys
 import warnings
 from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from html import escape
 from pathlib import Path
@@ -28,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from lobsearch.console import duration, fmt
 from lobsearch.contract import CLASS_NAMES
 from lobsearch.errors import DataError
 
@@ -57,6 +63,7 @@ th{background:#f0f2f4}td.l,th.l{text-align:left}.scroll{overflow-x:auto}
 img{max-width:100%;display:block;margin:8px 0}footer{margin-top:40px;color:#8a949e;font-size:12px}
 """
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
+PNG_OPTIONS = {"metadata": {"Software": None}, "pil_kwargs": {"compress_level": 3}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -183,43 +190,33 @@ def _finite(value: Any) -> bool:
 # ---- small HTML pieces ---------------------------------------------------------------------
 
 
-def fmt(value: Any) -> str:
-    """A value for a table cell: 4 significant digits for floats, '—' for None."""
-    if value is None:
-        return "—"
-    if isinstance(value, float):
-        return f"{value:.4g}" if math.isfinite(value) else str(value)
-    return escape(str(value))
-
-
-def duration(seconds: float | None) -> str:
-    """``12.3 s``, ``3 min 12 s`` or ``1 h 02 min``."""
-    if not _finite(seconds):
-        return "—"
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    minutes, secs = divmod(int(round(seconds)), 60)
-    return f"{minutes} min {secs:02d} s" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
-
-
 def note(text: str) -> str:
     return f'<p class="note">{text}</p>'
 
 
 def table(header: list[str], rows: list[list[Any]], left: int = 1) -> str:
-    """An HTML table; the first ``left`` columns are left-aligned, cells are formatted by ``fmt``."""
+    """An HTML table; the first ``left`` columns are left-aligned, cells are ``console.fmt``, escaped."""
     cls = [' class="l"' if i < left else "" for i in range(len(header))]
     head = "".join(f"<th{c}>{escape(h)}</th>" for c, h in zip(cls, header))
-    body = "".join("<tr>" + "".join(f"<td{c}>{fmt(v)}</td>" for c, v in zip(cls, row)) + "</tr>" for row in rows)
+    body = "".join("<tr>" + "".join(f"<td{c}>{escape(fmt(v))}</td>" for c, v in zip(cls, row)) + "</tr>" for row in rows)
     return f'<div class="scroll"><table><tr>{head}</tr>{body}</table></div>'
 
 
 def image(fig: Any, alt: str) -> str:
     """A matplotlib Figure as an embedded PNG ``<img>``."""
+    return img(png(fig), alt)
+
+
+def img(data: bytes, alt: str) -> str:
+    """PNG bytes as an embedded ``<img>``."""
+    return f'<img alt="{escape(alt)}" src="data:image/png;base64,{base64.b64encode(data).decode("ascii")}">'
+
+
+def png(fig: Any, bbox_inches: str | None = None) -> bytes:
+    """``fig`` encoded as PNG at 100 dpi; ``bbox_inches="tight"`` crops or grows it to what is drawn."""
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100, metadata={"Software": None}, pil_kwargs={"compress_level": 3})
-    data = base64.b64encode(buffer.getvalue()).decode("ascii")
-    return f'<img alt="{escape(alt)}" src="data:image/png;base64,{data}">'
+    fig.savefig(buffer, format="png", dpi=100, bbox_inches=bbox_inches, **PNG_OPTIONS)
+    return buffer.getvalue()
 
 
 def figure(width: float, height: float, ncols: int = 1) -> tuple[Any, list[Any]]:
@@ -229,6 +226,59 @@ def figure(width: float, height: float, ncols: int = 1) -> tuple[Any, list[Any]]
     fig = Figure(figsize=(width, height), layout="constrained")
     axes = fig.subplots(1, ncols, squeeze=False)[0]
     return fig, list(axes)
+
+
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` (which Optuna's plots draw with) on the Agg backend: no window ever opens.
+
+    Selecting Agg is process-wide; a process that already drew with another backend has its
+    pyplot figures closed by the switch.
+    """
+    import matplotlib
+
+    matplotlib.use("agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def optuna_png(draw: Callable[[], Any], size: tuple[float, float]) -> bytes:
+    """The PNG of the figure of the Axes that ``draw()`` returns (an Optuna plot).
+
+    Drawn and encoded in one scope: figures ``size`` inches by default, rcParams restored after
+    (Optuna applies the ggplot style globally, which would restyle the report's own figures),
+    Optuna's ExperimentalWarning silenced, and every pyplot figure opened in it closed after,
+    drawn or failed (pyplot keeps its figures until closed). Saved with a tight bounding box, as
+    Optuna's importance plot has no layout and would clip its parameter names.
+    """
+    import matplotlib
+    from optuna.exceptions import ExperimentalWarning
+
+    plt = pyplot()
+    opened_before = set(plt.get_fignums())
+    try:
+        with matplotlib.rc_context({"figure.figsize": size}), warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExperimentalWarning)
+            return png(draw().figure, bbox_inches="tight")
+    finally:
+        for number in set(plt.get_fignums()) - opened_before:
+            plt.close(number)
+
+
+def stacked(pngs: list[bytes]) -> bytes:
+    """PNGs one above the other, left-aligned on white, as one PNG.
+
+    Hand-written: Optuna draws each plot on a figure of its own, and matplotlib cannot move Axes
+    between figures.
+    """
+    from matplotlib import image as mpimg
+
+    layers = [mpimg.imread(io.BytesIO(data)) for data in pngs]
+    width = max(layer.shape[1] for layer in layers)
+    padded = [np.pad(layer, ((0, 0), (0, width - layer.shape[1]), (0, 0)), constant_values=1.0) for layer in layers]
+    buffer = io.BytesIO()
+    mpimg.imsave(buffer, np.concatenate(padded), format="png", **PNG_OPTIONS)
+    return buffer.getvalue()
 
 
 # ---- header --------------------------------------------------------------------------------
@@ -245,7 +295,7 @@ def section_header(results: dict, run_dir: Path | None) -> str:
         ("Ran", _timing(results)),
         ("Stopped by", escape(str(results.get("stopped_by", "—")))),
         ("Trials", _status_badges(results.get("trials") or [])),
-        ("Best", f"<b>{fmt(best[0][1])}</b> (trial {fmt(best[0][0].get('trial_id'))})" if best else "no finished trial"),
+        ("Best", f"<b>{escape(fmt(best[0][1]))}</b> (trial {escape(fmt(best[0][0].get('trial_id')))})" if best else "no finished trial"),
         ("Oracle ceiling", _oracle_text(results)),
     ]
     command = _sync_command(run_dir)
@@ -289,7 +339,7 @@ def _oracle_text(results: dict) -> str:
     if not oracle:
         return "unknown (the export has no planted signal; only synthetic exports know their ceiling)"
     searched = (oracle_for(results) or ("",))[0]
-    parts = [f"h={escape(str(h))}: {fmt(v)}" for h, v in oracle.items()]
+    parts = [f"h={escape(str(h))}: {escape(fmt(v))}" for h, v in oracle.items()]
     parts = [f"<b>{p}</b>" if str(h) == searched else p for p, h in zip(parts, oracle)]
     return "macro-F1 of a model that knows the planted signal, by horizon: " + ", ".join(parts)
 
@@ -338,30 +388,53 @@ def section_history(results: dict) -> str:
     scored = ranked(results)
     if not scored:
         return note(_no_values(results))
-    return image(fig_history(results), "objective against trial number and time")
+    return img(optuna_png(functools.partial(fig_history, results), (11, 3.6)), "objective against trial number and time")
 
 
 def fig_history(results: dict) -> Any:
-    """Objective per trial against trial number and against finish time, with best-so-far lines."""
+    """Optuna's optimization history (objective and best so far by trial number) and, beside it,
+    the objective against finish time colored by status (custom: Optuna plots by number only)."""
+    from optuna.visualization.matplotlib import plot_optimization_history
+
+    ax = plot_optimization_history(history_study(results), target_name=objective(results)[0])
+    grid = ax.figure.add_gridspec(1, 2)
+    ax.set_subplotspec(grid[0])
+    draw_by_finish_time(ax.figure.add_subplot(grid[1]), results)
+    return ax
+
+
+def history_study(results: dict) -> Any:
+    """A study of every trial in search order (``number``) so that Optuna's trial numbers are the
+    search's: a trial with a value is complete with that value, any other is failed."""
+    import optuna
+
+    values = {id(t): v for t, v in ranked(results)}
+    study = new_study(results)
+    for trial in sorted(results.get("trials") or [], key=lambda t: (_number(t) is None, _number(t) or 0)):
+        if id(trial) in values:
+            study.add_trial(optuna.trial.create_trial(value=values[id(trial)]))
+        else:
+            study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL))
+    return study
+
+
+def draw_by_finish_time(ax: Any, results: dict) -> None:
+    """The objective of each trial with a value against its finish time, by status, with best so far."""
     metric, mode = objective(results)
-    fig, (by_number, by_time) = figure(11, 3.6, ncols=2)
-    scored = ranked(results)
-    for ax, key, label in ((by_number, _number, "trial number"), (by_time, _finish_s, "finished at (s)")):
-        points = sorted((key(t), v, str(t.get("status"))) for t, v in scored if key(t) is not None)
-        if not points:
-            ax.text(0.5, 0.5, f"no {label} recorded", ha="center", transform=ax.transAxes)
-            continue
-        xs, ys, statuses = zip(*points)
-        for status in dict.fromkeys(statuses):
-            mask = [s == status for s in statuses]
-            ax.scatter(np.array(xs)[mask], np.array(ys)[mask], s=22, label=status, color=STATUS_COLORS.get(status, "#6c757d"))
-        running = np.maximum.accumulate(ys) if mode == "max" else np.minimum.accumulate(ys)
-        ax.step(xs, running, where="post", color="#264653", lw=1.5, label="best so far")
-        ax.set_xlabel(label)
-        ax.set_ylabel(metric)
-        ax.grid(alpha=0.3)
-    by_number.legend(fontsize=8, loc="best")
-    return fig
+    points = sorted((_finish_s(t), v, str(t.get("status"))) for t, v in ranked(results) if _finish_s(t) is not None)
+    ax.set_title("Objective by finish time")
+    if not points:
+        ax.text(0.5, 0.5, "no finish times recorded", ha="center", transform=ax.transAxes)
+        return
+    xs, ys, statuses = zip(*points)
+    for status in dict.fromkeys(statuses):
+        mask = [s == status for s in statuses]
+        ax.scatter(np.array(xs)[mask], np.array(ys)[mask], s=22, label=status, color=STATUS_COLORS.get(status, "#6c757d"))
+    running = np.maximum.accumulate(ys) if mode == "max" else np.minimum.accumulate(ys)
+    ax.step(xs, running, where="post", color="#264653", lw=1.5, label="best so far")
+    ax.set_xlabel("finished at (s)")
+    ax.set_ylabel(metric)
+    ax.legend(fontsize=8, loc="best")
 
 
 def _number(trial: dict) -> float | None:
@@ -471,22 +544,22 @@ def section_importance(results: dict) -> str:
     if n < 2:
         return note(f"Not enough trials to estimate importance ({n} with a value; need 2).")
     if len({v for _, v in scopes[0][1]}) == 1:
-        return note(f"No parameter explains the spread of the objective: every trial reached {fmt(scopes[0][1][0][1])}.")
+        return note(f"No parameter explains the spread of the objective: every trial reached {escape(fmt(scopes[0][1][0][1]))}.")
     found, method = {}, ""
     try:
         for title, scored in scopes:
             found[title], method = param_importances(results, scored)
     except Exception as error:  # Optuna's evaluators raise on degenerate studies
         return note(f"Importance could not be computed: {escape(type(error).__name__)}: {escape(str(error))}")
-    found = {title: imp for title, imp in found.items() if any(v > 0 for v in imp.values())}
-    if not found:
+    scopes = [(title, scored) for title, scored in scopes if any(v > 0 for v in found[title].values())]
+    if not scopes:
         return note(f"No parameter explains the spread of the objective ({escape(method)} found none).")
     caution = f" With only {n} trials these are rough." if n < 10 else ""
     text = (f"<p>{escape(method)} over the trials with a value (those stopped early count with the best value "
             "they reached), for the parameters that every trial of a group has and that vary; each group's "
             "importances sum to 1. "
             f"The parameters of one model family are assessed within that family.{caution}</p>")
-    return text + image(fig_importance(found, objective(results)[0]), "parameter importance")
+    return text + img(fig_importance(results, scopes), "parameter importance")
 
 
 def importance_scopes(results: dict) -> list[tuple[str, list[tuple[dict, float]]]]:
@@ -508,19 +581,30 @@ def param_importances(results: dict, scored: list[tuple[dict, float]] | None = N
     ``scored`` defaults to every trial with a value. fANOVA (seed 0) when scikit-learn is
     installed, else PED-ANOVA (no scikit-learn needed).
     """
-    import optuna
     from optuna.importance import get_param_importances
 
     scored = ranked(results) if scored is None else scored
-    shared = [n for n in param_names([t for t, _ in scored]) if _varies_in_all(n, [t for t, _ in scored])]
+    shared = shared_params(scored)
     if not shared:
         return {}, ""
     study = build_study(results, scored)
+    evaluator, method = _evaluator(len(scored))
+    with _quiet_importance():
+        return dict(get_param_importances(study, evaluator=evaluator, params=shared)), method
+
+
+def shared_params(scored: list[tuple[dict, float]]) -> list[str]:
+    """The parameters that every one of ``scored`` has and that vary among them (``param_names`` order)."""
+    trials = [t for t, _ in scored]
+    return [n for n in param_names(trials) if _varies_in_all(n, trials)]
+
+
+@contextmanager
+def _quiet_importance() -> Iterator[None]:
+    """Silence the evaluators' small-study warnings: the section states its caution in words."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        evaluator, method = _evaluator(len(scored))
-        return dict(get_param_importances(study, evaluator=evaluator, params=shared)), method
+        yield
 
 
 def _varies_in_all(name: str, trials: list[dict]) -> bool:
@@ -544,16 +628,22 @@ def build_study(results: dict, scored: list[tuple[dict, float]] | None = None) -
     """An in-memory Optuna study holding one complete trial per scored trial (default: all with a value)."""
     import optuna
 
-    _, mode = objective(results)
     scored = ranked(results) if scored is None else scored
     distributions = infer_distributions([t for t, _ in scored])
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction="maximize" if mode == "max" else "minimize")
+    study = new_study(results)
     for trial, value in scored:
         params = {k: v for k, v in (trial.get("params") or {}).items() if v is not None}
         dists = {k: distributions[k] for k in params}
         study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=value))
     return study
+
+
+def new_study(results: dict) -> Any:
+    """An empty in-memory Optuna study in the search's direction (Optuna's info logs silenced)."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna.create_study(direction="maximize" if objective(results)[1] == "max" else "minimize")
 
 
 def infer_distributions(trials: list[dict]) -> dict[str, Any]:
@@ -579,19 +669,28 @@ def infer_distributions(trials: list[dict]) -> dict[str, Any]:
     return out
 
 
-def fig_importance(scopes: dict[str, dict[str, float]], metric: str) -> Any:
-    """One panel of horizontal bars per group of trials, most important on top."""
-    tallest = max(len(imp) for imp in scopes.values())
-    fig, axes = figure(min(11, 4.2 * len(scopes)), 0.38 * tallest + 1.2, ncols=len(scopes))
-    for ax, (title, importances) in zip(axes, scopes.items()):
-        items = sorted(importances.items(), key=lambda kv: kv[1])
-        bars = ax.barh([k for k, _ in items], [v for _, v in items], color="#2a9d8f")
-        ax.bar_label(bars, fmt="%.2f", fontsize=8, padding=3)
-        ax.set_xlim(0, max(v for _, v in items) * 1.25)
-        ax.set_title(title, fontsize=10)
-        ax.set_xlabel(f"importance for {metric}")
-        ax.grid(axis="x", alpha=0.3)
-    return fig
+def fig_importance(results: dict, scopes: list[tuple[str, list[tuple[dict, float]]]]) -> bytes:
+    """Optuna's importance plot of each group of trials, titled by the group, stacked in one PNG.
+
+    Optuna computes the importances again, with the evaluator and parameters of ``param_importances``.
+    """
+    metric = objective(results)[0]
+    pngs = []
+    with _quiet_importance():
+        for title, scored in scopes:
+            shared = shared_params(scored)
+            draw = functools.partial(_importance_plot, build_study(results, scored), _evaluator(len(scored))[0],
+                                     shared, metric, title)
+            pngs.append(optuna_png(draw, (8, 0.4 * len(shared) + 1.4)))
+    return stacked(pngs)
+
+
+def _importance_plot(study: Any, evaluator: Any, params: list[str], metric: str, title: str) -> Any:
+    from optuna.visualization.matplotlib import plot_param_importances
+
+    ax = plot_param_importances(study, evaluator=evaluator, params=params, target_name=metric)
+    ax.set_title(title, loc="left")
+    return ax
 
 
 # ---- learning curves -----------------------------------------------------------------------
@@ -635,7 +734,7 @@ def section_best_model(results: dict) -> str:
     best = results.get("best")
     if not best or not best.get("val"):
         return note("No best model was evaluated (no trial finished with a checkpoint).")
-    parts = [f"<p>The best trial, <b>{fmt(best.get('trial_id'))}</b>, evaluated with its best checkpoint.</p>",
+    parts = [f"<p>The best trial, <b>{escape(fmt(best.get('trial_id')))}</b>, evaluated with its best checkpoint.</p>",
              _scores_table(best)]
     if not best.get("test"):
         parts.append(note("No test metrics: the export has no test split, or the search did not evaluate on it."))
@@ -773,20 +872,35 @@ def section_pareto(results: dict) -> str:
     parts = [f"<p>{len(front)} trials that no other trial beats on every objective.</p>", table(["trial"] + keys, rows)]
     numeric = [k for k in keys if all(_finite(row.get(k)) for row in front)]
     if len(numeric) >= 2:
-        parts.append(image(fig_pareto(front, numeric[0], numeric[1]), "Pareto front"))
+        draw = functools.partial(fig_pareto, results, front, numeric[0], numeric[1])
+        parts.append(img(optuna_png(draw, (6, 4)), "Pareto front"))
     return "".join(parts)
 
 
-def fig_pareto(front: list[dict], x_key: str, y_key: str) -> Any:
-    fig, (ax,) = figure(6, 4)
-    points = sorted((row[x_key], row[y_key], str(row.get("trial_id"))) for row in front)
-    ax.plot([p[0] for p in points], [p[1] for p in points], "o-", color="#2a9d8f")
-    for x, y, name in points:
-        ax.annotate(name, (x, y), fontsize=7, xytext=(4, 4), textcoords="offset points")
-    ax.set_xlabel(x_key)
-    ax.set_ylabel(y_key)
-    ax.grid(alpha=0.3)
-    return fig
+def fig_pareto(results: dict, front: list[dict], x_key: str, y_key: str) -> Any:
+    """Optuna's Pareto-front plot of two objectives of the front, each point labeled with its trial id."""
+    from optuna.visualization.matplotlib import plot_pareto_front
+
+    ax = plot_pareto_front(pareto_study(results, front, [x_key, y_key]), target_names=[x_key, y_key])
+    for row in front:
+        ax.annotate(str(row.get("trial_id")), (row[x_key], row[y_key]), xytext=(4, 4), textcoords="offset points",
+                    fontsize=7)
+    return ax
+
+
+def pareto_study(results: dict, front: list[dict], keys: list[str]) -> Any:
+    """A study of the front's rows on ``keys``: the search's direction for its metric, minimize for
+    the others (the extra objectives, ``n_params`` and ``latency_ms``, are costs; results.json
+    does not record their direction)."""
+    import optuna
+
+    metric, mode = objective(results)
+    directions = ["maximize" if key == metric and mode == "max" else "minimize" for key in keys]
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(directions=directions)
+    for row in front:
+        study.add_trial(optuna.trial.create_trial(values=[float(row[key]) for key in keys]))
+    return study
 
 
 def section_failures(results: dict) -> str:

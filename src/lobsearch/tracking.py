@@ -7,8 +7,14 @@ missing package) becomes a ``TrackingWarning`` and a tracker that does nothing.
 Two ways to use it: ``TrialTracker`` inside any process that trains, or ``WandbCallback``, a Ray
 Tune callback that keeps one ``TrialTracker`` per trial on the driver as Tune reports results (so
 trial processes never start W&B). Offline runs are written under ``<run dir>/wandb/offline-run-*``
-(``sync_command`` prints how to upload them); ``read_offline_run`` reads one back from its
-transaction log without a network.
+(``sync_command`` prints how to upload them).
+
+Why not Ray's ``WandbLoggerCallback`` (ray 2.60): besides id, name and group, ``log_trial_start``
+passes ``wandb.init`` the constructor's ``**kwargs``, the same for every trial, so a per-trial job
+type means rewriting it around the private ``_start_logging_actor``; ``wandb.init`` runs in a
+logging actor, so a failed start is only an unhandled error of that actor's task (no warning, and
+the next trial tries again); ``log_trial_end`` ignores ``failed``; and each trial costs two Ray
+worker processes (the logging actor and its ``Queue`` actor), each logging actor its W&B service.
 """
 
 from __future__ import annotations
@@ -16,7 +22,6 @@ from __future__ import annotations
 import configparser
 import dataclasses
 import functools
-import json
 import math
 import netrc
 import os
@@ -30,6 +35,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from lobsearch.errors import ConfigError, DataError, unknown_choice
+from lobsearch.files import plain
 
 MODES = ("auto", "online", "offline", "disabled")
 """Values of ``tracking.wandb`` in a search-space file."""
@@ -160,7 +166,7 @@ class TrialTracker:
     def log_epoch(self, metrics: dict, step: int) -> None:
         """Record one epoch's metrics at ``step`` (the epoch number); a failure warns once."""
         if self.run is not None:
-            self._guard("log", lambda: self.run.log(_plain(metrics), step=step))
+            self._guard("log", lambda: self.run.log(plain(metrics), step=step))
 
     def finish(self, summary: dict, artifact: Path | None = None, *, failed: bool = False) -> None:
         """Write the final summary, attach ``artifact`` (a file or folder) as a "model" artifact, close.
@@ -169,7 +175,7 @@ class TrialTracker:
         """
         if self.run is None:
             return
-        self._guard("summary", lambda: self.run.summary.update(_plain(summary)))
+        self._guard("summary", lambda: self.run.summary.update(plain(summary)))
         if artifact is not None:
             self._guard("artifact", lambda: self.run.log_artifact(_model_artifact(self.run, Path(artifact))))
         run, self.run = self.run, None
@@ -239,7 +245,7 @@ def _init_run(settings: WandbSettings, *, group: str, job_type: str, name: str, 
         group=group,
         job_type=job_type,
         name=name,
-        config=_plain(config),
+        config=plain(config),
         settings=quiet,
         reinit="create_new",
     )
@@ -256,17 +262,6 @@ def _model_artifact(run: Any, path: Path) -> Any:
     else:
         artifact.add_file(str(path))
     return artifact
-
-
-def _plain(values: dict) -> dict:
-    """``values`` as JSON types (numpy scalars, paths and tuples become numbers, strings, lists)."""
-    return json.loads(json.dumps(values, default=_jsonable))
-
-
-def _jsonable(value: Any) -> Any:
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    return str(value)
 
 
 def _cause(error: BaseException) -> str:
@@ -428,34 +423,6 @@ _BLOCK = 32768
 _MAGIC = (b":W&B", 0xBEE1, 0)
 
 
-def read_offline_run(run_path: Path) -> dict:
-    """What an offline run recorded, read from its ``.wandb`` transaction log (no network).
-
-    ``run_path`` is the ``offline-run-*`` folder or its ``.wandb`` file. Returns a dict with
-    ``id``, ``project``, ``group``, ``job_type``, ``name``, ``config`` (nested dict),
-    ``history`` (one dict per ``log`` call, W&B's ``_step``/``_runtime``/``_timestamp`` included),
-    ``summary``, ``artifacts`` (``{"name", "type"}`` each) and ``exit_code`` (None if the run
-    never finished). Raises DataError when the file is missing or not a W&B transaction log.
-    """
-    from wandb.proto import wandb_internal_pb2
-
-    run = {"config": {}, "history": [], "summary": {}, "artifacts": [], "exit_code": None}
-    for payload in _log_records(_transaction_log(Path(run_path))):
-        record = wandb_internal_pb2.Record()
-        record.ParseFromString(payload)
-        _apply_record(run, record)
-    run["config"].pop("_wandb", None)
-    run["summary"].pop("_wandb", None)
-    return run
-
-
-def _transaction_log(run_path: Path) -> Path:
-    found = [run_path] if run_path.suffix == ".wandb" else sorted(run_path.glob("*.wandb"))
-    if not found or not found[0].is_file():
-        raise DataError(f"{run_path}: no W&B transaction log (*.wandb) found")
-    return found[0]
-
-
 def _log_records(path: Path) -> list[bytes]:
     """The payloads of the complete records in a LevelDB-style log; a torn tail is ignored."""
     data = path.read_bytes()
@@ -476,33 +443,3 @@ def _log_records(path: Path) -> list[bytes]:
             records.append(pending)
             pending = b""
     return records
-
-
-def _apply_record(run: dict, record: Any) -> None:
-    kind = record.WhichOneof("record_type")
-    if kind == "run":
-        r = record.run
-        run.update(id=r.run_id, project=r.project, group=r.run_group, job_type=r.job_type, name=r.display_name)
-        _apply_items(run["config"], r.config.update)
-    elif kind == "config":
-        _apply_items(run["config"], record.config.update)
-    elif kind == "history":
-        row: dict = {}
-        _apply_items(row, record.history.item)
-        run["history"].append(row)
-    elif kind == "summary":
-        _apply_items(run["summary"], record.summary.update)
-    elif kind == "artifact":
-        run["artifacts"].append({"name": record.artifact.name, "type": record.artifact.type})
-    elif kind == "exit":
-        run["exit_code"] = record.exit.exit_code
-
-
-def _apply_items(target: dict, items: Any) -> None:
-    """Set each ``(key | nested_key, value_json)`` item into ``target``, nesting by key path."""
-    for item in items:
-        keys = list(item.nested_key) or [item.key]
-        node = target
-        for key in keys[:-1]:
-            node = node.setdefault(key, {})
-        node[keys[-1]] = json.loads(item.value_json)
