@@ -84,3 +84,31 @@ def test_exponent_floats_and_syntax_errors(tmp_path):
         read_yaml(_write(tmp_path / "bad.yaml", "a: [1, 2\n"))
     with pytest.raises(ConfigError, match="file not found"):
         read_yaml(tmp_path / "missing.yaml")
+
+
+def test_every_lobsearch_error_survives_a_trip_through_pickle():
+    """Errors raised in a Ray worker reach the driver pickled: type, message and fields intact."""
+    import pickle
+
+    from lobsearch import errors
+    from lobsearch.trial import TrialFailed
+
+    samples = [errors.LobsearchError("x"), errors.DataError("day 20260101: bad"),
+               errors.ConfigError("space.yaml", ["a: rule (got 1)", "b: rule (got 2)"]),
+               TrialFailed("loss went NaN")]
+    for error in samples:
+        back = pickle.loads(pickle.dumps(error))
+        assert type(back) is type(error) and str(back) == str(error)
+    config = pickle.loads(pickle.dumps(samples[2]))
+    assert config.source == "space.yaml" and config.problems == ("a: rule (got 1)", "b: rule (got 2)")
+    declared = {c for c in vars(errors).values() if isinstance(c, type) and issubclass(c, Exception)}
+    assert declared <= {type(e) for e in samples}, "a new error type needs a pickle sample here"
+
+
+def test_a_huge_yaml_file_is_refused_before_it_is_parsed(tmp_path):
+    from lobsearch.config import MAX_YAML_BYTES
+
+    path = tmp_path / "big.yaml"
+    path.write_text("models: {lstm: {}}\n" + "# padding\n" * (MAX_YAML_BYTES // 10 + 1))
+    with pytest.raises(ConfigError, match="at most 1,048,576 bytes"):
+        read_yaml(path)

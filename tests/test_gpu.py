@@ -80,9 +80,26 @@ def test_the_heaviest_profile_takes_the_worst_of_each():
     assert worst.label == "a, b"
 
 
-def test_memory_helpers_do_nothing_off_cuda():
+def test_memory_helpers_do_nothing_off_cuda(monkeypatch: pytest.MonkeyPatch):
+    touched: list[str] = []
+
+    def recorder(name: str) -> Any:
+        def call(*args: Any, **kwargs: Any) -> int:
+            touched.append(name)
+            return 2**20
+
+        return call
+
+    for name in ("empty_cache", "reset_peak_memory_stats", "max_memory_reserved", "max_memory_allocated"):
+        monkeypatch.setattr(torch.cuda, name, recorder(name))
     assert memory_metrics("cpu") == {}
     release_memory("cpu")
+    release_memory(torch.device("cpu"))
+    assert touched == [], "a CPU device never reaches torch.cuda"
+    # the control: a CUDA device does reach it (the recorders stand in for the GPU)
+    assert memory_metrics("cuda") == {"gpu_mem_mb": 1.0, "gpu_mem_allocated_mb": 1.0}
+    release_memory("cuda")
+    assert touched == ["max_memory_reserved", "max_memory_allocated", "empty_cache", "reset_peak_memory_stats"]
 
 
 def test_out_of_memory_message_says_what_to_change():

@@ -122,7 +122,7 @@ def test_resume_with_another_data_hash_names_both(tmp_path):
         fit(_model(), train, val, _cfg(epochs=2), device="cpu", resume=tmp_path, data_hash="bbbb")
 
 
-def test_checkpoint_is_written_atomically_each_epoch(tmp_path):
+def test_checkpoint_is_written_atomically_each_epoch(tmp_path, monkeypatch):
     train, val = _windows()
     seen = []
     fit(_model(), train, val, _cfg(epochs=2), device="cpu", checkpoint_dir=tmp_path,
@@ -130,6 +130,18 @@ def test_checkpoint_is_written_atomically_each_epoch(tmp_path):
     assert seen == [[CHECKPOINT_NAME], [CHECKPOINT_NAME]]
     payload = torch.load(tmp_path / CHECKPOINT_NAME, weights_only=True)
     assert payload["progress"]["epoch"] == 2 and set(payload["rng"]) >= {"torch", "numpy", "python", "sampler"}
+
+    def torn_save(obj, f, *args, **kwargs):  # a crash half-way through writing the next checkpoint
+        with open(f, "wb") as handle:
+            handle.write(b"torn")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", torn_save)
+    with pytest.raises(OSError, match="disk full"):
+        fit(_model(), train, val, _cfg(epochs=3), device="cpu", checkpoint_dir=tmp_path, resume=tmp_path)
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [CHECKPOINT_NAME], "no temporary file is left"
+    assert torch.load(tmp_path / CHECKPOINT_NAME, weights_only=True)["progress"]["epoch"] == 2
 
 
 def test_nan_loss_is_a_status_not_an_exception():
@@ -313,7 +325,11 @@ def test_graphed_step_is_only_made_for_graph_backends():
     model = create_model("lstm_tiny", train.n_features, train.window)
     plain_backend = device_setup(model_spec("lstm").backend, "cpu")
     step = make_train_step(model, cfg.step, plain_backend, None, steps_per_epoch=4, epochs=cfg.epochs)
-    assert isinstance(step, TrainStep)
+    assert isinstance(step, TrainStep) and not isinstance(step, GraphedStep)
+    graph_backend = dataclasses.replace(plain_backend, cuda_graphs=True)
+    wrapped = make_train_step(model, cfg.step, graph_backend, None, steps_per_epoch=4, epochs=cfg.epochs)
+    assert isinstance(wrapped, GraphedStep) and isinstance(wrapped.step, TrainStep)
+    assert wrapped.backend is graph_backend
     graphed = GraphedStep(step)
     # the wrapper forwards what fit and the checkpoint read from a step
     assert graphed.optimizer is step.optimizer and graphed.scheduler is step.scheduler

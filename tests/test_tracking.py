@@ -236,7 +236,7 @@ def fake_search(tmp_path: Path, mode: str) -> SimpleNamespace:
     space = SimpleNamespace(spec=SimpleNamespace(tracking=Tracking(wandb=mode, project="lobsearch-test"), objective=Objective()),
                             families=["lstm"], run_config=run_config)
     return SimpleNamespace(space=space, name="lstm-20261126-1200", run_dir=tmp_path / "run",
-                           metric="val_macro_f1", mode="max")
+                           metric="val_macro_f1", sign=1)
 
 
 @pytest.mark.integration
@@ -252,7 +252,8 @@ def test_the_tune_callback_records_one_run_per_trial(tmp_path, wandb_env):
     (tmp_path / "error.txt").write_text("Traceback ...\nlobsearch.trial.TrialFailed: loss is nan at epoch 2\n")
     for trial in (ok, bad):
         callback.on_trial_start(iteration=0, trials=[ok, bad], trial=trial)
-    for epoch, metrics in enumerate(EPOCHS, start=1):
+    epochs = [EPOCHS[0], EPOCHS[2], EPOCHS[1]]  # the best epoch (the 2nd) is not the last
+    for epoch, metrics in enumerate(epochs, start=1):
         callback.on_trial_result(iteration=epoch, trials=[ok, bad], trial=ok, result=tune_result(epoch, metrics))
     callback.on_trial_complete(iteration=4, trials=[ok, bad], trial=ok)
     callback.on_trial_error(iteration=4, trials=[ok, bad], trial=bad)
@@ -264,8 +265,9 @@ def test_the_tune_callback_records_one_run_per_trial(tmp_path, wandb_env):
     assert good["group"] == "lstm-20261126-1200" and good["job_type"] == "lstm"
     assert good["config"] == {"params": {"data.window": 40}, "data": {"window": 40}, "model": {"name": "lstm"}}
     assert [{k: v for k, v in row.items() if not k.startswith("_")} for row in good["history"]] == [
-        {**m, "epoch": e, "n_params": 12_345} for e, m in enumerate(EPOCHS, start=1)]
-    assert good["summary"]["best_val_macro_f1"] == 0.41 and good["summary"]["best_epoch"] == 3
+        {**m, "epoch": e, "n_params": 12_345} for e, m in enumerate(epochs, start=1)]
+    assert good["summary"]["best_val_macro_f1"] == 0.41 and good["summary"]["best_epoch"] == 2
+    assert good["summary"]["best_train_loss"] == 0.91, "the summary is the best epoch's row, not the last's"
     assert good["artifacts"] == [] and good["exit_code"] == 0, "only the best configuration's run carries the model"
     failed = runs["a1b2_00001"]
     assert failed["exit_code"] == 1 and failed["summary"]["error"].endswith("loss is nan at epoch 2")

@@ -17,7 +17,14 @@ from lobsearch.data.features import n_selected
 from lobsearch.data.windows import WindowSet
 from lobsearch.errors import ConfigError
 from lobsearch.models import model_spec
-from lobsearch.recipe import build_run, evaluate_checkpoint, fit_run, horizon_index, previous_known_labels
+from lobsearch.recipe import (
+    build_run,
+    evaluate_checkpoint,
+    evaluate_model,
+    fit_run,
+    horizon_index,
+    previous_known_labels,
+)
 from lobsearch.train import format_table, main, resolved_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -146,10 +153,19 @@ def test_max_train_windows_caps_training_windows(prepared, tmp_path):
 def test_evaluate_checkpoint_reports_val_and_test(prepared, tmp_path):
     config = load_run_config(_write(tmp_path / "tiny.yaml", TINY))
     built = build_run(config, prepared, device="cpu")
-    fit_run(built, checkpoint_dir=tmp_path / "ck")
+    result = fit_run(built, checkpoint_dir=tmp_path / "ck")
     outcome = evaluate_checkpoint(config, prepared, tmp_path / "ck")
     assert {"val", "test", "baselines", "lift", "best_epoch"} <= set(outcome)
-    assert np.isclose(outcome["lift"]["test"], outcome["lift_detail"]["test"]["lift_macro_f1"])
+    assert outcome["best_epoch"] == result.best_epoch >= 1
+    # the checkpoint's best weights, evaluated on a freshly built run (not its random initial ones)
+    fresh = build_run(config, prepared, device="cpu", with_test=True)
+    expected = evaluate_model(fresh, result.best_state)
+    for split in ("val", "test"):
+        assert outcome[split] == expected[split], split
+        assert sum(outcome[split]["support"]) == len(getattr(fresh, split))
+        base = outcome["baselines"][split]
+        best = max(base["majority_macro_f1"], base["previous_macro_f1"])
+        assert np.isclose(outcome["lift"][split], outcome[split]["macro_f1"] - best), split
 
 
 # ------------------------------------------------------------------ the command

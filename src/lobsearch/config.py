@@ -256,12 +256,21 @@ class _Loader(yaml.SafeLoader):
 _Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
 
 
+MAX_YAML_BYTES = 1 << 20
+"""The largest config or space file read: the shipped ones are under 2 KB, and validating a space
+costs time with its size (a 10 MB one took minutes)."""
+
+
 def read_yaml(path: str | Path) -> Any:
     """Parse a YAML file; raises ConfigError naming the file and the line of a syntax error or
     of each repeated key (``line 12: duplicate key 'params' (first at line 3)``)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(str(path), ["file not found"])
+    size = path.stat().st_size
+    if size > MAX_YAML_BYTES:
+        raise ConfigError(str(path), [f"{size:,} bytes: a config or space file is at most "
+                                      f"{MAX_YAML_BYTES:,} bytes (is this the right file?)"])
     loader = _Loader(path.read_text())
     try:
         data = loader.get_single_data()

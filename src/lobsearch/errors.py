@@ -27,6 +27,10 @@ class ConfigError(LobsearchError, ValueError):
         lines = "\n".join(f"  - {p}" for p in self.problems)
         super().__init__(f"{source}: {len(self.problems)} problem(s):\n{lines}")
 
+    def __reduce__(self) -> tuple:
+        # an error raised in a Ray worker is pickled to reach the driver: rebuild it from its parts
+        return (type(self), (self.source, self.problems))
+
 
 def closest(value: str, choices: Iterable[str]) -> str | None:
     """The choice most like ``value``, or None when nothing is close."""

@@ -21,7 +21,7 @@ class Plan:
     space: the validated space (command-line overrides applied); export: the export folder,
     absolute; name: the search's name; storage: where Tune keeps the experiment (an absolute
     folder or a URI such as ``s3://bucket/path``); run_dir: where the results files go;
-    resume: the user asked to continue this search; address: the Ray cluster joined (None:
+    resume: it continues a recorded search; address: the Ray cluster joined (None:
     a local Ray); metric and mode: the objective ASHA and the searcher follow, sign: +1 when
     larger is better, else -1; max_epochs: the most epochs any trial can run; gpus_per_trial:
     the resolved share of a GPU each trial holds; started and started_at: the driver's start

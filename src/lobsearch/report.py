@@ -36,6 +36,7 @@ import numpy as np
 from lobsearch.console import duration, fmt
 from lobsearch.contract import CLASS_NAMES
 from lobsearch.errors import DataError
+from lobsearch.files import write_text
 
 TOP_TRIALS = 10
 NOT_APPLICABLE = -0.15
@@ -47,6 +48,8 @@ STATUS_COLORS = {
     "pruned": "#e9c46a",
     "stopped": "#f4a261",
     "failed": "#e76f51",
+    "interrupted": "#9c6644",
+    "not_started": "#adb5bd",
 }
 METRIC_ROWS = ("accuracy", "macro_f1", "f1_down", "f1_stable", "f1_up", "mcc", "kappa", "log_loss")
 CSS = """
@@ -87,8 +90,7 @@ def write_report(run_dir: Path) -> Path:
     if results.get("horizon") is None:
         results["horizon"] = horizon_of_best_config(run_dir)
     out = run_dir / "report.html"
-    out.write_text(render(results, run_dir), encoding="utf-8")
-    return out
+    return write_text(out, render(results, run_dir))
 
 
 def horizon_of_best_config(run_dir: Path) -> int | None:

@@ -62,9 +62,14 @@ class Summary:
         }
 
 
-def _status(result: Any, max_epochs: int) -> str:
+def _status(result: Any, max_epochs: int, tune_status: str = "") -> str:
+    """failed, not_started, interrupted, completed, early_stopped or pruned (stopped by ASHA)."""
     if result.error is not None:
         return "failed"
+    if tune_status == "PENDING" or (not result.metrics and tune_status != "TERMINATED"):
+        return "not_started"
+    if tune_status in ("RUNNING", "PAUSED"):
+        return "interrupted"
     last = result.metrics or {}
     fit_status = last.get("fit_status", "running")
     if fit_status in ("completed", "early_stopped"):
@@ -83,7 +88,8 @@ def _history(result: Any) -> list[dict[str, Any]]:
     return list({row.get("epoch", i): row for i, row in enumerate(rows)}.values())
 
 
-def _trial_record(number: int, result: Any, plan: Plan, t0: float | None) -> dict[str, Any]:
+def _trial_record(number: int, result: Any, plan: Plan, t0: float | None,
+                  tune_trials: dict[str, tuple[str, int]]) -> dict[str, Any]:
     metric = plan.metric
     history = _history(result)
     best_row = max(
@@ -94,10 +100,13 @@ def _trial_record(number: int, result: Any, plan: Plan, t0: float | None) -> dic
     end = last.get("timestamp")
     duration = last.get("time_total_s")
     start = end - duration if end is not None and duration is not None else None
+    trial_id = last.get("trial_id", result.path.rsplit("/", 1)[-1] if result.path else str(number))
+    tune_status, retries = tune_trials.get(result.path, ("", 0))
     return {
-        "trial_id": last.get("trial_id", result.path.rsplit("/", 1)[-1] if result.path else str(number)),
+        "trial_id": trial_id,
         "number": number,
-        "status": _status(result, plan.max_epochs),
+        "status": _status(result, plan.max_epochs, tune_status),
+        "retries": retries,
         "params": params,
         "best": ({"epoch": best_row.get("epoch"), **{k: v for k, v in best_row.items() if k.startswith("val_")}}
                  if best_row else None),
@@ -114,8 +123,13 @@ def _trial_record(number: int, result: Any, plan: Plan, t0: float | None) -> dic
     }
 
 
-def collect(grid: Any, plan: Plan, export: Any, prepared: dict[str, Any]) -> Summary:
-    """Turn Tune's ResultGrid into a Summary with the best trial picked on validation."""
+def collect(grid: Any, plan: Plan, export: Any, prepared: dict[str, Any], *,
+            tune_trials: dict[str, tuple[str, int]] | None = None) -> Summary:
+    """Turn Tune's ResultGrid into a Summary with the best trial picked on validation.
+
+    ``tune_trials`` maps a trial's folder to Tune's status of it and the times Tune restarted it
+    after a failure: a trial still PENDING never started, one RUNNING or PAUSED was interrupted.
+    """
     results = list(grid)
     starts = [
         r.metrics["timestamp"] - r.metrics.get("time_total_s", 0)
@@ -124,7 +138,7 @@ def collect(grid: Any, plan: Plan, export: Any, prepared: dict[str, Any]) -> Sum
     ]
     t0 = min(starts) if starts else None
     trials = sorted(
-        (_trial_record(i, r, plan, t0) for i, r in enumerate(results)),
+        (_trial_record(i, r, plan, t0, tune_trials or {}) for i, r in enumerate(results)),
         key=lambda t: (t["start_s"] is None, t["start_s"] or 0),
     )
     for number, trial in enumerate(trials):
@@ -151,7 +165,9 @@ def collect(grid: Any, plan: Plan, export: Any, prepared: dict[str, Any]) -> Sum
 
 def _stopped_by(trials: list[dict[str, Any]], plan: Plan) -> str:
     settings = plan.space.spec.search
-    if len(trials) >= settings.num_samples and all(t["status"] != "pruned" or t["epochs"] for t in trials):
+    unfinished = any(t["status"] in ("not_started", "interrupted") or not t["epochs"] for t in trials
+                     if t["status"] != "failed")
+    if len(trials) >= settings.num_samples and not unfinished:
         return "completed"
     return "time_budget" if settings.time_budget_s else "interrupted"
 
@@ -235,7 +251,8 @@ def upload_results(run_dir: Path, uri: str) -> None:
 def _csv(trials: list[dict[str, Any]]) -> str:
     params = sorted({k for t in trials for k in t["params"]})
     metrics = sorted({k for t in trials for k in (t["best"] or {})})
-    columns = ["number", "trial_id", "status", "epochs", "duration_s", *params, *metrics, "n_params", "error"]
+    columns = ["number", "trial_id", "status", "retries", "epochs", "duration_s", *params, *metrics, "n_params",
+               "error"]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
     writer.writeheader()

@@ -18,7 +18,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from lobsearch.console import clock, fmt
+from lobsearch import runfolder
+from lobsearch.console import elapsed, fmt
 from lobsearch.errors import DataError
 from lobsearch.plan import Plan
 from lobsearch.space import SearchSpace
@@ -46,8 +47,11 @@ def run_search(
     """Run (or resume) the search of ``space`` on ``export`` (None: the built-in demo export).
 
     ``name`` defaults to ``<space name>-<timestamp>``, ``storage`` to ``$LOBSEARCH_STORAGE`` or
-    ./runs, ``address`` to ``$RAY_ADDRESS`` (else a local Ray). Raises DataError for an export
-    that breaks the contract or a ``resume`` with nothing to continue.
+    ./runs, ``address`` to ``$RAY_ADDRESS`` (else a local Ray). A name whose run folder holds a
+    search record resumes that search with the space and export it recorded (``runfolder``).
+    Raises DataError for an export that breaks the contract, a ``resume`` with nothing to
+    continue, another export than the one recorded, a folder in use or not lobsearch's, and
+    trial resources this Ray can never provide; all before any trial starts.
     """
     from lobsearch.data.days import discover_export, validate_export
 
@@ -55,30 +59,103 @@ def run_search(
     say = _printer(started, quiet)
     if resume and not name:
         raise DataError("--resume needs --name NAME: the search to continue (see the run folder under --storage)")
-    if export is None:
-        from lobsearch.synth import demo_export
-
-        export = demo_export()
-        say(f"no --data given: using the built-in synthetic demo export at {export}")
-    found = discover_export(export)
-    validate_export(found, deep=False)  # headers now; every row is checked as it is prepared
     name = name or default_name(space)
     storage = _absolute(storage or default_storage())
-    _say_start(space, name, say)
-    with _ray_session(address or os.environ.get("RAY_ADDRESS")) as joined:
-        prepared = _prepare(space, found, say)
-        plan = Plan(
-            space=space, export=Path(export).resolve(), name=name, storage=storage,
-            run_dir=_run_dir(storage, name), resume=resume, address=joined,
-            metric=space.spec.objective.metric, mode=space.spec.objective.direction,
-            sign=space.spec.objective.sign, max_epochs=space.max_epochs,
-            gpus_per_trial=_gpus_per_trial(space, prepared, autoscaling=bool(joined), say=say),
-            started=started, started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            say=say, quiet=quiet,
+    run_dir = _run_dir(storage, name)
+    with runfolder.claimed(run_dir):
+        recorded = runfolder.read_record(run_dir)
+        if recorded is not None:
+            space, export = _recorded(recorded, space, export, say)
+        elif resume:
+            raise DataError(f"--resume: no search named {name!r} under {storage} (nothing to continue)")
+        if export is None:
+            from lobsearch.synth import demo_export
+
+            export = demo_export()
+            say(f"no --data given: using the built-in synthetic demo export at {export}")
+        found = discover_export(export)
+        report = validate_export(found, deep=False)  # headers now; every row is checked as it is prepared
+        _check_export_fits(space, report)
+        _say_start(space, name, say)
+        with _ray_session(address or os.environ.get("RAY_ADDRESS")) as joined:
+            prepared = _prepare(space, found, say)
+            plan = Plan(
+                space=space, export=Path(export).resolve(), name=name, storage=storage,
+                run_dir=run_dir, resume=recorded is not None, address=joined,
+                metric=space.spec.objective.metric, mode=space.spec.objective.direction,
+                sign=space.spec.objective.sign, max_epochs=space.max_epochs,
+                gpus_per_trial=_gpus_per_trial(space, prepared, autoscaling=bool(joined), say=say),
+                started=started, started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                say=say, quiet=quiet,
+            )
+            _check_resources(plan)
+            if recorded is None:
+                runfolder.write_record(run_dir, name=name, space_source=space.source, space_name=space.name,
+                                       space=space.spec.model_dump(mode="json"), export=plan.export,
+                                       storage=storage)
+            grid, interrupted = _fit(plan, prepared)
+            return _finish(plan, grid, prepared, found, interrupted)
+
+
+def _recorded(record: dict[str, Any], given: SearchSpace, export: Path | None,
+              say: Callable[[str], None]) -> tuple[SearchSpace, Path]:
+    """The space and export a resumed search recorded; DataError for another ``export``."""
+    from lobsearch.schema import validate
+    from lobsearch.space import SpaceFile
+
+    recorded_export = Path(record["export"])
+    if export is not None and Path(export).resolve() != recorded_export.resolve():
+        raise DataError(
+            f"--data {export}: this search was started on {recorded_export} (recorded in "
+            f"{runfolder.RECORD}); resume without --data, or start a new search with another --name"
         )
-        plan.run_dir.mkdir(parents=True, exist_ok=True)
-        grid, interrupted = _fit(plan, prepared)
-        return _finish(plan, grid, prepared, found, interrupted)
+    where = f"{record.get('space_source')} (recorded in {runfolder.RECORD})"
+    space = SearchSpace(name=record["space_name"], source=record["space_source"],
+                        spec=validate(SpaceFile, record["space"], where))
+    if given.spec != space.spec:
+        say("resuming with the space and options recorded when this search started; "
+            "the space file and options given now differ and are not used")
+    return space, recorded_export
+
+
+def _check_export_fits(space: SearchSpace, report: Any) -> None:
+    """What a trial would find out too late, checked before Ray starts: the export has train and
+    val days, and every feature set the space can sample exists in its columns (ConfigError
+    naming the preset and the export's width)."""
+    from lobsearch.config import DataConfig
+    from lobsearch.data.features import feature_columns
+
+    for split in ("train", "val"):
+        if not report.days.get(split):
+            raise DataError(f"{report.root}: the {split!r} split has no days; a search needs train and val days")
+    searched = space.spec.params.get("data.features")
+    fixed = space.spec.fixed.get("data", {}).get("features", DataConfig().features)
+    for choice in searched.choices if searched is not None else (fixed,):
+        feature_columns(choice, report.n_features)
+
+
+def _check_resources(plan: Plan) -> None:
+    """DataError when no node of a local Ray can ever hold one trial (an autoscaling cluster may
+    add such nodes, so a joined cluster is only told what is asked)."""
+    import ray
+
+    settings = plan.space.spec.search
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    fits = any(n.get("CPU", 0) >= settings.cpus_per_trial and n.get("GPU", 0) >= plan.gpus_per_trial
+               for n in nodes)
+    if fits:
+        return
+    asked = f"{settings.cpus_per_trial:g} CPU(s) and {plan.gpus_per_trial:g} GPU(s) per trial"
+    largest = max(nodes, key=lambda n: (n.get("CPU", 0), n.get("GPU", 0)), default={})
+    if plan.address:
+        plan.say(f"waiting for nodes: no node has {asked} yet (the largest has {largest.get('CPU', 0):g} "
+                 f"CPUs, {largest.get('GPU', 0):g} GPUs); the autoscaler must add one")
+        return
+    raise DataError(
+        f"search.cpus_per_trial / gpus_per_trial: {asked} fit on no node of this machine's Ray "
+        f"({largest.get('CPU', 0):g} CPUs, {largest.get('GPU', 0):g} GPUs); lower them "
+        "(--cpus-per-trial, --gpus-per-trial) or join a cluster with --address"
+    )
 
 
 def default_name(space: SearchSpace) -> str:
@@ -104,7 +181,7 @@ def _run_dir(storage: str, name: str) -> Path:
 def _printer(started: float, quiet: bool) -> Callable[[str], None]:
     def say(message: str) -> None:
         if not quiet:
-            print(f"[{clock(time.monotonic() - started)}] {message}", flush=True)
+            print(f"[{elapsed(started)}] {message}", flush=True)
 
     return say
 
@@ -154,7 +231,7 @@ def _fit(plan: Plan, prepared: dict[str, Any]) -> tuple[Any, bool]:
         grid = tuner.fit()
     except KeyboardInterrupt:
         return None, True
-    return grid, _was_interrupted(plan)
+    return grid, _was_interrupted(_trial_states(plan))
 
 
 def _finish(plan: Plan, grid: Any, prepared: dict[str, Any], export: Any, interrupted: bool) -> Outcome:
@@ -166,13 +243,21 @@ def _finish(plan: Plan, grid: Any, prepared: dict[str, Any], export: Any, interr
     if grid is None:
         print(f"interrupted; finished trials are kept. Resume with:\n  {resume_hint}")
         return Outcome.INTERRUPTED
-    summary = collect(grid, plan, export, prepared)
+    tune_trials = {trial.path: (trial.status, trial.num_failures) for trial in _trial_states(plan)}
+    summary = collect(grid, plan, export, prepared, tune_trials=tune_trials)
     if interrupted:
         summary.stopped_by = "interrupted"
     if summary.best is not None:
         plan.say("evaluating the best configuration once on the test split")
         evaluate_best(summary, prepared)
-    write_results(summary, plan.run_dir)
+    try:
+        write_results(summary, plan.run_dir)
+    except OSError as error:
+        raise DataError(
+            f"{plan.run_dir}: the results could not be written ({error.strerror or error}); the "
+            f"{len(summary.trials)} trials are kept in {plan.experiment_path}. Once it is writable, "
+            f"write them with:\n  {resume_hint}"
+        ) from None
     _record_best(plan, summary)
     if plan.remote_storage:
         upload_results(plan.run_dir, plan.experiment_path)
@@ -201,15 +286,19 @@ def _record_best(plan: Plan, summary: Any) -> None:
         summary.extra["wandb_sync"] = command
 
 
-def _was_interrupted(plan: Plan) -> bool:
-    """True when the fit returned with trials still pending, running or paused: Ctrl-C stopped it
-    (a time budget ends every started trial, and the searcher then starts no more)."""
+def _trial_states(plan: Plan) -> list[Any]:
+    """Tune's record of every trial of the experiment (status, failures), [] when unreadable."""
     from ray.tune import ExperimentAnalysis
 
     try:
-        trials = ExperimentAnalysis(plan.experiment_path).trials
-    except Exception:  # no readable experiment state: nothing suggests an interruption
-        return False
+        return list(ExperimentAnalysis(plan.experiment_path).trials)
+    except Exception:  # no readable experiment state
+        return []
+
+
+def _was_interrupted(trials: list[Any]) -> bool:
+    """True when the fit returned with trials still pending, running or paused: Ctrl-C stopped it
+    (a time budget ends every started trial, and the searcher then starts no more)."""
     return any(trial.status not in ("TERMINATED", "ERROR") for trial in trials)
 
 
@@ -241,10 +330,7 @@ class _ray_session:
             os.environ.setdefault(key, value)
         if ray.is_initialized():
             return self.address
-        if self.address:
-            ray.init(address=self.address, log_to_driver=False)
-        else:
-            start_ray()
+        start_ray(self.address)
         self.started_here = True
         return self.address
 

@@ -305,9 +305,9 @@ def _wandb_callback_class() -> type:
         checkpoint as a "model" artifact, and failed = True when the trial errored.
         """
 
-        def __init__(self, settings: WandbSettings, *, group: str, metric: str, mode: str,
+        def __init__(self, settings: WandbSettings, *, group: str, metric: str, sign: int,
                      families: tuple[str, ...] = (), run_config: Any = None):
-            self.settings, self.group, self.metric, self.mode = settings, group, metric, mode
+            self.settings, self.group, self.metric, self.sign = settings, group, metric, sign
             self.families, self.run_config = tuple(families), run_config
             self.trackers: dict[str, TrialTracker] = {}
             self.best: dict[str, dict] = {}
@@ -318,7 +318,7 @@ def _wandb_callback_class() -> type:
             settings = settings_for_search(plan)
             if settings is None:
                 return None
-            return cls(settings, group=plan.name, metric=plan.metric, mode=plan.mode,
+            return cls(settings, group=plan.name, metric=plan.metric, sign=plan.sign,
                        families=tuple(plan.space.families), run_config=plan.space.run_config)
 
         def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -339,8 +339,7 @@ def _wandb_callback_class() -> type:
                 return
             tracker.log_epoch(metrics, step=int(metrics.get("epoch", result.get("training_iteration", 0))))
             best = self.best.get(trial.trial_id)
-            sign = 1 if self.mode == "max" else -1
-            if self.metric in metrics and (best is None or sign * metrics[self.metric] > sign * best[self.metric]):
+            if self.metric in metrics and (best is None or self.sign * metrics[self.metric] > self.sign * best[self.metric]):
                 self.best[trial.trial_id] = metrics
 
         def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:

@@ -95,10 +95,6 @@ def build_tuner(plan: Plan, prepared: dict[str, Any]) -> tune.Tuner:
     if tune.Tuner.can_restore(path):
         plan.say(f"resuming {plan.name!r} from {path}: finished trials are kept")
         return tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
-    if plan.resume:
-        from lobsearch.errors import DataError
-
-        raise DataError(f"--resume: no search named {plan.name!r} under {plan.storage} (nothing to continue)")
     concurrency = spec.search.max_concurrent or default_concurrency(
         ray.cluster_resources(), spec.search.cpus_per_trial, plan.gpus_per_trial
     )

@@ -464,14 +464,17 @@ def _import_data_modules() -> None:
     import lobsearch.data.pipeline  # noqa: F401
 
 
-def start_ray() -> None:
-    """Join the running Ray, or start a local one sized to this machine: no dashboard, workers'
-    output kept off the driver's console, Ray's logging left as the caller set it."""
+def start_ray(address: str | None = None) -> None:
+    """Join the running Ray or the cluster at ``address``, else start a local one sized to this
+    machine (no dashboard); workers' output is kept off the driver's console."""
     import ray
 
     if not ray.is_initialized():
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        ray.init(address="local", include_dashboard=False, log_to_driver=False, configure_logging=False)
+        if address:
+            ray.init(address=address, log_to_driver=False)
+        else:
+            ray.init(address="local", include_dashboard=False, log_to_driver=False, configure_logging=False)
     logging.getLogger("ray.data").setLevel(logging.WARNING)
 
 
