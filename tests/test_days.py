@@ -199,10 +199,41 @@ def test_one_column_labels_named_by_the_manifest(tmp_path):
     assert day.labels.shape == (30, 1) and day.horizons == (50,)
 
 
-def test_unnamed_label_columns_are_an_error_unless_a_rule_names_them(tmp_path):
+def test_unnamed_label_columns_are_an_error_even_when_a_rule_has_as_many_horizons(tmp_path):
     write_day(tmp_path / "train", "20240102", book(30), signed_labels(30))
-    raises("2 label column\\(s\\), but no horizons name them", load_day, day_file(tmp_path))
-    assert load_day(day_file(tmp_path), rule=LabelRule(horizons=(5, 7))).horizons == (5, 7)
+    for rule in (None, LabelRule(horizons=(5, 7))):
+        message = raises("2 label column\\(s\\), but no file names their horizons", load_day, day_file(tmp_path),
+                         rule=rule)
+        assert "labeling.horizons" in message and "export_config.toml" in message
+
+
+def test_top_level_metadata_horizons_name_the_label_columns(tmp_path):
+    write_day(tmp_path / "train", "20240102", book(30), signed_labels(30, 3), {"horizons": [5, 15, 45]})
+    assert load_day(day_file(tmp_path)).horizons == (5, 15, 45)
+
+
+def test_an_empty_manifest_horizons_list_states_nothing(tmp_path):
+    write_day(tmp_path / "train", "20240102", book(30), signed_labels(30)[:, 0])
+    (tmp_path / "dataset_manifest.json").write_text(json.dumps({"horizons": []}))
+    raises("no file names their horizons", load_day, day_file(tmp_path))
+    (tmp_path / "export_config.toml").write_text("[labels]\nstrategy = \"tlob\"\nhorizon = 50\n")
+    assert load_day(day_file(tmp_path)).horizons == (50,)
+
+
+def test_an_unreadable_export_config_is_an_error_naming_it(tmp_path):
+    make_export(tmp_path)
+    (tmp_path / "export_config.toml").write_text("[labels\nhorizon = ")
+    raises("export_config.toml: unreadable TOML", discover_export, tmp_path)
+
+
+def test_the_flat_exporters_row_count_in_n_features_is_read_as_a_row_count(tmp_path):
+    legacy = {"day": "2024-01-02", "n_features": 30, "n_feature_dim": 98, "n_labels": 30, "n_sequences": 3}
+    write_day(tmp_path / "train", "20240102", book(30), signed_labels(30), {**META, **legacy})
+    assert load_day(day_file(tmp_path)).features.shape == (30, 98)
+    write_day(tmp_path / "train", "20240102", book(30), signed_labels(30), {**META, **legacy, "n_feature_dim": 84})
+    raises("98 features, but .*n_feature_dim is 84", load_day, day_file(tmp_path))
+    write_day(tmp_path / "train", "20240102", book(30), signed_labels(30), {**META, **legacy, "n_features": 31})
+    raises("30 rows, but .*n_features is 31", load_day, day_file(tmp_path))
 
 
 def test_metadata_horizons_must_match_the_label_columns(tmp_path):
@@ -258,6 +289,23 @@ def test_normalized_flag_and_schema_version_sources(tmp_path):
     first, second = (load_day(d) for d in discover_export(tmp_path).splits["train"])
     assert first.normalized is True and first.schema_version == 2.0
     assert second.normalized is False and second.schema_version == 2.2  # from the SCHEMA_VERSION column
+
+
+@pytest.mark.parametrize("block,columns,noted", [
+    ({"applied": False, "strategy": "market_structure_zscore"}, [], False),
+    ({"applied": True}, list(range(98)), False),
+    ({"applied": True, "strategy": "market_structure_zscore", "levels": 10,
+      "feature_layout": "ask_prices_10_ask_sizes_10_bid_prices_10_bid_sizes_10"}, list(range(40)), False),
+    ({"applied": True, "strategy": "per_feature_zscore", "levels": 5}, list(range(20)), False),
+    ({"applied": True, "strategy": "none", "feature_layout": "raw_ask_prices_10_ask_sizes_10"}, [], True),
+    ({"applied": True, "strategy": "global_zscore", "feature_layout": "raw_ask_prices_10"}, [], True),
+])
+def test_the_columns_an_export_normalized_follow_strategy_and_layout(block, columns, noted):
+    normalized, note = days_module.exported_normalization("m.json", {"normalization": block}, 98)
+    assert np.flatnonzero(normalized).tolist() == columns
+    assert (note is not None) == noted
+    if noted:
+        assert note.startswith("m.json: normalization.applied is true, but ") and "read as raw" in note
 
 
 def test_bad_normalization_flag_is_an_error(tmp_path):
@@ -410,16 +458,107 @@ def test_windowed_day_becomes_flat_rows_with_labels_at_window_ends(tmp_path):
     np.testing.assert_array_equal(day.labels[4:], labels + 1)
 
 
-def test_windows_that_do_not_overlap_by_one_row_are_an_error(tmp_path):
+def test_windows_that_do_not_overlap_as_the_stated_stride_says_are_an_error(tmp_path):
     x = book(40, dtype=np.float32)
-    write_day(tmp_path / "train", "20240102", windowed(x, 5)[::2], signed_labels(18), META, kind="sequences")
-    raises("window 1 does not repeat rows 1..4 of window 0", load_day, day_file(tmp_path))
+    write_day(tmp_path / "train", "20240102", windowed(x, 5)[::2], signed_labels(18), {**META, "stride": 1},
+              kind="sequences")
+    message = raises("day 20240102: windows 0 and 1 show stride 2, but the stride is 1", load_day, day_file(tmp_path))
+    assert "20240102_metadata.json stride" in message and "overlap by T - stride = 4 rows" in message
+
+
+def test_a_windowed_day_at_stride_two_recovers_its_rows_once(tmp_path):
+    x = book(41, dtype=np.float32)
+    write_day(tmp_path / "train", "20240102", windowed(x, 5)[::2], signed_labels(19), META, kind="sequences")
+    day = load_day(day_file(tmp_path))
+    assert (day.layout.window, day.layout.stride, day.layout.count) == (5, 2, 19)
+    np.testing.assert_array_equal(day.features, x)
+    np.testing.assert_array_equal(np.flatnonzero(day.labels[:, 0] != MISSING_LABEL), 4 + 2 * np.arange(19))
+
+
+def test_a_stated_window_size_other_than_the_files_is_an_error(tmp_path):
+    write_day(tmp_path / "train", "20240102", windowed(book(30, dtype=np.float32), 5), signed_labels(26),
+              {**META, "window_size": 100}, kind="sequences")
+    raises("windows of 5 rows, but .*window_size is 100", load_day, day_file(tmp_path))
 
 
 def test_windowed_labels_count_windows_not_rows(tmp_path):
     write_day(tmp_path / "train", "20240102", windowed(book(30, dtype=np.float32), 5), signed_labels(30), META,
               kind="sequences")
     raises("30 labels for 26 rows of 20240102_sequences.npy", load_day, day_file(tmp_path))
+
+
+# ------------------------------------------------------------------ regression exports
+
+
+REGRESSION_META = {"schema_version": "3.0", "label_strategy": "regression", "horizons": [10, 20],
+                   "forward_prices": {"exported": True, "smoothing_window_offset": 2, "max_horizon": 20,
+                                      "n_columns": 23, "units": "USD"}}
+
+
+def regression_day(tmp_path, returns=None, forward=None, meta=REGRESSION_META):
+    x = book(41, dtype=np.float32)
+    returns = np.random.default_rng(1).normal(0, 8, (19, 2)) if returns is None else returns
+    write_day(tmp_path / "train", "20240102", windowed(x, 5)[::2], metadata=meta, kind="sequences")
+    np.save(tmp_path / "train" / "20240102_regression_labels.npy", returns)
+    if forward is not None:
+        np.save(tmp_path / "train" / "20240102_forward_prices.npy", forward)
+    return returns
+
+
+def test_regression_returns_become_classes_by_a_threshold_in_bps(tmp_path):
+    returns = regression_day(tmp_path)
+    returns[3, 1] = np.nan
+    np.save(tmp_path / "train" / "20240102_regression_labels.npy", returns)
+    message = raises("forward returns in bps, and no threshold_bps", load_day, day_file(tmp_path))
+    assert "data.labels.threshold_bps" in message and "20240102_regression_labels.npy" in message
+    day = load_day(day_file(tmp_path), rule=LabelRule(threshold_bps=5.0))
+    assert day.label_strategy == "regression" and day.horizons == (10, 20)
+    classes = day.labels[day.layout.ends()]
+    expected = np.where(returns > 5, 2, np.where(returns < -5, 0, 1))
+    expected[3, 1] = MISSING_LABEL
+    np.testing.assert_array_equal(classes, expected)
+
+
+def test_regression_labels_must_be_floats_one_row_per_window(tmp_path):
+    regression_day(tmp_path, returns=np.zeros((18, 2)))
+    raises("18 regression labels for 19 rows", load_day, day_file(tmp_path), rule=LabelRule(threshold_bps=5.0))
+    regression_day(tmp_path, returns=np.zeros((19, 2), np.int8))
+    raises("dtype int8 \\(rule: regression labels are floats", load_day, day_file(tmp_path),
+           rule=LabelRule(threshold_bps=5.0))
+
+
+def good_forward(rows=19, columns=23):
+    prices = 100 + np.random.default_rng(2).random((rows, columns))
+    prices[-1, -3:] = np.nan
+    prices[-2, -1:] = np.nan
+    return prices
+
+
+def test_forward_prices_are_read_and_nan_only_past_the_days_end(tmp_path):
+    regression_day(tmp_path, forward=good_forward())
+    day = load_day(day_file(tmp_path), rule=LabelRule(threshold_bps=5.0))
+    assert day.forward_prices.shape == (19, 23) and isinstance(day.forward_prices, np.memmap)
+
+
+@pytest.mark.parametrize("change,found", [
+    (lambda f: f.__setitem__((4, 7), np.nan), "row 4: NaN before a later finite price \\(NaN in columns \\[7\\]\\)"),
+    (lambda f: f.__setitem__((-1, slice(None)), np.nan), "row 18: NaN at column 2, the price at t"),
+    (lambda f: f.__setitem__((-1, slice(-3, None)), 1.0), "row 18: fewer NaN at its end than an earlier row"),
+])
+def test_forward_prices_with_nan_before_the_days_end_are_an_error(tmp_path, change, found):
+    forward = good_forward()
+    change(forward)
+    regression_day(tmp_path, forward=forward)
+    raises(found, load_day, day_file(tmp_path), rule=LabelRule(threshold_bps=5.0))
+
+
+def test_forward_prices_of_other_columns_or_rows_are_an_error(tmp_path):
+    regression_day(tmp_path, forward=good_forward(columns=22))
+    raises("22 columns, but .*forward_prices states 23", load_day, day_file(tmp_path),
+           rule=LabelRule(threshold_bps=5.0))
+    regression_day(tmp_path, forward=good_forward(rows=20))
+    raises("20 rows for 19 of 20240102_sequences.npy", load_day, day_file(tmp_path),
+           rule=LabelRule(threshold_bps=5.0))
 
 
 # ------------------------------------------------------------------ labels from the mid

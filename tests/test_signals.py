@@ -279,3 +279,14 @@ def test_cli_reports_a_missing_export_and_writes_nothing(tmp_path, capsys):
     assert main([str(tmp_path / "nope"), "--out", str(tmp_path / "out")]) == 2
     assert "no such folder" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_windows_that_do_not_overlap_are_refused_not_read_as_one_series(tmp_path):
+    from upstream_export import Upstream, write_upstream_export
+
+    from lobsearch.signals import analyze
+
+    root = tmp_path / "e"
+    write_upstream_export(root, Upstream(window_size=20, stride=20, horizons=(10,)))
+    with pytest.raises(DataError, match="windows of 20 rows at stride 20 do not overlap"):
+        analyze(root)

@@ -173,6 +173,35 @@ def test_windowed_format_loads_to_the_same_rows(tmp_path):
     assert (day_w.labels[:7] == -1).all()
 
 
+def test_windowed_format_at_stride_10_is_an_exporter_style_schema_3_export(tmp_path):
+    flat = synth.write_synthetic_export(tmp_path / "flat", days=3, rows=800, seed=4, schema="3.0")
+    win = synth.write_synthetic_export(tmp_path / "win", days=3, rows=800, seed=4, fmt="windowed", window=100,
+                                       stride=10, schema="3.0")
+    sequences = np.load(win / "train" / "20240102_sequences.npy")
+    labels = np.load(win / "train" / "20240102_labels.npy")
+    forward = np.load(win / "train" / "20240102_forward_prices.npy")
+    meta = json.loads((win / "train" / "20240102_metadata.json").read_text())
+    assert sequences.shape == (71, 100, 98) and labels.shape == (71, 4) and labels.dtype == np.int8
+    assert meta["horizons"] == [10, 20, 50, 100] and meta["stride"] == 10 and meta["contract_version"] == "3.0"
+    assert forward.shape == (71, 10 + 100 + 1) and forward.dtype == np.float64
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        report = validate_export(win)
+    assert report.layouts == ((100, 10),) and report.horizons == (10, 20, 50, 100)
+    (day_w,), (day_f,) = load_split_data(win, "train")[:1], load_split_data(flat, "train")[:1]
+    np.testing.assert_array_equal(day_w.features, np.asarray(day_f.features, np.float32))
+    ends = day_w.layout.ends()
+    np.testing.assert_array_equal(ends, 99 + 10 * np.arange(71))
+    np.testing.assert_array_equal(day_w.labels[ends], day_f.labels[ends])
+    mid = np.asarray(day_f.features[:, 40])
+    np.testing.assert_array_equal(forward[:, 10], mid[ends])
+    np.testing.assert_array_equal(forward[3, :], mid[ends[3] - 10 : ends[3] + 101])
+    assert np.isfinite(forward).all() and day_w.forward_prices.shape == forward.shape
+    manifest = json.loads((win / "dataset_manifest.json").read_text())
+    assert manifest["stride"] == 10 and set(manifest["oracle_macro_f1"]) == {"10", "20", "50", "100"}
+    assert (day_w.features[:, 97] == 0).all() and day_w.schema_version == 3.0
+
+
 def test_schema_2_0_flips_the_two_flow_signs(tmp_path):
     new = synth.write_synthetic_export(tmp_path / "new", days=2, rows=300, seed=2)
     old = synth.write_synthetic_export(tmp_path / "old", days=2, rows=300, seed=2, schema="2.0")
@@ -196,8 +225,8 @@ def test_nan_in_gated_rows_still_validates(tmp_path):
 def test_bad_arguments_are_listed_together(tmp_path):
     with pytest.raises(ConfigError) as info:
         synth.write_synthetic_export(tmp_path / "x", days=0, rows=100, lag=0, splits=(0.5, 0.2, 0.2),
-                                     fmt="csv", schema="3.0")
-    assert len(info.value.problems) == 6
+                                     fmt="csv", schema="4.0", stride=2)
+    assert len(info.value.problems) == 7 and "stride: 2" in str(info.value)
     assert "rows: 100 (rule: at least 240" in str(info.value) and "fmt: 'csv'" in str(info.value)
 
 
@@ -305,7 +334,7 @@ def test_cli_help_names_every_option():
     result = subprocess.run([sys.executable, "-m", "lobsearch.synth", "--help"], capture_output=True, text=True,
                             check=True)
     for option in ("OUT_DIR", "--days", "--rows", "--seed", "--lag", "--format",
-                   "--window", "--schema", "--splits", "--nan-in-gated", "--demo"):
+                   "--window", "--stride", "--schema", "--splits", "--nan-in-gated", "--demo"):
         assert option in result.stdout
 
 

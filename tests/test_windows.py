@@ -19,6 +19,7 @@ class Day:
     x: np.ndarray
     labels: np.ndarray
     row_ok: np.ndarray
+    layout: object = None
 
 
 def make_day(rng, n_rows, n_features=5, horizons=2, p_gated=0.2, p_missing=0.1, date="20250101"):
@@ -58,6 +59,20 @@ def test_window_ends_example():
     assert window_ends(row_ok, label, 2, 1).tolist() == [1, 4, 6]
     assert window_ends(row_ok, label, 2, 1, last_row=True).tolist() == [1, 3, 4, 6]
     assert window_ends(row_ok, label, 3, 2).tolist() == [6]
+
+
+def test_window_ends_on_a_windowed_day_are_its_exported_windows_ends():
+    from lobsearch.data.layout import WindowLayout
+
+    layout = WindowLayout(window=4, stride=2, count=4)
+    row_ok = np.ones(layout.rows, bool)
+    label = np.full(layout.rows, -1)
+    label[layout.ends()] = 1
+    row_ok[4] = False
+    assert window_ends(row_ok, label, 3, 1, layout=layout).tolist() == [3, 7, 9]
+    assert window_ends(row_ok, label, 1, 1, layout=layout).tolist() == [3, 5, 7, 9]
+    with pytest.raises(ConfigError, match="window 5 is longer than the 4 rows .* of day X"):
+        window_ends(row_ok, label, 5, 1, layout=layout, name="day X")
 
 
 def test_window_ends_reject_bad_arguments():

@@ -68,12 +68,19 @@ class NormalizationConfig(Frozen):
 
 
 class LabelsConfig(Frozen):
-    """Where labels come from: the export's labels files, or the smoothed-return rule on MID_PRICE."""
+    """Where labels come from: the export's labels files, or the smoothed-return rule on MID_PRICE.
+
+    ``threshold_bps`` turns a regression export's forward returns (``_regression_labels.npy``,
+    basis points) into classes: Down below -threshold_bps, Up above +threshold_bps, Stable
+    between. A regression export needs it (searchable as a categorical choice); other exports
+    ignore it.
+    """
 
     source: Literal["auto", "file", "computed"] = "auto"
     horizons: tuple[StrictInt, ...] = DEFAULT_HORIZONS
     smoothing: StrictInt = Field(DEFAULT_SMOOTHING, ge=0)
     threshold: StrictFloat | StrictInt = Field(DEFAULT_THRESHOLD, ge=0)
+    threshold_bps: StrictFloat | StrictInt | None = Field(None, gt=0)
 
     @field_validator("horizons")
     @classmethod

@@ -217,6 +217,24 @@ SIGNED_STRATEGIES = frozenset({"tlob", "opportunity"})
 INDEX_STRATEGIES = frozenset({"triple_barrier"})
 """Label strategies stored as class indices {0, 1, 2} already."""
 
+LABEL_STRATEGIES = SIGNED_STRATEGIES | INDEX_STRATEGIES
+"""Every label strategy of a labels file; spellings such as ``triplebarrier`` name the same one."""
+
+REGRESSION_STRATEGY = "regression"
+"""The label strategy of an export of forward returns in bps (``_regression_labels.npy``), whose
+classes come from a threshold: Down below -threshold, Up above +threshold, else Stable."""
+
+STRATEGY_CLASS_NAMES = MappingProxyType(
+    {
+        "tlob": CLASS_NAMES,
+        "opportunity": ("BigDown", "NoOpportunity", "BigUp"),
+        "triple_barrier": ("StopLoss", "Timeout", "ProfitTarget"),
+        REGRESSION_STRATEGY: CLASS_NAMES,
+    }
+)
+"""What class indices 0, 1, 2 mean under each label strategy (the exporter's class names).
+Labels computed from MID_PRICE are smoothed-return labels: those of ``tlob``."""
+
 DEFAULT_HORIZONS = (10, 20, 50, 100)
 DEFAULT_SMOOTHING = 10
 DEFAULT_THRESHOLD = 0.0008

@@ -34,7 +34,6 @@ between days carries no within-day signal and scores 0 here):
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from collections.abc import Sequence
@@ -55,6 +54,7 @@ from lobsearch.data.days import Day, discover_export, load_day
 from lobsearch.data.gating import gate_rows
 from lobsearch.data.normalize import sign_fix
 from lobsearch.errors import ConfigError, DataError, unknown_choice
+from lobsearch.files import dump_json, plain
 
 TRAIN_SPLIT = "train"
 DEFAULT_BINS = 10
@@ -138,13 +138,9 @@ class SignalReport:
 
     def _feature_json(self, i: int) -> dict:
         def values(a: np.ndarray) -> dict[str, float | None]:
-            return {str(h): _finite_or_none(v) for h, v in zip(self.horizons, a[i])}
+            return plain({str(h): float(v) for h, v in zip(self.horizons, a[i])}, finite=True)
 
         return {"index": i, "name": self.names[i], "ic": values(self.ic), "mi": values(self.mi)}
-
-
-def _finite_or_none(value: float) -> float | None:
-    return float(value) if math.isfinite(value) else None
 
 
 def average_ranks(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -381,7 +377,14 @@ def analyze(
         )
     totals = _Fold(horizons, max_rows_per_day, smoothing, bins)
     for file in files:
-        totals.add(load_day(file))
+        day = load_day(file)
+        if day.layout is not None and not day.layout.overlapping:
+            raise DataError(
+                f"{file.features}: windows of {day.layout.window} rows at stride {day.layout.stride} do not "
+                "overlap, so the day's rows are not one series; signal analysis needs forward returns "
+                "along contiguous rows (flat days, or windows at a stride below their length)"
+            )
+        totals.add(day)
     return totals.report(export.root)
 
 
@@ -501,7 +504,7 @@ def write_report(report: SignalReport, out_dir: str | Path) -> tuple[Path, Path]
     out.mkdir(parents=True, exist_ok=True)
     png, js = out / "signals.png", out / "signals.json"
     plot_ic(report, png)
-    js.write_text(json.dumps(report.to_json(), indent=2) + "\n")
+    dump_json(js, report.to_json())
     return png, js
 
 

@@ -15,14 +15,24 @@ Labels are the exporter's smoothed-return labels (``compute_labels``) of MID_PRI
 is longer by the label margins, as an exporter trims it). The manifest records ``planted_lag`` and
 ``oracle_macro_f1``: the macro-F1, on the val and test days, of a classifier that knows the latent
 flow and mid (it predicts from the expected smoothed return, with a threshold fitted on the train
-days), an upper reference for what a model can reach.
+days), an upper reference for what a model can reach (on a windowed export, at the windows' end
+rows: what a model sees).
 
-``python -m lobsearch.synth OUT_DIR --days D --rows N --seed S [--lag L]``; ``--help`` for the rest.
+The windowed format is written as the upstream exporter writes it: window j covers rows
+``j*stride .. j*stride + T - 1``, one int8 label row per window, the stride and window size in the
+metadata, the manifest and an ``export_config.toml``, a ``_horizons.json``, and a
+``_forward_prices.npy`` per day: (windows, k + max(horizons) + 1) float64 mids, column k at the
+window's end row (the simulated day covers every column: none is NaN). Schema "3.0" adds its metadata keys (top-level
+horizons, label_encoding, contract_version, provenance) and stores 0.0 in SCHEMA_VERSION.
+
+``python -m lobsearch.synth OUT_DIR --days D --rows N --seed S [--lag L]``; ``--help`` for the rest
+(``--format windowed --stride 10 --schema 3.0`` for an export like the exporter's default).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import os
@@ -42,15 +52,18 @@ from lobsearch.contract import (
     DEFAULT_THRESHOLD,
     FEATURE_COUNT,
     SIGN_FLIP_SCHEMA_2_0,
+)
+from lobsearch.contract import (
     FeatureIndex as FI,
 )
+from lobsearch.data.claims import EXPORT_CONFIG_NAME
 from lobsearch.data.days import MANIFEST_NAME, SPLITS, compute_labels
 from lobsearch.data.gating import gate_rows
 from lobsearch.data.pipeline import cache_root as resolve_cache_root
 from lobsearch.errors import ConfigError, DataError
 from lobsearch.metrics import classification_metrics
 
-SYNTH_VERSION = 1
+SYNTH_VERSION = 2
 """Bumped whenever the generated data changes; part of the demo export's cache key."""
 
 DEMO_DAYS = 12
@@ -87,7 +100,7 @@ The manifest lists them by name under ``planted_features``."""
 
 _REGIME_VOLATILITY = np.array([1.5, 1.2, 1.0, 0.85, 0.95, 1.1, 1.35])
 _REGIME_ACTIVITY = np.array([3.0, 1.8, 1.2, 0.8, 1.0, 1.4, 2.5])
-_SCHEMAS = ("2.2", "2.1", "2.0")
+_SCHEMAS = ("3.0", "2.2", "2.1", "2.0")
 _FORMATS = ("flat", "windowed")
 
 
@@ -106,6 +119,7 @@ class _Spec:
     schema: str
     nan_in_gated: bool
     symbol: str
+    stride: int = 1
 
     @property
     def margin(self) -> int:
@@ -119,25 +133,28 @@ class _SimDay:
     labels: np.ndarray     # (rows, H) int8 class indices, none missing
     expected: np.ndarray   # (rows, H) float64, the oracle's expected smoothed return
     usable: np.ndarray     # (rows,) bool, passes the three gates
+    mid_path: np.ndarray   # (rows + margin,) float64, the simulated mid: exported row r is mid_path[r + smoothing]
 
 
 def write_synthetic_export(out_dir: str | Path, *, days: int = 20, rows: int = 20000, seed: int = 0,
                            lag: int = 20, splits: tuple[float, float, float] = (0.6, 0.2, 0.2),
                            horizons: tuple[int, ...] = DEFAULT_HORIZONS, smoothing: int = DEFAULT_SMOOTHING,
                            threshold: float = DEFAULT_THRESHOLD, fmt: str = "flat", window: int = 100,
-                           schema: str = "2.2", nan_in_gated: bool = False, symbol: str = "SYNTH") -> Path:
+                           schema: str = "2.2", nan_in_gated: bool = False, symbol: str = "SYNTH",
+                           stride: int = 1) -> Path:
     """Write a synthetic export into ``out_dir`` (new or empty) and return its absolute path.
 
     ``days`` weekdays from 2024-01-02 of ``rows`` rows each, split chronologically by whole days in
     the proportions ``splits`` (a split with no day is left out). ``fmt`` "flat" writes
     ``_features.npy`` (rows, 98) float64; "windowed" writes ``_sequences.npy``
-    (rows - window + 1, window, 98) float32 with one label per window (large: window times the
-    flat size). ``schema`` "2.0" stores NET_CANCEL_FLOW and NET_TRADE_FLOW with the old sign.
+    ((rows - window) // stride + 1, window, 98) float32 with one label per window (large: about
+    window / stride times the flat size) and the exporter's other files (see the module
+    docstring). ``schema`` "2.0" stores NET_CANCEL_FLOW and NET_TRADE_FLOW with the old sign.
     ``nan_in_gated`` writes NaN into some columns of the rows that fail BOOK_VALID.
     Deterministic for a seed. Raises ConfigError listing every bad argument.
     """
     spec = _Spec(days, rows, seed, lag, tuple(splits), tuple(horizons), smoothing, threshold, fmt,
-                 window, schema, nan_in_gated, symbol)
+                 window, schema, nan_in_gated, symbol, stride)
     out = Path(out_dir).expanduser().resolve()
     _check_spec(spec, out)
     dates = _trading_dates(days)
@@ -148,9 +165,11 @@ def write_synthetic_export(out_dir: str | Path, *, days: int = 20, rows: int = 2
     for date, split, rng in zip(dates, split_of, day_rngs):
         sim, price = _simulate_day(rng, spec, price)
         _write_day(out / split, date, sim, spec)
-        oracle_inputs[split].append(sim)
+        oracle_inputs[split].append(_seen_by_a_model(sim, spec))
     oracle = _oracle_macro_f1(oracle_inputs, len(spec.horizons))
     _write_json(out / MANIFEST_NAME, _manifest(spec, dates, split_of, oracle))
+    if spec.fmt == "windowed":
+        (out / EXPORT_CONFIG_NAME).write_text(_export_config(spec))
     return out
 
 
@@ -177,6 +196,8 @@ def _check_spec(spec: _Spec, out: Path) -> None:
         problems.append(f"fmt: {spec.fmt!r} (rule: one of {', '.join(_FORMATS)})")
     if spec.fmt == "windowed" and not 1 <= spec.window <= spec.rows:
         problems.append(f"window: {spec.window} (rule: 1 <= window <= rows)")
+    if spec.stride < 1 or (spec.stride > 1 and spec.fmt != "windowed"):
+        problems.append(f"stride: {spec.stride} (rule: at least 1 row; above 1 only with fmt 'windowed')")
     if spec.schema not in _SCHEMAS:
         problems.append(f"schema: {spec.schema!r} (rule: one of {', '.join(_SCHEMAS)})")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -399,7 +420,7 @@ def _simulate_day(rng: np.random.Generator, spec: _Spec, price: float) -> tuple[
     expected = _expected_returns(flow_all, log_mid, x[:, FI.MID_PRICE], scale, spec)
     keep = slice(spec.smoothing, spec.smoothing + spec.rows)
     features = np.ascontiguousarray(_finish_rows(rng, x[keep], spec))
-    sim = _SimDay(features, labels[keep], expected[keep], gate_rows(features).row_ok)
+    sim = _SimDay(features, labels[keep], expected[keep], gate_rows(features).row_ok, x[:, FI.MID_PRICE].copy())
     return sim, float(np.exp(log_mid[-1] + rng.normal(0, 0.005)))
 
 
@@ -412,7 +433,7 @@ def _finish_rows(rng: np.random.Generator, x: np.ndarray, spec: _Spec) -> np.nda
     x[:, FI.MBO_READY] = np.arange(n) >= warmup
     events = rng.random(n) < 0.002
     x[:, FI.INVALIDITY_DELTA] = np.where(events, 1 + rng.poisson(1.0, n), 0)
-    x[:, FI.SCHEMA_VERSION] = float(spec.schema)
+    x[:, FI.SCHEMA_VERSION] = 0.0 if spec.schema == "3.0" else float(spec.schema)
     if spec.schema == "2.0":
         x[:, list(SIGN_FLIP_SCHEMA_2_0)] *= -1
     if spec.nan_in_gated:
@@ -493,25 +514,76 @@ def _labeling(spec: _Spec) -> dict:
     return {"horizons": list(spec.horizons), "smoothing": spec.smoothing, "threshold": spec.threshold}
 
 
+def _window_ends(spec: _Spec) -> np.ndarray:
+    """(M,) end rows of the windows of a windowed export: T-1, T-1+stride, ... < rows."""
+    return np.arange(spec.window - 1, spec.rows, spec.stride)
+
+
+def _seen_by_a_model(sim: _SimDay, spec: _Spec) -> _SimDay:
+    """The day with ``usable`` limited to the rows a model predicts: every row of a flat export,
+    the windows' end rows of a windowed one."""
+    if spec.fmt == "flat":
+        return sim
+    ends = np.zeros(spec.rows, dtype=bool)
+    ends[_window_ends(spec)] = True
+    return dataclasses.replace(sim, usable=sim.usable & ends)
+
+
+def _forward_prices(mid_path: np.ndarray, ends: np.ndarray, spec: _Spec) -> np.ndarray:
+    """(M, k + max(horizons) + 1) float64: the simulated mid at rows e-k .. e+max(h) of each end
+    row e (the simulation runs k rows before the day and its label margin after, so none is NaN)."""
+    return mid_path[ends[:, None] + np.arange(spec.smoothing + max(spec.horizons) + 1)]
+
+
 def _write_day(folder: Path, date: str, sim: _SimDay, spec: _Spec) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     signed = (sim.labels.astype(np.int8) - 1).astype(np.int8)
-    if spec.fmt == "flat":
-        np.save(folder / f"{date}_features.npy", sim.features)
-        np.save(folder / f"{date}_labels.npy", signed)
-    else:
-        windows = np.lib.stride_tricks.sliding_window_view(sim.features.astype(np.float32), spec.window, axis=0)
-        np.save(folder / f"{date}_sequences.npy", np.ascontiguousarray(windows.transpose(0, 2, 1)))
-        np.save(folder / f"{date}_labels.npy", signed[spec.window - 1:])
     meta = {
         "day": f"{date[:4]}-{date[4:6]}-{date[6:]}", "symbol": spec.symbol, "schema_version": spec.schema,
         "n_features": FEATURE_COUNT, "n_samples": spec.rows, "label_strategy": "tlob",
         "labeling": _labeling(spec), "normalization": {"applied": False}, "format": spec.fmt,
         "generator": "lobsearch.synth", "planted_lag": spec.lag,
     }
-    if spec.fmt == "windowed":
-        meta["sequence_length"] = spec.window
+    if spec.fmt == "flat":
+        np.save(folder / f"{date}_features.npy", sim.features)
+        np.save(folder / f"{date}_labels.npy", signed)
+    else:
+        ends = _window_ends(spec)
+        windows = np.lib.stride_tricks.sliding_window_view(sim.features.astype(np.float32), spec.window, axis=0)
+        np.save(folder / f"{date}_sequences.npy", np.ascontiguousarray(windows[:: spec.stride].transpose(0, 2, 1)))
+        np.save(folder / f"{date}_labels.npy", signed[ends])
+        np.save(folder / f"{date}_forward_prices.npy", _forward_prices(sim.mid_path, ends, spec))
+        _write_json(folder / f"{date}_horizons.json", _horizons_file(spec))
+        meta.update(_windowed_metadata(spec, len(ends)))
     _write_json(folder / f"{date}_metadata.json", meta)
+
+
+def _horizons_file(spec: _Spec) -> dict:
+    return {"horizons": list(spec.horizons), "num_horizons": len(spec.horizons),
+            "smoothing_window": spec.smoothing, "threshold_strategy": "Fixed"}
+
+
+def _windowed_metadata(spec: _Spec, windows: int) -> dict:
+    """The exporter's keys of a windowed day's metadata (and schema 3.0's)."""
+    meta = {"n_sequences": windows, "window_size": spec.window, "sequence_length": spec.window,
+            "stride": spec.stride, "tensor_format": None,
+            "forward_prices": {"exported": True, "smoothing_window_offset": spec.smoothing,
+                               "max_horizon": max(spec.horizons),
+                               "n_columns": spec.smoothing + max(spec.horizons) + 1, "units": "USD"}}
+    if spec.schema == "3.0":
+        meta.update(contract_version="3.0", horizons=list(spec.horizons),
+                    label_encoding={"format": "signed_int8", "values": [-1, 0, 1]},
+                    provenance={"generator": "lobsearch.synth", "version": SYNTH_VERSION, "seed": spec.seed},
+                    export_timestamp="2024-01-01T00:00:00+00:00")
+    return meta
+
+
+def _export_config(spec: _Spec) -> str:
+    """The windowed export's ``export_config.toml``: the sequence and labels tables the exporter writes."""
+    horizons = ", ".join(map(str, spec.horizons))
+    return (f"[sequence]\nwindow_size = {spec.window}\nstride = {spec.stride}\n\n"
+            f"[labels]\nstrategy = \"tlob\"\nhorizons = [{horizons}]\nsmoothing_window = {spec.smoothing}\n"
+            f"threshold = {spec.threshold!r}\n")
 
 
 def _manifest(spec: _Spec, dates: list[str], split_of: list[str], oracle: list[float]) -> dict:
@@ -524,6 +596,9 @@ def _manifest(spec: _Spec, dates: list[str], split_of: list[str], oracle: list[f
         "symbol": spec.symbol, "feature_count": FEATURE_COUNT, "schema_version": spec.schema,
         "horizons": list(spec.horizons), "label_strategy": "tlob", "labeling": _labeling(spec),
         "format": spec.fmt, "splits": splits, "planted_lag": spec.lag,
+        **({"sequence_length": spec.window, "stride": spec.stride, "labeling_strategy": "tlob"}
+           if spec.fmt == "windowed" else {}),
+        **({"skipped_days": []} if spec.schema == "3.0" else {}),
         "planted_features": [FI(i).name for i in PLANTED_FEATURES],
         "oracle_macro_f1": {str(h): f1 for h, f1 in zip(spec.horizons, oracle)},
         "oracle_evaluated_on": [s for s in ("val", "test") if s in splits] or ["train"],
@@ -584,11 +659,13 @@ def _parser() -> argparse.ArgumentParser:
                         help="shares of whole days per split, chronological (default: 0.6 0.2 0.2)")
     parser.add_argument("--format", choices=_FORMATS, default="flat", dest="fmt",
                         help="flat: _features.npy (N, 98) float64; windowed: _sequences.npy "
-                             "(N-T+1, T, 98) float32 (default: flat)")
+                             "((N-T)//stride+1, T, 98) float32, as the exporter writes it (default: flat)")
     parser.add_argument("--window", type=int, default=100, help="T of the windowed format (default: 100)")
+    parser.add_argument("--stride", type=int, default=1,
+                        help="rows between the starts of consecutive windows of the windowed format (default: 1)")
     parser.add_argument("--schema", choices=_SCHEMAS, default="2.2",
                         help="schema version; 2.0 stores NET_CANCEL_FLOW and NET_TRADE_FLOW with the "
-                             "opposite sign (default: 2.2)")
+                             "opposite sign, 3.0 adds its metadata keys (default: 2.2)")
     parser.add_argument("--nan-in-gated", action="store_true",
                         help="write NaN into a few columns of the rows that fail BOOK_VALID")
     parser.add_argument("--demo", action="store_true",
@@ -609,7 +686,7 @@ def main(argv: list[str] | None = None) -> int:
         out = demo_export() if args.demo else write_synthetic_export(
             args.out_dir, days=args.days, rows=args.rows, seed=args.seed, lag=args.lag,
             splits=tuple(args.splits), fmt=args.fmt, window=args.window, schema=args.schema,
-            nan_in_gated=args.nan_in_gated)
+            nan_in_gated=args.nan_in_gated, stride=args.stride)
     except (ConfigError, DataError) as exc:
         parser.error(str(exc))
     manifest = json.loads((out / MANIFEST_NAME).read_text())

@@ -17,7 +17,6 @@ or the data is wrong (every problem is printed, without a traceback).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from datetime import datetime
@@ -30,7 +29,7 @@ import yaml
 
 from lobsearch.config import RunConfig, TrainConfig, load_run_config
 from lobsearch.errors import ConfigError, DataError
-from lobsearch.files import atomic_write, plain, write_text
+from lobsearch.files import atomic_write, dump_json, write_text
 from lobsearch.loop import EpochResult, FitResult
 from lobsearch.recipe import BuiltRun, build_run, evaluate_model, fit_run, pick_device
 from lobsearch.schema import validate
@@ -187,7 +186,7 @@ def _write_outputs(
         "latency_ms": built.latency_ms, "backend": built.backend.describe(),
         "data_hash": built.data_hash, **report, "history": result.history,
     }
-    write_text(out / "metrics.json", json.dumps(plain(metrics), indent=2))
+    dump_json(out / "metrics.json", metrics)
     header = (f"# Resolved configuration of the run in this folder; rerun it with:\n"
               f"#   python -m lobsearch.train {out / 'config.yaml'}\n")
     write_text(out / "config.yaml", header + yaml.safe_dump(config, sort_keys=False))

@@ -2,16 +2,21 @@
 
 Prepares the export under the default prep config (cached, as a search would; ``--engine ray``
 uses Ray Data, the default ``local`` runs in this process), then prints one table with, per day,
-the rows and the windows (``--window`` T rows, ``--stride`` S; default 100 and 1) that each gate
-rule drops, and a summary per split: days, rows, and the label balance per horizon in percent
-Down / Stable / Up. The pipeline's JSON gate report lies beside the cache; its path is printed.
-``--json`` prints the same report as one JSON object instead. Errors print one line, exit 2.
+the rows and the windows (``--window`` T rows, ``--stride`` S; default 100, or the T of a windowed
+export, and 1) that each gate
+rule drops, and a summary per split: days, rows, and the label balance per horizon in percent of
+each class, named as the export's label strategy names them (Down / Stable / Up, or StopLoss /
+Timeout / ProfitTarget for triple-barrier labels, ...). On a windowed export the windows are cut
+from the exported ones (at most their T rows each). The pipeline's JSON gate report lies beside
+the cache; its path is printed. ``--json`` prints the same report as one JSON object instead.
+Errors print one line, exit 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,7 +26,18 @@ from lobsearch.errors import LobsearchError
 
 EXIT_ERROR = 2
 SPLIT_ORDER = ("train", "val", "test")
-CLASSES = ("down", "stable", "up")
+
+
+def class_keys(strategy: str) -> tuple[str, ...]:
+    """The report's keys of class indices 0, 1, 2 under a label strategy: its class names in
+    snake case (``down``, ``stable``, ``up``; ``stop_loss``, ``timeout``, ``profit_target``)."""
+    from lobsearch.contract import STRATEGY_CLASS_NAMES
+
+    return tuple(re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower() for name in STRATEGY_CLASS_NAMES[strategy])
+
+
+def _initials(key: str) -> str:
+    return "".join(word[0].upper() for word in key.split("_"))
 
 
 def _positive(text: str) -> int:
@@ -40,7 +56,8 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     report = commands.add_parser("report", help="rows and windows the gates drop, per day and rule")
     report.add_argument("export", type=Path, help="export folder (train/, val/, test/)")
-    report.add_argument("--window", type=_positive, default=100, help="window size T in rows (default 100)")
+    report.add_argument("--window", type=_positive, default=None,
+                        help="window size T in rows (default 100, or the T of a windowed export's windows)")
     report.add_argument("--stride", type=_positive, default=1, help="stride between window ends (default 1)")
     report.add_argument("--engine", choices=("local", "ray"), default="local", help="how to prepare (default local)")
     report.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
@@ -52,22 +69,31 @@ def _parser() -> argparse.ArgumentParser:
 
 def window_counts(export: Any, prep: Any, window: int, stride: int) -> dict[str, dict[str, int]]:
     """Date -> windows of T rows (stride S) the day could hold (``windows``) and those each rule
-    drops (``window_gate_counts``), from the raw day features under the gates of ``prep``."""
+    drops (``pipeline.windows_dropped``), from the raw day features under the gates of ``prep``.
+    A windowed day's windows are cut from its exported ones (``WindowLayout.candidate_ends``).
+    Raises ConfigError for a window longer than a windowed day's T."""
     from lobsearch.data.days import load_day
-    from lobsearch.data.gating import candidate_ends, gate_rows, window_gate_counts
+    from lobsearch.data.gating import candidate_ends, gate_rows
+    from lobsearch.data.pipeline import windows_dropped
 
     g = prep.gates
     counts = {}
     for day_file in export.days():
-        features = load_day(day_file).features
-        gates = gate_rows(features, book_valid=g.book_valid, mbo_ready=g.mbo_ready, invalidity=g.invalidity)
-        dropped = window_gate_counts(gates, window, stride, last_row=g.last_row)
-        counts[day_file.date] = {"windows": int(candidate_ends(len(features), window, stride).size), **dropped}
+        day = load_day(day_file)
+        gates = gate_rows(day.features, book_valid=g.book_valid, mbo_ready=g.mbo_ready, invalidity=g.invalidity)
+        if day.layout is None:
+            ends = candidate_ends(day.num_samples, window, stride)
+        else:
+            ends = day.layout.candidate_ends(window, stride, f"day {day.date} ({day_file.features})")
+        dropped = windows_dropped(gates, ends, window, last_row=g.last_row)
+        counts[day_file.date] = {"windows": int(ends.size), **dropped}
     return counts
 
 
-def split_summary(days: list[dict]) -> dict[str, dict[str, Any]]:
-    """Split -> days, rows, rows kept and label balance per horizon (percent down/stable/up)."""
+def split_summary(days: list[dict], strategy: str = "tlob") -> dict[str, dict[str, Any]]:
+    """Split -> days, rows, rows kept and label balance per horizon (percent of each class,
+    keyed by ``class_keys(strategy)``)."""
+    classes = class_keys(strategy)
     summary: dict[str, dict[str, Any]] = {}
     for split in SPLIT_ORDER:
         members = [d for d in days if d["split"] == split]
@@ -75,9 +101,9 @@ def split_summary(days: list[dict]) -> dict[str, dict[str, Any]]:
             continue
         balance = {}
         for horizon in members[0]["label_balance"]:
-            counts = [sum(d["label_balance"][horizon][c] for d in members) for c in range(len(CLASSES))]
+            counts = [sum(d["label_balance"][horizon][c] for d in members) for c in range(len(classes))]
             total = sum(counts) or 1
-            balance[horizon] = {name: round(100 * n / total, 1) for name, n in zip(CLASSES, counts)}
+            balance[horizon] = {name: round(100 * n / total, 1) for name, n in zip(classes, counts)}
         summary[split] = {
             "days": len(members),
             "rows": sum(d["rows"] for d in members),
@@ -87,8 +113,20 @@ def split_summary(days: list[dict]) -> dict[str, dict[str, Any]]:
     return summary
 
 
-def build_report(export_dir: Path, window: int, stride: int, engine: str) -> dict[str, Any]:
-    """Prepare ``export_dir`` (default prep config) and assemble the report. Raises DataError."""
+DEFAULT_WINDOW = 100
+"""The report's window on a flat export when ``--window`` is not given."""
+
+
+def default_window(prepared: Any) -> int:
+    """DEFAULT_WINDOW, or the shortest T of the windowed days of ``prepared`` (a window cut from
+    a windowed export has at most T rows)."""
+    sizes = [d.layout.window for days in prepared.splits.values() for d in days if d.layout is not None]
+    return min(sizes) if sizes else DEFAULT_WINDOW
+
+
+def build_report(export_dir: Path, window: int | None, stride: int, engine: str) -> dict[str, Any]:
+    """Prepare ``export_dir`` (default prep config) and assemble the report; ``window`` None is
+    ``default_window``. Raises DataError, or ConfigError for a window longer than an export's T."""
     from lobsearch.config import PrepConfig
     from lobsearch.data.days import discover_export
     from lobsearch.data.pipeline import prepare, prepared_root
@@ -96,6 +134,7 @@ def build_report(export_dir: Path, window: int, stride: int, engine: str) -> dic
     prep = PrepConfig()
     export = discover_export(export_dir)
     prepared = prepare(export, prep, engine=engine)
+    window = window or default_window(prepared)
     windows = window_counts(export, prep, window, stride)
     report = prepared.gate_report
     days = [{**{k: v for k, v in d.items() if k != "windows_dropped"}, "windows": windows[d["date"]]}
@@ -106,10 +145,12 @@ def build_report(export_dir: Path, window: int, stride: int, engine: str) -> dic
         "gate_report": str(prepared_root() / prepared.key / "gate_report.json"),
         "window": window,
         "stride": stride,
+        "label_strategy": prepared.label_strategy,
+        "classes": list(class_keys(prepared.label_strategy)),
         "days": days,
         "totals": report["totals"],
         "days_dropped": report["days_dropped"],
-        "splits": split_summary(report["days"]),
+        "splits": split_summary(report["days"], prepared.label_strategy),
     }
 
 
@@ -143,14 +184,16 @@ def day_table(report: dict[str, Any]) -> list[str]:
 
 
 def split_table(report: dict[str, Any]) -> list[str]:
-    """Per split: days, rows, rows kept, and percent down/stable/up for each horizon."""
-    splits = report["splits"]
+    """Per split: days, rows, rows kept, and the percent of each class for each horizon (classes
+    by their initials: D/S/U for Down/Stable/Up, SL/T/PT for StopLoss/Timeout/ProfitTarget)."""
+    splits, classes = report["splits"], report["classes"]
     horizons = list(next(iter(splits.values()))["label_balance_percent"])
-    header = ["split", "days", "rows", "rows kept", *(f"h{h} D/S/U %" for h in horizons)]
+    initials = "/".join(_initials(c) for c in classes)
+    header = ["split", "days", "rows", "rows kept", *(f"h{h} {initials} %" for h in horizons)]
     rows = []
     for split, s in splits.items():
         balance = s["label_balance_percent"]
-        shares = ["/".join(f"{balance[h][c]:.1f}" for c in CLASSES) for h in horizons]
+        shares = ["/".join(f"{balance[h][c]:.1f}" for c in classes) for h in horizons]
         rows.append([split, s["days"], s["rows"], s["rows_kept"], *shares])
     return _table(header, rows)
 

@@ -2,14 +2,17 @@
 
 An export is a folder with ``train/``, ``val/`` and ``test/`` (any may be missing), each holding
 one set of files per trading day: ``<DAY>_features.npy`` (flat, (N, F)) or ``<DAY>_sequences.npy``
-(windowed, (N, T, F)), an optional ``<DAY>_labels.npy`` and an optional ``<DAY>_metadata.json``;
-``DAY`` is ``YYYYMMDD`` or ``YYYY-MM-DD``. An optional ``dataset_manifest.json`` sits at the top.
+(windowed, (M, T, F) at any stride, see ``layout``), an optional ``<DAY>_labels.npy``, and the
+optional ``<DAY>_metadata.json`` and ``<DAY>_horizons.json``; ``DAY`` is ``YYYYMMDD`` or
+``YYYY-MM-DD``. An optional ``dataset_manifest.json`` and the exporter's ``export_config.toml``
+sit at the top. What these files state (horizons, label strategy, window size, stride) is read
+by ``claims.DayStatements``: the first file that states a fact wins, a disagreement is an error.
 
 Three entry points, from cheap to thorough:
 
 - ``discover_export(root)``: the layout (names, splits, leakage, chronology); reads no array.
-- ``validate_export(export)``: every day's header, feature counts across days, then every day
-  loaded and checked; all problems are collected into one ``DataError``.
+- ``validate_export(export)``: every day's header, feature counts and window strides across
+  days, then every day loaded and checked; all problems are collected into one ``DataError``.
 - ``load_split_data(root, split)`` / ``load_day(day)``: memory-mapped, checked ``Day`` objects.
 
 Mistakes in an export raise ``DataError`` naming the file, the rule and the value found. Facts of
@@ -22,7 +25,6 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-import json
 import re
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -38,34 +40,45 @@ from lobsearch.contract import (
     DEFAULT_THRESHOLD,
     INDEX_STRATEGIES,
     MISSING_LABEL,
-    SIGNED_STRATEGIES,
+    REGRESSION_STRATEGY,
     FeatureIndex,
 )
+from lobsearch.data.claims import (
+    EXPORT_CONFIG_NAME,
+    MANIFEST_NAME,
+    DayStatements,
+    read_export_files,
+    read_json_object,
+)
+from lobsearch.data.claims import error as _error
 from lobsearch.data.gating import ROW_RULE, gate_rows
+from lobsearch.data.layout import (
+    WindowLayout,
+    labels_at_ends,
+    laid_out_rows,
+    window_layout,
+)
 from lobsearch.errors import DataError, unknown_choice
 
 SPLITS = ("train", "val", "test")
 """Split folders in chronological order."""
 
-MANIFEST_NAME = "dataset_manifest.json"
-
 _DAY_FILE = re.compile(
     r"^(?P<date>\d{8}|\d{4}-\d{2}-\d{2})_"
-    r"(?:(?P<array>features|sequences|labels)\.npy|(?P<meta>metadata)\.json)$"
+    r"(?:(?P<array>features|sequences|labels|regression_labels|forward_prices)\.npy|(?P<meta>metadata|horizons)\.json)$"
 )
 _CHUNK_VALUES = 1 << 20
 """Values read at a time by the NaN/inf scan (8 MiB of float64)."""
-_WINDOW_PAIRS_CHECKED = 64
-"""Consecutive window pairs of a ``_sequences.npy`` checked for a one-row overlap."""
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+_TENSOR_EXPORTS = {
+    4: "a DeepLOB (N, T, 4, levels) or HLOB (N, T, levels, 4) tensor",
+    5: "an image (N, T, C, H, W) tensor",
+}
+"""What a ``_sequences.npy`` of more than 3 dimensions is: the exporter's ``tensor_format`` option."""
 
 
 class DataWarning(UserWarning):
     """A fact of the data worth knowing that is not a mistake (an empty day, which is skipped)."""
-
-
-def _error(path: object, found: str, rule: str) -> DataError:
-    return DataError(f"{path}: {found} (rule: {rule})")
 
 
 # --------------------------------------------------------------------------- discovery
@@ -73,7 +86,8 @@ def _error(path: object, found: str, rule: str) -> DataError:
 
 @dataclass(frozen=True)
 class DayFile:
-    """One day of one split, found on disk (paths are absolute)."""
+    """One day of one split, found on disk (paths are absolute); ``horizons`` is its _horizons.json,
+    ``regression_labels`` and ``forward_prices`` its files of a regression export."""
 
     split: str
     date: str
@@ -81,22 +95,36 @@ class DayFile:
     labels: Path | None
     metadata: Path | None
     windowed: bool
+    horizons: Path | None = None
+    regression_labels: Path | None = None
+    forward_prices: Path | None = None
+
+    @property
+    def export_root(self) -> Path:
+        """The export folder: the parent of the day's split folder."""
+        return self.features.parent.parent
 
 
 @dataclass(frozen=True)
 class Export:
-    """The day files of an export; ``splits`` is chronological per split, a missing split absent."""
+    """The day files of an export; ``splits`` is chronological per split, a missing split absent.
+
+    ``manifest`` and ``config`` are the parsed ``dataset_manifest.json`` and ``export_config.toml``
+    (None when absent).
+    """
 
     root: Path
     manifest: dict | None
     splits: dict[str, tuple[DayFile, ...]]
+    config: dict | None = None
 
     def days(self) -> tuple[DayFile, ...]:
         """Every day of every split: train, then val, then test."""
         return tuple(day for split in SPLITS for day in self.splits.get(split, ()))
 
     def fingerprint(self) -> str:
-        """Hash of (relative name, size, mtime_ns) of the manifest and every day file: 16 hex chars."""
+        """Hash of (relative name, size, mtime_ns) of the manifest, the export config and every
+        day file: 16 hex chars."""
         digest = hashlib.sha256()
         for path in self._files():
             stat = path.stat()
@@ -105,20 +133,20 @@ class Export:
         return digest.hexdigest()[:16]
 
     def _files(self) -> list[Path]:
-        manifest = self.root / MANIFEST_NAME
-        files = [manifest] if manifest.is_file() else []
+        files = [p for p in (self.root / MANIFEST_NAME, self.root / EXPORT_CONFIG_NAME) if p.is_file()]
         for day in self.days():
-            files += [p for p in (day.features, day.labels, day.metadata) if p is not None]
+            files += [p for p in (day.features, day.labels, day.metadata, day.horizons, day.regression_labels,
+                                  day.forward_prices) if p is not None]
         return files
 
 
 def discover_export(root: str | Path) -> Export:
     """Find the day files of an export and check its layout; reads no array.
 
-    Raises DataError for a missing or empty export, an unreadable manifest, a date that is not a
-    calendar date, labels or metadata without a features file, a day with both a flat and a
-    windowed features file, one day spelled two ways, a day in two splits, or a val/test day on
-    or before the last day of an earlier split.
+    Raises DataError for a missing or empty export, an unreadable manifest or export config, a
+    date that is not a calendar date, labels or metadata without a features file, a day with
+    both a flat and a windowed features file, one day spelled two ways, a day in two splits, or
+    a val/test day on or before the last day of an earlier split.
     """
     root = Path(root).expanduser().resolve()
     if not root.is_dir():
@@ -135,7 +163,8 @@ def discover_export(root: str | Path) -> Export:
         raise _error(root, f"empty export: no day files in train/, val/ or test/ (found: {found})",
                      "an export holds <DAY>_features.npy or <DAY>_sequences.npy in a split folder")
     _check_split_order(splits)
-    return Export(root=root, manifest=_read_manifest(root), splits=splits)
+    manifest, config = read_export_files(root)
+    return Export(root=root, manifest=manifest, splits=splits, config=config)
 
 
 def _check_folder_names(root: Path) -> None:
@@ -187,7 +216,8 @@ def _day_file(split: str, date: str, files: dict[str, Path]) -> DayFile:
         raise _error(orphan, f"no {date}_features.npy or {date}_sequences.npy beside it",
                      "labels and metadata belong to a day's features file")
     return DayFile(split=split, date=date, features=flat or windowed, labels=files.get("labels"),
-                   metadata=files.get("metadata"), windowed=windowed is not None)
+                   metadata=files.get("metadata"), windowed=windowed is not None, horizons=files.get("horizons"),
+                   regression_labels=files.get("regression_labels"), forward_prices=files.get("forward_prices"))
 
 
 def _check_split_order(splits: dict[str, tuple[DayFile, ...]]) -> None:
@@ -209,19 +239,8 @@ def _check_split_order(splits: dict[str, tuple[DayFile, ...]]) -> None:
                              "splits are chronological by whole days: train, then val, then test")
 
 
-def _read_manifest(root: Path) -> dict | None:
-    path = root / MANIFEST_NAME
-    return _read_json(path) if path.is_file() else None
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise _error(path, f"unreadable JSON: {exc}", "manifest and metadata are JSON objects") from None
-    if not isinstance(value, dict):
-        raise _error(path, f"holds a JSON {type(value).__name__}", "manifest and metadata are JSON objects")
-    return value
+def _statements(day: DayFile) -> DayStatements:
+    return DayStatements.read(day.metadata, day.horizons, day.export_root)
 
 
 # --------------------------------------------------------------------------- npy headers
@@ -264,9 +283,15 @@ def read_npy_header(path: Path) -> NpyHeader:
 
 
 def read_day_header(day: DayFile) -> NpyHeader:
-    """The features header of a day, checked for dimensions and dtype; raises DataError."""
+    """The features header of a day, checked for dimensions and dtype; raises DataError.
+
+    A 4-D or 5-D ``_sequences.npy`` is a tensor export (the exporter's ``tensor_format``
+    option): refused, saying so.
+    """
     header = read_npy_header(day.features)
     want, layout = (3, "(N, T, F) windows") if day.windowed else (2, "(N, F) rows")
+    if day.windowed and len(header.shape) in _TENSOR_EXPORTS:
+        raise _tensor_export_error(day, header)
     if len(header.shape) != want:
         raise _error(day.features, f"{len(header.shape)}-D array of shape {header.shape}",
                      f"{day.features.name.split('_')[-1]} is {want}-D: {layout}")
@@ -275,10 +300,13 @@ def read_day_header(day: DayFile) -> NpyHeader:
     return header
 
 
-def _header_rows(day: DayFile, header: NpyHeader) -> int:
-    if not day.windowed or header.shape[0] == 0:
-        return header.shape[0]
-    return header.shape[0] + header.shape[1] - 1
+def _tensor_export_error(day: DayFile, header: NpyHeader) -> DataError:
+    meta = read_json_object(day.metadata) if day.metadata else {}
+    stated = f", metadata tensor_format {meta['tensor_format']!r}" if meta.get("tensor_format") else ""
+    return _error(day.features, f"{len(header.shape)}-D array of shape {header.shape}: "
+                  f"{_TENSOR_EXPORTS[len(header.shape)]}, written by the exporter's tensor_format option{stated}",
+                  "lobsearch reads _sequences.npy as (N, T, F) windows: export with tensor_format Flat "
+                  "(the exporter's default)")
 
 
 # --------------------------------------------------------------------------- labels
@@ -286,11 +314,14 @@ def _header_rows(day: DayFile, header: NpyHeader) -> int:
 
 @dataclass(frozen=True)
 class LabelRule:
-    """How labels are computed from MID_PRICE when a day has no labels file (the smoothed-return rule)."""
+    """How labels are computed when a day has no labels file: from MID_PRICE (the smoothed-return
+    rule: horizons, smoothing, threshold), or, for a regression export, from its forward returns:
+    Up above ``threshold_bps``, Down below ``-threshold_bps``, else Stable (None: not set)."""
 
     horizons: tuple[int, ...] = DEFAULT_HORIZONS
     smoothing: int = DEFAULT_SMOOTHING
     threshold: float = DEFAULT_THRESHOLD
+    threshold_bps: float | None = None
 
 
 def compute_labels(mid: np.ndarray, horizons: Sequence[int], smoothing: int = DEFAULT_SMOOTHING,
@@ -327,103 +358,120 @@ def compute_labels(mid: np.ndarray, horizons: Sequence[int], smoothing: int = DE
     return out
 
 
-def _label_strategy(day: DayFile, meta: dict, manifest: dict) -> str | None:
-    strategy = meta.get("label_strategy", manifest.get("label_strategy"))
-    known = SIGNED_STRATEGIES | INDEX_STRATEGIES
-    if strategy is not None and strategy not in known:
-        where = day.metadata if "label_strategy" in meta else day.features.parent.parent / MANIFEST_NAME
-        raise _error(where, unknown_choice("label_strategy", strategy, known),
-                     "label_strategy decides the label encoding")
-    return strategy
+def _label_encoding(said: DayStatements) -> tuple[str | None, bool]:
+    """(label strategy or None, whether labels are class indices) as the export states them.
+
+    Raises DataError when the metadata's labeling.label_encoding.format contradicts the strategy.
+    """
+    strategy, where = said.label_strategy()
+    stated, format_where = said.index_encoding()
+    index = strategy in INDEX_STRATEGIES
+    if stated is not None and strategy is not None and stated != index:
+        names = ("class indices {0, 1, 2}", "signed {-1, 0, 1}")
+        raise DataError(f"{where} is {strategy!r}, which stores labels as {names[not index]}, but "
+                        f"{format_where} states {names[not stated]} (rule: one label encoding per export)")
+    if strategy is None and stated:
+        return "triple_barrier", True
+    return strategy, index
 
 
-def _decode_labels(path: Path, raw: np.ndarray, strategy: str | None) -> np.ndarray:
-    signed = strategy is None or strategy in SIGNED_STRATEGIES
-    low, high = (-1, 1) if signed else (0, 2)
+def _decode_labels(path: Path, raw: np.ndarray, strategy: str | None, index: bool) -> np.ndarray:
+    low, high = (0, 2) if index else (-1, 1)
     outside = (raw < low) | (raw > high)
     if outside.any():
         row, col = np.argwhere(outside)[0]
-        hint = "; class indices {0, 1, 2} need label_strategy 'triple_barrier'" if signed else ""
+        hint = "" if index else "; class indices {0, 1, 2} need label_strategy 'triple_barrier'"
         raise _error(path, f"{int(outside.sum())} label value(s) outside [{low}, {high}], first "
                      f"{raw[row, col]} at row {row}, column {col}",
                      f"label_strategy {strategy or '(none: signed)'} stores {low}..{high}{hint}")
-    labels = (raw.astype(np.int16) + (1 if signed else 0)).astype(np.int8)
-    return labels
+    return (raw.astype(np.int16) + (0 if index else 1)).astype(np.int8)
 
 
-def _as_horizons(value: object, where: str) -> tuple[int, ...]:
-    items = [value] if isinstance(value, int) else value
-    if not isinstance(items, list) or not items or not all(
-            isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in items):
-        raise DataError(f"{where} is {value!r} (rule: a positive integer or a list of them)")
-    return tuple(items)
+_HORIZON_PLACES = ("the metadata's horizons, labeling.horizons, the day's _horizons.json, "
+                   "the manifest's horizons and export_config.toml [labels] horizons/horizon")
 
 
-def _named_horizons(day: DayFile, meta: dict, manifest: dict) -> tuple[tuple[int, ...] | None, str]:
-    labeling = meta.get("labeling", {})
-    if not isinstance(labeling, dict):
-        raise _error(day.metadata, f"labeling is {labeling!r}", "labeling is a JSON object")
-    candidates = (
-        (f"{day.metadata} labeling.horizons", labeling.get("horizons")),
-        (f"{day.metadata} labeling.horizon", labeling.get("horizon")),
-        (f"{day.features.parent.parent / MANIFEST_NAME} horizons", manifest.get("horizons")),
-    )
-    for where, value in candidates:
-        if value is not None:
-            return _as_horizons(value, where), where
-    return None, ""
+def _file_labels(day: DayFile, said: DayStatements, rows: int) -> tuple[np.ndarray, tuple[int, ...], str | None]:
+    """(labels (rows, H) int8 class indices, horizons, label strategy) of the day's labels file."""
+    shape = _array_shape(day.labels, rows, day.features.name, "iu", "labels")
+    columns = shape[1] if len(shape) == 2 else 1
+    horizons = _named_columns(day.labels, said, columns)
+    strategy, index = _label_encoding(said)
+    if strategy == REGRESSION_STRATEGY:
+        raise _error(day.labels, "class labels in an export whose label strategy is 'regression'",
+                     "a regression export holds forward returns in _regression_labels.npy, not class labels")
+    raw = np.load(day.labels, allow_pickle=False).reshape(rows, columns)
+    return _decode_labels(day.labels, raw, strategy, index), horizons, strategy
 
 
-def _label_horizons(day: DayFile, meta: dict, manifest: dict, columns: int,
-                    rule: LabelRule | None) -> tuple[int, ...]:
-    named, where = _named_horizons(day, meta, manifest)
-    if named is None:
-        if rule is not None and len(rule.horizons) == columns:
-            return tuple(rule.horizons)
-        raise _error(day.labels, f"{columns} label column(s), but no horizons name them",
-                     "metadata labeling.horizons or the manifest's horizons name the label columns "
-                     "(or pass LabelRule(horizons=...) with one horizon per column)")
-    if len(named) != columns:
-        raise _error(day.labels, f"{columns} label column(s), but {where} names {len(named)}: {list(named)}",
+def _named_columns(path: Path, said: DayStatements, columns: int) -> tuple[int, ...]:
+    """The horizons of a labels file's ``columns`` columns; raises DataError when none or another
+    number are named."""
+    horizons, where = said.named_horizons()
+    if horizons is None:
+        raise _error(path, f"{columns} label column(s), but no file names their horizons "
+                     f"(looked at {_HORIZON_PLACES})", "the export names the horizon of every label column")
+    if len(horizons) != columns:
+        raise _error(path, f"{columns} label column(s), but {where} names {len(horizons)}: {list(horizons)}",
                      "one label column per horizon, in the order of the horizons")
-    return named
+    return horizons
 
 
-def _file_labels(day: DayFile, meta: dict, manifest: dict, rows: int,
-                 rule: LabelRule | None) -> tuple[np.ndarray, tuple[int, ...]]:
-    header = read_npy_header(day.labels)
+def _array_shape(path: Path, rows: int, features_name: str, kinds: str, what: str) -> tuple[int, ...]:
+    """The header shape of a labels array, checked: (rows,) or (rows, H), dtype kind in ``kinds``
+    ("iu": integers (int8), "f": floats)."""
+    header = read_npy_header(path)
     shape = header.shape
     if len(shape) not in (1, 2) or (len(shape) == 2 and shape[1] == 0):
-        raise _error(day.labels, f"shape {shape}", "labels are (N,) or (N, H) with H >= 1")
+        raise _error(path, f"shape {shape}", f"{what} are (N,) or (N, H) with H >= 1")
     if shape[0] != rows:
-        raise _error(day.labels, f"{shape[0]} labels for {rows} rows of {day.features.name}",
-                     "labels are row-aligned: one per features row (one per window if windowed)")
-    if header.dtype.kind not in "iu":
-        raise _error(day.labels, f"dtype {header.dtype}", "labels are integers (int8)")
+        raise _error(path, f"{shape[0]} {what} for {rows} rows of {features_name}",
+                     f"{what} are row-aligned: one per features row (one per window if windowed)")
+    if header.dtype.kind not in kinds:
+        raise _error(path, f"dtype {header.dtype}", f"{what} are {'integers (int8)' if kinds == 'iu' else 'floats'}")
+    return shape
+
+
+def _regression_classes(day: DayFile, said: DayStatements, rows: int,
+                        rule: LabelRule | None) -> tuple[np.ndarray, tuple[int, ...]]:
+    """(classes (rows, H) int8, horizons) of a regression export's forward returns in bps:
+    Up above +threshold_bps, Down below -threshold_bps, Stable between, MISSING_LABEL for NaN."""
+    shape = _array_shape(day.regression_labels, rows, day.features.name, "f", "regression labels")
     columns = shape[1] if len(shape) == 2 else 1
-    raw = np.load(day.labels, allow_pickle=False).reshape(rows, columns)
-    horizons = _label_horizons(day, meta, manifest, columns, rule)
-    return _decode_labels(day.labels, raw, _label_strategy(day, meta, manifest)), horizons
+    horizons = _named_columns(day.regression_labels, said, columns)
+    threshold = None if rule is None else rule.threshold_bps
+    if threshold is None:
+        raise _error(day.regression_labels, "forward returns in bps, and no threshold_bps to make classes of them",
+                     "a regression export's classes need data.labels.threshold_bps (or labels.source 'computed' "
+                     "to compute labels from MID_PRICE)")
+    returns = np.load(day.regression_labels, allow_pickle=False).reshape(rows, columns)
+    classes = 1 + (returns > threshold).astype(np.int8) - (returns < -threshold).astype(np.int8)
+    return np.where(np.isnan(returns), MISSING_LABEL, classes).astype(np.int8), horizons
 
 
-def _rule_from_metadata(day: DayFile, meta: dict) -> LabelRule:
-    labeling = meta.get("labeling", {})
-    named, _ = _named_horizons(day, meta, {})
+def _rule_from_statements(said: DayStatements) -> LabelRule:
+    labeling = said.metadata.get("labeling", {})
+    named, _ = said.named_horizons()
     try:
         return LabelRule(horizons=named or DEFAULT_HORIZONS,
                          smoothing=int(labeling.get("smoothing", DEFAULT_SMOOTHING)),
                          threshold=float(labeling.get("threshold", DEFAULT_THRESHOLD)))
     except (TypeError, ValueError):
-        raise _error(day.metadata, f"labeling is {labeling!r}",
+        raise _error(said.metadata_path, f"labeling is {labeling!r}",
                      "labeling.smoothing is an integer and labeling.threshold a number") from None
 
 
-def _computed_labels(day: DayFile, meta: dict, features: np.ndarray,
-                     rule: LabelRule | None) -> tuple[np.ndarray | None, tuple[int, ...]]:
+def _computed_labels(day: DayFile, said: DayStatements, features: np.ndarray, rule: LabelRule | None,
+                     layout: WindowLayout | None) -> tuple[np.ndarray | None, tuple[int, ...]]:
     n_features = features.shape[1]
     if n_features < 4 * BOOK_LEVELS:
         return None, ()
-    rule = rule or _rule_from_metadata(day, meta)
+    if layout is not None and not layout.overlapping and layout.count > 1:
+        raise _error(day.features, f"no labels file to go with windows that do not overlap (stride {layout.stride} "
+                     f">= T = {layout.window}): its rows are not one series of the day",
+                     "labels are computed from MID_PRICE over a day's contiguous rows; a windowed export "
+                     "at stride >= T needs its _labels.npy")
+    rule = rule or _rule_from_statements(said)
     if n_features > FeatureIndex.MID_PRICE:
         mid = features[:, FeatureIndex.MID_PRICE]
     else:
@@ -437,12 +485,22 @@ def _computed_labels(day: DayFile, meta: dict, features: np.ndarray,
 
 @dataclass(frozen=True, eq=False)
 class Day:
-    """One loaded day: flat rows, memory-mapped and read-only, with class-index labels.
+    """One loaded day: rows, memory-mapped (or recovered once) and read-only, with class-index labels.
 
-    ``features`` (N, F) float32/float64 as stored; ``labels`` (N, H) int8 in {0, 1, 2} with
-    ``MISSING_LABEL`` (-1) for rows without one, column j for ``horizons[j]``; None only when there
-    is no labels file and no book columns to compute them from. ``normalized`` is the metadata's
-    ``normalization.applied``; ``schema_version`` comes from metadata, else the manifest, else the
+    ``features`` (N, F) float32/float64 as stored. ``layout`` is a windowed day's
+    ``layout.WindowLayout`` (None for a flat day): its features are then the rows it lays out
+    (the day's contiguous rows when its windows overlap, else the windows one after another).
+    ``labels`` (N, H) int8 in {0, 1, 2} with
+    ``MISSING_LABEL`` (-1) for rows without one (a windowed day's labels sit on its windows' end
+    rows), column j for ``horizons[j]``; None only when there is no labels file and no book
+    columns to compute them from. ``label_strategy`` names the classes (``contract.
+    STRATEGY_CLASS_NAMES``): the export's for a labels file ("tlob" when none is stated), "tlob"
+    for labels computed from MID_PRICE, "regression" for classes of forward returns.
+    ``forward_prices`` is the memory-mapped, checked (windows or rows, k + max_h + 1) float64
+    ``_forward_prices.npy`` (``_forward_prices``), None without one. ``normalized_columns`` (F,)
+    bool marks the columns the export already normalized (``exported_normalization``),
+    ``normalization_note`` says why metadata that claims normalization was read as raw (None when
+    it was not); ``schema_version`` comes from metadata, else the manifest, else the
     SCHEMA_VERSION column, else 0.0 (unknown).
     """
 
@@ -452,14 +510,23 @@ class Day:
     labels: np.ndarray | None
     horizons: tuple[int, ...]
     metadata: dict
-    normalized: bool
+    normalized_columns: np.ndarray
     schema_version: float
     source: Path
+    layout: WindowLayout | None = None
+    label_strategy: str = "tlob"
+    normalization_note: str | None = None
+    forward_prices: np.ndarray | None = None
 
     @property
     def num_samples(self) -> int:
         """Rows of the day (N)."""
         return int(self.features.shape[0])
+
+    @property
+    def normalized(self) -> bool:
+        """True when the export already normalized every column of the day."""
+        return bool(self.normalized_columns.all())
 
 
 def load_day(day: DayFile, *, rule: LabelRule | None = None, expected_features: int | None = None,
@@ -467,41 +534,109 @@ def load_day(day: DayFile, *, rule: LabelRule | None = None, expected_features: 
     """Memory-map one day, check it against the contract and decode its labels.
 
     ``rule`` computes labels when there is no labels file (default: the metadata's labeling,
-    else ``LabelRule()``), and names the columns of a labels file that nothing else names.
-    A windowed day becomes flat rows (rows = sequences[0] then sequences[1:, -1]); the label of
-    window i goes to row i + T - 1 and the first T - 1 rows get -1.
+    else ``LabelRule()``); a labels file's columns are named only by the export's own files.
+    A windowed day becomes rows (``layout.laid_out_rows``), its stride stated by the export or
+    observed, and checked on sampled window pairs; the label of window j goes to its end row.
     ``check_finite=False`` skips the NaN/inf scan of rows that pass the gates, for a caller that
     checks those rows itself as it reads them (the pipeline does, and saves a pass over the day).
     Raises DataError for any broken rule (see ``validate_export``); warns ``DataWarning`` for a
     day with 0 rows.
     """
-    meta = _read_json(day.metadata) if day.metadata else {}
-    manifest = _read_manifest(day.features.parent.parent) or {}
+    said = _statements(day)
     header = read_day_header(day)
-    _check_feature_count(day, header, meta, manifest, expected_features)
-    features = _open_features(day)
+    _check_counts(day, header, said, expected_features)
+    stored = _memmap(day.features)
+    layout = _layout(day, said, stored) if day.windowed else None
+    features = stored if layout is None else laid_out_rows(stored, layout)
     if len(features) == 0:
         warnings.warn(DataWarning(f"{day.features}: day {day.date} has 0 rows; it is skipped"), stacklevel=2)
     if check_finite:
         _check_finite(day.features, features)
-    labels, horizons = _day_labels(day, meta, manifest, header, features, rule)
+    labels, horizons, strategy = _day_labels(day, said, header, features, rule, layout)
+    normalized, note = exported_normalization(day.metadata, said.metadata, header.shape[-1])
     return Day(date=day.date, split=day.split, features=features, labels=labels, horizons=horizons,
-               metadata=meta, normalized=_normalized(day, meta),
-               schema_version=_schema_version(day, meta, manifest, features), source=day.features)
+               metadata=said.metadata, normalized_columns=normalized,
+               schema_version=_schema_version(said, features), source=day.features, layout=layout,
+               label_strategy=strategy or "tlob", normalization_note=note,
+               forward_prices=_forward_prices(day, said, header.shape[0]))
 
 
-def _check_feature_count(day: DayFile, header: NpyHeader, meta: dict, manifest: dict,
-                         expected: int | None) -> None:
-    found = header.shape[-1]
+def _forward_prices(day: DayFile, said: DayStatements, count: int) -> np.ndarray | None:
+    """The day's ``_forward_prices.npy`` memory-mapped and checked, or None without one.
+
+    (count, C) float64 mid prices, one row per window (per row of a flat day): columns as the
+    metadata's ``forward_prices`` block states them, column k (the price at the window's end)
+    finite, and NaN only past the day's end: at the end of a row, in at least as many columns as
+    in the row before. Scanned in row chunks. Raises DataError naming the file and first bad row.
+    """
+    if day.forward_prices is None:
+        return None
+    path, header = day.forward_prices, read_npy_header(day.forward_prices)
+    if len(header.shape) != 2 or header.dtype.kind != "f":
+        raise _error(path, f"shape {header.shape}, dtype {header.dtype}", "forward prices are (N, C) floats")
+    if header.shape[0] != count:
+        raise _error(path, f"{header.shape[0]} rows for {count} of {day.features.name}",
+                     "forward prices are row-aligned with the labels: one per window if windowed")
+    columns, k, where = said.forward_price_columns()
+    if columns is not None and header.shape[1] != columns:
+        raise _error(path, f"{header.shape[1]} columns, but {where} states {columns}",
+                     "forward prices hold the columns the metadata states")
+    prices = _memmap(path)
+    _check_forward_nan(path, prices, k)
+    return prices
+
+
+def _check_forward_nan(path: Path, prices: np.ndarray, k: int | None) -> None:
+    """Raises DataError naming the first row whose NaN are not past the day's end (see
+    ``_forward_prices``); reads ``_CHUNK_VALUES`` values at a time."""
+    step, most = max(1, _CHUNK_VALUES // max(prices.shape[1], 1)), 0
+    for start in range(0, len(prices), step):
+        missing = np.isnan(np.asarray(prices[start:start + step]))
+        tail = missing[:, ::-1].cumprod(axis=1).sum(axis=1)
+        reasons = (
+            (missing.sum(axis=1) > tail, "NaN before a later finite price"),
+            (missing[:, k] if k is not None else np.zeros(len(tail), bool), f"NaN at column {k}, the price at t"),
+            (tail < np.maximum.accumulate(np.concatenate([[most], tail]))[:-1],
+             "fewer NaN at its end than an earlier row (the day cannot end earlier for a later window)"),
+        )
+        for bad, reason in reasons:
+            if bad.any():
+                row = start + int(np.flatnonzero(bad)[0])
+                raise _error(path, f"row {row}: {reason} (NaN in columns {np.flatnonzero(missing[row - start]).tolist()})",
+                             "forward prices are NaN only past the day's end: in the last columns of the last rows")
+        most = max(most, int(tail.max(initial=0)))
+
+
+def _check_counts(day: DayFile, header: NpyHeader, said: DayStatements, expected: int | None) -> None:
+    """The feature count (and a windowed day's window count) against what the export states.
+
+    The flat exporter's metadata writes ``n_features`` as the row count beside ``n_feature_dim``,
+    the feature count: with ``n_feature_dim`` present, each is checked as what it counts.
+    """
+    meta = said.metadata
+    rows_key = "n_sequences" if day.windowed else ("n_features" if "n_feature_dim" in meta else None)
+    features_key = "n_feature_dim" if "n_feature_dim" in meta else "n_features"
     claims = (
-        (f"{day.metadata} n_features", meta.get("n_features")),
-        (f"{day.features.parent.parent / MANIFEST_NAME} feature_count", manifest.get("feature_count")),
-        ("the other days of the export", expected),
+        (f"{day.metadata} {features_key}", meta.get(features_key), header.shape[-1], "features"),
+        (f"{said.manifest_path} feature_count", said.manifest.get("feature_count"), header.shape[-1], "features"),
+        ("the other days of the export", expected, header.shape[-1], "features"),
+        (f"{day.metadata} {rows_key}", meta.get(rows_key) if rows_key else None, header.shape[0],
+         "windows" if day.windowed else "rows"),
     )
-    for where, value in claims:
+    for where, value, found, what in claims:
         if value is not None and value != found:
-            raise _error(day.features, f"{found} features, but {where} is {value!r}",
-                         "every day of an export has the feature count its manifest and metadata state")
+            raise _error(day.features, f"{found} {what}, but {where} is {value!r}",
+                         f"every day of an export has the {what} its manifest and metadata state")
+
+
+def _layout(day: DayFile, said: DayStatements, sequences: np.ndarray) -> WindowLayout:
+    width = sequences.shape[1]
+    stated_window, where = said.window()
+    if stated_window is not None and stated_window != width:
+        raise _error(day.features, f"windows of {width} rows, but {where} is {stated_window}",
+                     "a windowed export's files state the window size T of its _sequences.npy")
+    stride, where = said.stride()
+    return window_layout(day.features, day.date, sequences, stride, where)
 
 
 def _memmap(path: Path) -> np.ndarray:
@@ -509,33 +644,6 @@ def _memmap(path: Path) -> np.ndarray:
         return np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError) as exc:
         raise _error(path, f"cannot be memory-mapped ({exc})", "day arrays are readable .npy files") from None
-
-
-def _open_features(day: DayFile) -> np.ndarray:
-    array = _memmap(day.features)
-    return _flatten_windows(day.features, array) if day.windowed else array
-
-
-def _flatten_windows(path: Path, sequences: np.ndarray) -> np.ndarray:
-    """(M, T, F) stride-1 windows -> (M + T - 1, F) rows (read-only); raises DataError otherwise."""
-    if sequences.shape[0] == 0:
-        return np.empty((0, sequences.shape[2]), sequences.dtype)
-    _check_overlap(path, sequences)
-    rows = np.concatenate([sequences[0], sequences[1:, -1]])
-    rows.flags.writeable = False
-    return rows
-
-
-def _check_overlap(path: Path, sequences: np.ndarray) -> None:
-    """Checks up to ``_WINDOW_PAIRS_CHECKED`` evenly spaced pairs, so a big file is not read whole."""
-    count, width = sequences.shape[:2]
-    if count < 2 or width < 2:
-        return
-    pairs = np.unique(np.linspace(0, count - 2, num=min(count - 1, _WINDOW_PAIRS_CHECKED)).round())
-    for i in pairs.astype(np.int64):
-        if not np.array_equal(sequences[i + 1, :-1], sequences[i, 1:], equal_nan=True):
-            raise _error(path, f"window {i + 1} does not repeat rows 1..{width - 1} of window {i}",
-                         "consecutive windows overlap by T-1 rows (stride 1), so they can be made flat")
 
 
 def _check_finite(path: Path, features: np.ndarray) -> None:
@@ -559,31 +667,56 @@ def _check_finite(path: Path, features: np.ndarray) -> None:
                      f"rows with {ROW_RULE} are finite")
 
 
-def _day_labels(day: DayFile, meta: dict, manifest: dict, header: NpyHeader, features: np.ndarray,
-                rule: LabelRule | None) -> tuple[np.ndarray | None, tuple[int, ...]]:
-    if day.labels is None:
-        labels, horizons = _computed_labels(day, meta, features, rule)
+def _day_labels(day: DayFile, said: DayStatements, header: NpyHeader, features: np.ndarray, rule: LabelRule | None,
+                layout: WindowLayout | None) -> tuple[np.ndarray | None, tuple[int, ...], str | None]:
+    """(labels, horizons, strategy) from the labels file, else the regression labels, else MID_PRICE."""
+    if day.labels is None and day.regression_labels is None:
+        labels, horizons = _computed_labels(day, said, features, rule, layout)
+        strategy = None
     else:
-        labels, horizons = _file_labels(day, meta, manifest, header.shape[0], rule)
-        if day.windowed and len(labels):
-            rows = np.full((len(features), labels.shape[1]), MISSING_LABEL, dtype=np.int8)
-            rows[header.shape[1] - 1:] = labels
-            labels = rows
+        if day.labels is not None:
+            labels, horizons, strategy = _file_labels(day, said, header.shape[0])
+        else:
+            (labels, horizons), strategy = _regression_classes(day, said, header.shape[0], rule), REGRESSION_STRATEGY
+        if layout is not None:
+            labels = labels_at_ends(labels, layout, MISSING_LABEL)
     if labels is not None:
         labels.flags.writeable = False
-    return labels, horizons
+    return labels, horizons, strategy
 
 
-def _normalized(day: DayFile, meta: dict) -> bool:
-    normalization = meta.get("normalization", {})
-    applied = normalization.get("applied", False) if isinstance(normalization, dict) else normalization
+def exported_normalization(path: Path | None, meta: dict, n_features: int) -> tuple[np.ndarray, str | None]:
+    """((F,) bool columns the export already normalized, a note or None) from the metadata at ``path``.
+
+    Per column, from what the metadata's ``normalization`` block says: nothing when ``applied``
+    is false or absent; the 4 x ``levels`` book columns (40) when a strategy other than "none"
+    is applied (the exporter z-scores only those); every column for a bare ``applied: true``
+    (or ``normalization: true``) that names no strategy and no layout. ``applied: true`` with
+    strategy "none" or a ``raw_`` feature layout contradicts itself (exports of early 2026): the
+    columns are read as raw, and the note says so. Raises DataError for a non-boolean
+    ``applied`` or a bad ``levels``.
+    """
+    block = meta.get("normalization", {})
+    block = block if isinstance(block, dict) else {"applied": block}
+    applied, strategy, layout = block.get("applied", False), block.get("strategy"), block.get("feature_layout")
     if not isinstance(applied, bool):
-        raise _error(day.metadata, f"normalization.applied is {applied!r}", "a JSON boolean (true/false)")
-    return applied
+        raise _error(path, f"normalization.applied is {applied!r}", "a JSON boolean (true/false)")
+    columns = np.zeros(n_features, dtype=bool)
+    raw = [f"strategy {strategy!r}"] * (strategy == "none")
+    raw += [f"feature_layout {layout!r}"] * (isinstance(layout, str) and layout.startswith("raw_"))
+    if not applied or raw:
+        note = None if not applied else (f"{path}: normalization.applied is true, but {' and '.join(raw)} "
+                                         "say the values are raw: read as raw and normalized here")
+        return columns, note
+    levels = block.get("levels", BOOK_LEVELS)
+    if isinstance(levels, bool) or not isinstance(levels, int) or levels < 1:
+        raise _error(path, f"normalization.levels is {levels!r}", "a positive number of book levels")
+    columns[: 4 * levels if strategy is not None or layout is not None else n_features] = True
+    return columns, None
 
 
-def _schema_version(day: DayFile, meta: dict, manifest: dict, features: np.ndarray) -> float:
-    for where, source in ((day.metadata, meta), (day.features.parent.parent / MANIFEST_NAME, manifest)):
+def _schema_version(said: DayStatements, features: np.ndarray) -> float:
+    for where, source in ((said.metadata_path, said.metadata), (said.manifest_path, said.manifest)):
         value = source.get("schema_version")
         if value is None:
             continue
@@ -619,20 +752,50 @@ def _common_feature_count(export: Export, headers: dict[DayFile, NpyHeader]) -> 
     return count
 
 
+def check_days_agree(days: Sequence[Day]) -> None:
+    """Every day states the same label horizons and label strategy; raises DataError naming the
+    first day and one that differs."""
+    for name, what in (("horizons", "label horizons"), ("label_strategy", "label strategy")):
+        first = days[0] if days else None
+        for day in days[1:]:
+            if getattr(day, name) != getattr(first, name):
+                raise _error(day.source, f"{what} {_listed(getattr(day, name))}, but {first.source} has "
+                             f"{_listed(getattr(first, name))}", f"every day of an export has the same {what}")
+
+
+def _listed(value: object) -> str:
+    return repr(list(value)) if isinstance(value, tuple) else repr(value)
+
+
 def load_split_data(export_dir: str | Path | Export, split: str, *,
                     rule: LabelRule | None = None) -> list[Day]:
     """The non-empty days of one split, chronological; [] when the export has no such split.
 
-    Checks the feature count of every day of the export (headers only) before loading.
-    Raises DataError for an unknown split name or any broken rule; days with 0 rows are skipped
-    with a ``DataWarning``.
+    Checks the feature count of every day of the export (headers only) before loading, and that
+    the split's days agree on horizons and label strategy. Raises DataError for an unknown split
+    name or any broken rule; days with 0 rows are skipped with a ``DataWarning``, and metadata that
+    claims normalization on raw values is one ``DataWarning`` (``raw_metadata_note``).
     """
     if split not in SPLITS:
         raise DataError(f"split: {unknown_choice('split', split, SPLITS)}")
     export = export_dir if isinstance(export_dir, Export) else discover_export(export_dir)
     n_features = _common_feature_count(export, _headers(export.days()))
     days = [load_day(day, rule=rule, expected_features=n_features) for day in export.splits.get(split, ())]
-    return [day for day in days if day.num_samples]
+    days = [day for day in days if day.num_samples]
+    check_days_agree(days)
+    note = raw_metadata_note(export.root, [day.normalization_note for day in days])
+    if note:
+        warnings.warn(DataWarning(note), stacklevel=2)
+    return days
+
+
+def raw_metadata_note(root: Path, day_notes: Sequence[str | None]) -> str | None:
+    """One line for the days of an export whose metadata claims normalization on raw values
+    (``Day.normalization_note``, one per day), or None when there are none."""
+    notes = [note for note in day_notes if note]
+    if not notes:
+        return None
+    return f"{root}: {len(notes)} day(s) state normalization they do not have; first: {notes[0]}"
 
 
 # --------------------------------------------------------------------------- validation
@@ -642,8 +805,11 @@ def load_split_data(export_dir: str | Path | Export, split: str, *,
 class ValidationReport:
     """What ``validate_export`` found in an export that passed.
 
-    ``days`` and ``rows`` count non-empty days per split; ``warnings`` holds the message of every
-    ``DataWarning`` raised (their number is the warning count).
+    ``days`` and ``rows`` count non-empty days per split (a windowed day's rows once laid out);
+    ``layouts`` lists the distinct (T, stride) of its windowed days; ``horizons`` and
+    ``label_strategy`` are those of every day (() and None unless the check was deep);
+    ``warnings`` holds the message of every ``DataWarning`` raised (their number is the warning
+    count).
     """
 
     root: Path
@@ -652,10 +818,16 @@ class ValidationReport:
     days: dict[str, tuple[str, ...]]
     rows: dict[str, int]
     warnings: tuple[str, ...]
+    layouts: tuple[tuple[int, int], ...] = ()
+    horizons: tuple[int, ...] = ()
+    label_strategy: str | None = None
 
     def summary(self) -> str:
         """One line per split and a warning count."""
-        lines = [f"{self.root}: {self.n_features} features, {'windowed' if self.windowed else 'flat'}"]
+        shape = ", ".join(f"T={t} stride {s}" for t, s in self.layouts)
+        kind = f"windowed ({shape})" if self.windowed else "flat"
+        labels = f", horizons {list(self.horizons)} ({self.label_strategy})" if self.horizons else ""
+        lines = [f"{self.root}: {self.n_features} features, {kind}{labels}"]
         lines += [f"  {split}: {len(dates)} day(s), {self.rows[split]} rows" for split, dates in self.days.items()]
         lines.append(f"  {len(self.warnings)} warning(s)")
         return "\n".join(lines)
@@ -666,27 +838,41 @@ def validate_export(export: str | Path | Export, *, rule: LabelRule | None = Non
     """Check an export against the contract and report what it holds.
 
     First the layout (``discover_export``) and every day's header, cheaply: dimensions, dtype,
-    truncation, pickled arrays, and one feature count across days, manifest and metadata. With
-    ``deep`` every non-empty day is then loaded: labels (length, encoding, horizons) and NaN/inf
-    in rows that pass the gates. Problems of all days are collected into one DataError; each empty
-    day is a ``DataWarning``, counted in the report.
+    truncation, pickled arrays, one feature count across days, manifest and metadata, and the
+    stride of every windowed day on sampled window pairs. With ``deep`` every non-empty day is
+    then loaded: labels (length, encoding, horizons, the same across days) and NaN/inf in rows
+    that pass the gates. Problems of all days are collected into one DataError; each empty day is
+    a ``DataWarning``, and so is metadata that claims normalization on raw values (once for the
+    export), each counted in the report.
     """
     export = export if isinstance(export, Export) else discover_export(export)
     headers = _collect(export, export.days(), read_day_header)
     n_features = _common_feature_count(export, headers)
-    rows = {day: _header_rows(day, header) for day, header in headers.items()}
+    layouts = _collect(export, [d for d in export.days() if d.windowed and headers[d].shape[0]], _day_layout)
+    rows = {day: layouts[day].rows if day in layouts else header.shape[0] for day, header in headers.items()}
     notes = [f"{day.features}: day {day.date} has 0 rows; it is skipped" for day, n in rows.items() if n == 0]
     for note in notes:
         warnings.warn(DataWarning(note), stacklevel=2)
     full = [day for day, n in rows.items() if n]
-    if deep:
-        _collect(export, full, lambda day: load_day(day, rule=rule, expected_features=n_features))
+    loaded = _collect(export, full, lambda day: load_day(day, rule=rule, expected_features=n_features)) if deep else {}
+    check_days_agree(list(loaded.values()))
+    raw = raw_metadata_note(export.root, [day.normalization_note for day in loaded.values()])
+    if raw:
+        warnings.warn(DataWarning(raw), stacklevel=2)
+        notes.append(raw)
+    first = next(iter(loaded.values()), None)
     return ValidationReport(
         root=export.root, n_features=n_features, windowed=any(day.windowed for day in export.days()),
         days={s: tuple(d.date for d in full if d.split == s) for s in export.splits},
         rows={s: sum(rows[d] for d in full if d.split == s) for s in export.splits},
         warnings=tuple(notes),
+        layouts=tuple(sorted({(layout.window, layout.stride) for layout in layouts.values()})),
+        horizons=first.horizons if first else (), label_strategy=first.label_strategy if first else None,
     )
+
+
+def _day_layout(day: DayFile) -> WindowLayout:
+    return _layout(day, _statements(day), _memmap(day.features))
 
 
 def _collect(export: Export, days: Sequence[DayFile], check: Callable[[DayFile], object]) -> dict:

@@ -13,6 +13,12 @@ spread over the cluster's workers. Two passes:
    float32 rows there itself, chunk by chunk as they are normalized, then the labels and gate
    mask; otherwise they travel back to the driver.
 
+A windowed day is prepared as the rows its ``layout.WindowLayout`` lays out (its contiguous rows,
+recovered once, or its independent windows one after another), and the layout travels with the
+day, so that trials cut windows only where exported windows end. Columns the export already
+normalized (``days.exported_normalization``) are left as they are; ``prepared.json`` lists every
+column as z-scored, export-normalized or left raw on purpose.
+
 Every task's result travels pickled, and a DataError raised on a worker is raised again on the
 driver as itself. The output of a prep config is cached under a key that hashes the export's
 files (name, size, mtime) and the config. The cache is written to a temporary folder and
@@ -35,6 +41,7 @@ import shutil
 import tempfile
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,8 +49,24 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from lobsearch.data.days import DayFile, Export, LabelRule, discover_export, load_day
-from lobsearch.data.gating import gate_rows, window_gate_counts
+from lobsearch.data.claims import EXPORT_CONFIG_NAME, MANIFEST_NAME
+from lobsearch.data.days import (
+    DataWarning,
+    DayFile,
+    Export,
+    LabelRule,
+    discover_export,
+    load_day,
+    raw_metadata_note,
+)
+from lobsearch.data.gating import (
+    RULES,
+    GateResult,
+    gate_rows,
+    window_gate_counts,
+    window_ok,
+)
+from lobsearch.data.layout import WindowLayout
 from lobsearch.data.normalize import (
     DROP,
     Moments,
@@ -58,11 +81,12 @@ from lobsearch.errors import DataError
 if TYPE_CHECKING:
     from lobsearch.config import PrepConfig
 
-PIPELINE_VERSION = "1"
+PIPELINE_VERSION = "2"
 """Bumped when the prepared arrays change meaning, so old caches miss."""
 
 REPORT_WINDOW = 100
-"""Window size (stride 1) for which the gate report counts windows dropped per rule."""
+"""Window size (stride 1) for which the gate report counts the windows of a flat day dropped per
+rule; on a windowed day it counts the exported windows."""
 
 BLOCKS_PER_CPU = 2
 """Blocks (Ray Data tasks) per cluster CPU, each holding consecutive days (one day per block when
@@ -78,13 +102,15 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True, eq=False)
 class PreparedDay:
     """One day ready for windowing: x (N, F) float32 normalized, labels (N, H) int8 with -1 for
-    none, row_ok (N,) bool (passes the enabled gates)."""
+    none, row_ok (N,) bool (passes the enabled gates); layout: a windowed day's exported windows
+    among those rows (``layout.WindowLayout``), None for a flat day."""
 
     date: str
     split: str
     x: np.ndarray
     labels: np.ndarray
     row_ok: np.ndarray
+    layout: WindowLayout | None = None
 
     @property
     def num_samples(self) -> int:
@@ -93,7 +119,8 @@ class PreparedDay:
 
 @dataclass(frozen=True, eq=False)
 class Prepared:
-    """Every split of one export under one prep config."""
+    """Every split of one export under one prep config; ``label_strategy`` names the classes of
+    its labels (``contract.STRATEGY_CLASS_NAMES``)."""
 
     key: str
     horizons: tuple[int, ...]
@@ -101,6 +128,7 @@ class Prepared:
     splits: dict[str, list[PreparedDay]]
     stats: NormStats | None
     gate_report: dict[str, Any]
+    label_strategy: str = "tlob"
     from_cache: bool = field(default=False, compare=False)
 
     def stats_digest(self) -> str:
@@ -173,7 +201,8 @@ def cache_key(export: Export, prep: PrepConfig) -> str:
 def label_rule(prep: PrepConfig) -> LabelRule:
     """The smoothed-return rule used when labels are computed from MID_PRICE."""
     labels = prep.labels
-    return LabelRule(horizons=tuple(labels.horizons), smoothing=labels.smoothing, threshold=float(labels.threshold))
+    return LabelRule(horizons=tuple(labels.horizons), smoothing=labels.smoothing, threshold=float(labels.threshold),
+                     threshold_bps=None if labels.threshold_bps is None else float(labels.threshold_bps))
 
 
 # ---------------------------------------------------------------- the per-day steps (pure)
@@ -181,8 +210,8 @@ def label_rule(prep: PrepConfig) -> LabelRule:
 
 @dataclass(frozen=True)
 class DaySteps:
-    """What the per-day steps read from a PrepConfig, as plain values: workers unpickle this and
-    never import ``lobsearch.config`` (whose import pulls in the model zoo and torch)."""
+    """What the per-day steps read from a PrepConfig, as plain values: the pure steps take no
+    config objects, and a worker unpickles a few numbers."""
 
     book_valid: bool
     mbo_ready: bool
@@ -203,14 +232,15 @@ def day_steps(prep: PrepConfig) -> DaySteps:
 
 
 def _load(day_file: DayFile, steps: DaySteps) -> Any:
-    """Load one day with labels from its file (``file``, ``auto``) or computed (``computed``, or
-    ``auto`` without a labels file). Raises DataError when labels cannot be had."""
+    """Load one day with labels from the export (``file``, ``auto``: its labels file, else its
+    regression labels) or computed from MID_PRICE (``computed``, or ``auto`` without either).
+    Raises DataError when labels cannot be had."""
     source = steps.labels
-    if source == "file" and day_file.labels is None:
+    if source == "file" and day_file.labels is None and day_file.regression_labels is None:
         raise DataError(f"{day_file.features}: no labels file beside it, and labels.source is 'file' "
                         "(use 'auto' or 'computed' to compute labels from MID_PRICE)")
     if source == "computed":
-        day_file = dataclasses.replace(day_file, labels=None)
+        day_file = dataclasses.replace(day_file, labels=None, regression_labels=None)
     # rows that pass the gates are checked for NaN/inf by day_moments and normalized_chunks
     day = load_day(day_file, rule=steps.rule, check_finite=False)
     if day.labels is None:
@@ -224,10 +254,32 @@ def _gates(day: Any, steps: DaySteps) -> Any:
                      invalidity=steps.invalidity)
 
 
+def windows_dropped(gates: GateResult, ends: np.ndarray, window: int, *, last_row: bool = False) -> dict[str, int]:
+    """Windows of ``window`` rows ending at ``ends`` (M,) dropped per rule, plus ``total`` (by
+    any rule), as ``gating.window_gate_counts`` counts them at its own candidate ends."""
+
+    def dropped(ok: np.ndarray) -> int:
+        return int(ends.size - np.count_nonzero(window_ok(ok, ends, window, last_row=last_row)))
+
+    counts = dict.fromkeys(RULES, 0)
+    counts.update({name: dropped(ok) for name, ok in gates.rule_ok.items()})
+    counts["total"] = dropped(gates.row_ok)
+    return counts
+
+
+def _windows_report(day: Any, gates: GateResult, last_row: bool) -> dict[str, int]:
+    """Windows dropped per rule: REPORT_WINDOW rows at stride 1 on a flat day, the exported
+    windows on a windowed day."""
+    if day.layout is None:
+        return window_gate_counts(gates, REPORT_WINDOW, 1, last_row=last_row)
+    return windows_dropped(gates, day.layout.ends(), day.layout.window, last_row=last_row)
+
+
 def _day_report(day_file: DayFile, day: Any, gates: Any, steps: DaySteps) -> dict[str, Any]:
-    """What the gate report says of one day: rows and windows (REPORT_WINDOW, stride 1) dropped
-    per rule, label counts per horizon (Down, Stable, Up; all rows), and the day's shape."""
-    windows = window_gate_counts(gates, REPORT_WINDOW, 1, last_row=steps.last_row)
+    """What the gate report says of one day: rows and windows dropped per rule
+    (``_windows_report``), label counts per horizon (class indices 0, 1, 2 of its label strategy;
+    all rows), its label strategy, window layout and shape."""
+    windows = _windows_report(day, gates, steps.last_row)
     balance = [np.bincount(col[col >= 0], minlength=3).tolist() for col in np.asarray(day.labels).T]
     return {
         "split": day_file.split,
@@ -238,8 +290,12 @@ def _day_report(day_file: DayFile, day: Any, gates: Any, steps: DaySteps) -> dic
         "windows_dropped": windows,
         "label_balance": dict(zip(map(str, day.horizons), balance)),
         "horizons": list(day.horizons),
+        "label_strategy": day.label_strategy,
+        "layout": None if day.layout is None else day.layout.to_json(),
         "n_features": int(day.features.shape[1]),
         "normalized": bool(day.normalized),
+        "normalized_columns": np.flatnonzero(day.normalized_columns).tolist(),
+        "normalization_note": day.normalization_note,
     }
 
 
@@ -274,7 +330,7 @@ def day_arrays(day_file: DayFile, steps: DaySteps, stats: NormStats | None, into
     """
     day = _load(day_file, steps)
     gates = _gates(day, steps)
-    features, day_stats = day.features, None if day.normalized else stats
+    features, day_stats = day.features, None if day.normalized else leaving_out(stats, day.normalized_columns)
     options = {"schema_version": None if day.normalized else day.schema_version, "clip": steps.clip,
                "row_ok": gates.row_ok}
     labels = np.ascontiguousarray(day.labels, dtype=np.int8)
@@ -287,6 +343,13 @@ def day_arrays(day_file: DayFile, steps: DaySteps, stats: NormStats | None, into
     np.save(f"{into}_labels.npy", labels)
     np.save(f"{into}_row_ok.npy", gates.row_ok)
     return report
+
+
+def leaving_out(stats: NormStats | None, columns: np.ndarray) -> NormStats | None:
+    """``stats`` that leave the (F,) bool ``columns`` (already normalized by the export) unscaled."""
+    if stats is None or not columns.any():
+        return stats
+    return NormStats(stats.mean, stats.std, stats.scaled & ~columns)
 
 
 def _write_npy(path: Path, shape: tuple[int, ...], chunks: Iterator[np.ndarray]) -> None:
@@ -506,11 +569,18 @@ def _ship_files() -> bool:
     return sum(1 for node in ray.nodes() if node.get("Alive")) > 1
 
 
+_DAY_PARTS = ("features", "labels", "metadata", "horizons", "regression_labels", "forward_prices")
+"""The DayFile fields naming a day's own files."""
+_EXPORT_PARTS = {"manifest": MANIFEST_NAME, "config": EXPORT_CONFIG_NAME}
+"""The export's files that every day is read with."""
+
+
 def _day_bytes(day_file: DayFile) -> dict[str, bytes | None]:
-    """The raw bytes of one day's files and of its export's manifest."""
-    manifest = day_file.features.parent.parent / "dataset_manifest.json"
-    paths = {"features": day_file.features, "labels": day_file.labels, "metadata": day_file.metadata,
-             "manifest": manifest if manifest.is_file() else None}
+    """The raw bytes of one day's files and of its export's manifest and export config."""
+    paths = {key: getattr(day_file, key) for key in _DAY_PARTS}
+    for key, name in _EXPORT_PARTS.items():
+        path = day_file.export_root / name
+        paths[key] = path if path.is_file() else None
     return {k: (None if p is None else Path(p).read_bytes()) for k, p in paths.items()}
 
 
@@ -518,10 +588,11 @@ def _write_day(blob: dict[str, bytes | None], day_file: DayFile, folder: Path) -
     """Lay one shipped day out as a one-day export under ``folder``; returns its DayFile."""
     split_dir = folder / "export" / day_file.split
     split_dir.mkdir(parents=True)
-    if blob["manifest"] is not None:
-        (folder / "export" / "dataset_manifest.json").write_bytes(blob["manifest"])
+    for key, name in _EXPORT_PARTS.items():
+        if blob[key] is not None:
+            (folder / "export" / name).write_bytes(blob[key])
     moved = {}
-    for key in ("features", "labels", "metadata"):
+    for key in _DAY_PARTS:
         source = getattr(day_file, key)
         if source is not None:
             moved[key] = split_dir / Path(source).name
@@ -627,15 +698,21 @@ def _compute(export: Export, prep: PrepConfig, key: str, out: Path, mapper: Mapp
         second[task.order] = _save_arrays(result, out, task.name) if "x" in result else result
     reports = [second.get(i) or first[i] for i in range(len(files))]
     _check_consistent(reports, files)
+    exported = _exported_normalization(reports, files)
+    stats = leaving_out(stats, exported)
+    _note_raw_metadata(export, reports)
     dropped = [_dropped(files[i], i, prep) for i in range(len(files)) if per_day[i] is DROP]
     manifest = {
         "key": key,
         "prep": prep.model_dump(mode="json"),
         "export": str(export.root),
         "horizons": reports[0]["horizons"],
+        "label_strategy": reports[0]["label_strategy"],
         "n_features": reports[0]["n_features"],
-        "days": [{"name": t.name, "split": t.day.split, "date": t.day.date} for t in tasks],
+        "days": [{"name": t.name, "split": t.day.split, "date": t.day.date, "layout": reports[t.order]["layout"]}
+                 for t in tasks],
         "stats": None if stats is None else {k: getattr(stats, k).tolist() for k in ("mean", "std", "scaled")},
+        "columns": column_scaling(stats, exported, reports[0]["n_features"]),
         "gate_report": gate_report(reports, dropped),
     }
     (out / "gate_report.json").write_text(json.dumps(manifest["gate_report"], indent=1))
@@ -670,14 +747,62 @@ def _dropped(day_file: DayFile, order: int, prep: PrepConfig) -> dict[str, str]:
 
 
 def _check_consistent(partials: list[dict], files: list[DayFile]) -> None:
-    for field_name in ("horizons", "n_features"):
+    """Every day has the horizons, label strategy and feature count of the first; raises
+    DataError naming both days' files."""
+    for field_name in ("horizons", "label_strategy", "n_features"):
         first = partials[0][field_name]
         for p, f in zip(partials, files):
             if p[field_name] != first:
                 raise DataError(
-                    f"{f.features}: {field_name} {p[field_name]} differs from the first day's {first} "
-                    "(every day of an export must agree)"
+                    f"{f.features}: {field_name} {p[field_name]!r}, but {files[0].features} has {first!r} "
+                    f"(rule: every day of an export has the same {field_name})"
                 )
+
+
+def _exported_normalization(reports: list[dict], files: list[DayFile]) -> np.ndarray:
+    """(F,) bool columns the export normalized in the days it did not normalize whole: the same
+    in every such day (their statistics are shared). Raises DataError naming two days that differ."""
+    partial = [(r, f) for r, f in zip(reports, files) if not r["normalized"]]
+    columns = np.zeros(reports[0]["n_features"], dtype=bool)
+    if partial:
+        columns[partial[0][0]["normalized_columns"]] = True
+    for report, file in partial[1:]:
+        if report["normalized_columns"] != partial[0][0]["normalized_columns"]:
+            raise DataError(f"{file.features}: the export normalized columns {_spans(report['normalized_columns'])}, "
+                            f"but in {partial[0][1].features} columns {_spans(partial[0][0]['normalized_columns'])} "
+                            "(rule: the days of an export that are not normalized whole share their normalized columns)")
+    return columns
+
+
+def _spans(columns: list[int]) -> str:
+    """Ascending column indices as ranges: [0, 1, 2, 5] -> '0-2, 5'; [] -> 'none'."""
+    runs: list[list[int]] = []
+    for c in columns:
+        if runs and c == runs[-1][1] + 1:
+            runs[-1][1] = c
+        else:
+            runs.append([c, c])
+    return ", ".join(f"{a}-{b}" if b > a else f"{a}" for a, b in runs) or "none"
+
+
+def _note_raw_metadata(export: Export, reports: list[dict]) -> None:
+    """One DataWarning per export for metadata that claims normalization on raw values."""
+    note = raw_metadata_note(export.root, [r["normalization_note"] for r in reports])
+    if note:
+        warnings.warn(DataWarning(note), stacklevel=3)
+
+
+def column_scaling(stats: NormStats | None, exported: np.ndarray, n_features: int) -> dict[str, list[int]]:
+    """Every column of the prepared days under one heading: ``z_scored`` (with the prepared
+    statistics), ``export_normalized`` (by the exporter, left as it is) or ``left_raw`` (on
+    purpose: gate, categorical and version columns, DT_SECONDS without normalize_dt, every column
+    under mode none or of a day normalized whole)."""
+    scaled = np.zeros(n_features, dtype=bool) if stats is None else stats.scaled
+    return {
+        "z_scored": np.flatnonzero(scaled).tolist(),
+        "export_normalized": np.flatnonzero(exported).tolist(),
+        "left_raw": np.flatnonzero(~scaled & ~exported).tolist(),
+    }
 
 
 def gate_report(partials: list[dict], dropped_days: list[dict]) -> dict[str, Any]:
@@ -706,7 +831,8 @@ def load_prepared(folder: Path, *, from_cache: bool = False) -> Prepared:
     splits: dict[str, list[PreparedDay]] = {}
     for day in manifest["days"]:
         arrays = {part: np.load(folder / f"{day['name']}_{part}.npy", mmap_mode="r") for part in ARRAYS}
-        splits.setdefault(day["split"], []).append(PreparedDay(day["date"], day["split"], **arrays))
+        layout = WindowLayout.from_json(day["layout"])
+        splits.setdefault(day["split"], []).append(PreparedDay(day["date"], day["split"], **arrays, layout=layout))
     stats = manifest["stats"]
     return Prepared(
         key=manifest["key"],
@@ -715,6 +841,7 @@ def load_prepared(folder: Path, *, from_cache: bool = False) -> Prepared:
         splits=splits,
         stats=None if stats is None else NormStats(*(np.asarray(stats[k]) for k in ("mean", "std", "scaled"))),
         gate_report=manifest["gate_report"],
+        label_strategy=manifest["label_strategy"],
         from_cache=from_cache,
     )
 

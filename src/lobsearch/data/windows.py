@@ -1,10 +1,13 @@
 """Windows: the usable end rows of each day, and batches gathered from them by index.
 
 A window of T rows ending at row e covers rows [e-T+1, e] of one day and is labelled with row
-e's label. Candidate ends are T-1, T-1+s, ...; an end is kept when its window passes the gates
-(every row, or only row e with ``last_row``) and its label is not MISSING_LABEL. A split's days
-are concatenated into one (N_total, F') tensor and windows are gathered from it by index, so
-the N x T x F array of all windows is never built.
+e's label. On a flat day the candidate ends are T-1, T-1+s, ...; on a windowed day
+(``day.layout``, a ``layout.WindowLayout``) they are the end rows of the exported windows, every
+ceil(s / stride)-th one, so each window is the last T rows of one exported window (T at most the
+export's). An end is kept when its window passes the gates (every row, or only row e with
+``last_row``) and its label is not MISSING_LABEL. A split's days are concatenated into one
+(N_total, F') tensor and windows are gathered from it by index, so the N x T x F array of all
+windows is never built.
 """
 
 from __future__ import annotations
@@ -17,8 +20,14 @@ import numpy as np
 import torch
 
 from lobsearch.contract import MISSING_LABEL, N_CLASSES
-from lobsearch.data.features import FeatureSpec, feature_columns, n_selected, select_features
+from lobsearch.data.features import (
+    FeatureSpec,
+    feature_columns,
+    n_selected,
+    select_features,
+)
 from lobsearch.data.gating import candidate_ends, window_ok
+from lobsearch.data.layout import WindowLayout
 from lobsearch.errors import ConfigError, DataError
 
 
@@ -28,21 +37,34 @@ class DayArrays(Protocol):
     x: np.ndarray  # (N, F) float32, normalized
     labels: np.ndarray  # (N, H) int8 class indices, MISSING_LABEL where none
     row_ok: np.ndarray  # (N,) bool
+    layout: WindowLayout | None  # a windowed day's exported windows; None for a flat day
 
 
 def window_ends(
-    row_ok: np.ndarray, label: np.ndarray, window: int, stride: int, *, last_row: bool = False
+    row_ok: np.ndarray,
+    label: np.ndarray,
+    window: int,
+    stride: int,
+    *,
+    last_row: bool = False,
+    layout: WindowLayout | None = None,
+    name: str = "the day",
 ) -> np.ndarray:
     """(M,) int64 end rows of the usable windows of one day, ascending.
 
-    row_ok: (N,) bool; label: (N,) int class indices of one horizon, MISSING_LABEL where none.
-    Raises ConfigError for window or stride < 1; DataError when the lengths differ.
+    row_ok: (N,) bool; label: (N,) int class indices of one horizon, MISSING_LABEL where none;
+    layout: a windowed day's exported windows (``WindowLayout.candidate_ends`` gives the
+    candidates), None for a flat day. Raises ConfigError for window or stride < 1 or a window
+    longer than a windowed day's T (naming ``name``); DataError when the lengths differ.
     """
     row_ok = np.asarray(row_ok, dtype=bool)
     label = np.asarray(label)
     if row_ok.ndim != 1 or label.shape != row_ok.shape:
         raise DataError(f"windows: row_ok {row_ok.shape} and label {label.shape} must both be (N,)")
-    ends = candidate_ends(row_ok.size, window, stride)
+    if layout is None:
+        ends = candidate_ends(row_ok.size, window, stride)
+    else:
+        ends = layout.candidate_ends(window, stride, name)
     keep = window_ok(row_ok, ends, window, last_row=last_row) & (label[ends] != MISSING_LABEL)
     return ends[keep]
 
@@ -142,7 +164,8 @@ def _add_day(
     label = _horizon_label(day, cut.horizon_index, name)
     selected = select_features(day.x, cut.columns, time_regime_onehot=cut.time_regime_onehot)
     x[offset : offset + selected.shape[0]] = torch.from_numpy(selected)
-    ends = window_ends(day.row_ok, label, cut.window, cut.stride, last_row=cut.last_row)
+    ends = window_ends(day.row_ok, label, cut.window, cut.stride, last_row=cut.last_row, layout=day.layout,
+                       name=f"day {name}")
     _check_classes(label[ends], name)
     return ends + offset, label[ends].astype(np.int64)
 
@@ -161,8 +184,9 @@ def build_window_set(
 
     Each day's rows are selected (``select_features``: preset name or indices) and copied once
     into a preallocated tensor; its window ends are offset by the rows before it.
-    Raises ConfigError for bad columns, horizon_index, window or stride; DataError for no days,
-    mixed feature counts, or labels outside the class indices.
+    Raises ConfigError for bad columns, horizon_index, window or stride, or a window longer than
+    the T of a windowed day's export (naming the day and T); DataError for no days, mixed
+    feature counts, or labels outside the class indices.
     """
     n_features = _check_widths(days)
     cols = feature_columns(columns, n_features)

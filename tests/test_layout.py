@@ -1,0 +1,93 @@
+"""Window layouts of windowed days: the stride seen on the data, rows recovered once, end rows."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lobsearch.data.layout import (
+    WindowLayout,
+    check_stride,
+    labels_at_ends,
+    laid_out_rows,
+    observed_stride,
+    window_layout,
+)
+from lobsearch.errors import ConfigError, DataError
+
+
+def cut(rows: np.ndarray, window: int, stride: int) -> np.ndarray:
+    """(M, T, F) windows starting at rows 0, stride, 2*stride, ... as the exporter cuts them."""
+    starts = range(0, len(rows) - window + 1, stride)
+    return np.stack([rows[s : s + window] for s in starts]).astype(np.float32)
+
+
+@settings(max_examples=60, deadline=None)
+@given(window=st.integers(1, 12), stride=st.integers(1, 15), count=st.integers(1, 9), seed=st.integers(0, 2**16))
+def test_rows_windows_and_ends_line_up_at_any_stride(window, stride, count, seed):
+    rows = np.random.default_rng(seed).normal(size=((count - 1) * stride + window, 3))
+    sequences = cut(rows, window, stride)
+    stated = stride if stride < window else None
+    layout = window_layout(__file__, "20250203", sequences, stated, "a test")
+    assert layout.count == count and layout.window == window
+    assert layout.stride == min(stride, window)
+    laid = laid_out_rows(sequences, layout)
+    assert laid.shape == (layout.rows, 3) and not laid.flags.writeable
+    if stride < window:
+        np.testing.assert_array_equal(laid, rows.astype(np.float32))
+    for j, end in enumerate(layout.ends()):
+        np.testing.assert_array_equal(laid[end - window + 1 : end + 1], sequences[j])
+    labels = np.arange(count, dtype=np.int8)[:, None]
+    placed = labels_at_ends(labels, layout, -1)
+    np.testing.assert_array_equal(placed[layout.ends(), 0], labels[:, 0])
+    assert (placed != -1).sum() == count
+
+
+@settings(max_examples=60, deadline=None)
+@given(window=st.integers(2, 12), stride=st.integers(1, 15), seed=st.integers(0, 2**16))
+def test_the_observed_stride_is_the_cut_stride_or_none_without_overlap(window, stride, seed):
+    rows = np.random.default_rng(seed).normal(size=(stride + window, 4))
+    first, second = cut(rows, window, stride)[:2]
+    assert observed_stride(first, second) == (stride if stride < window else None)
+
+
+def test_nan_equals_nan_when_windows_are_compared():
+    rows = np.arange(40, dtype=np.float64).reshape(20, 2)
+    rows[7, 1] = np.nan
+    first, second = cut(rows, 10, 3)[:2]
+    assert observed_stride(first, second) == 3
+
+
+def test_a_stated_stride_the_data_contradicts_names_day_window_and_both_strides():
+    rows = np.random.default_rng(0).normal(size=(60, 2))
+    sequences = cut(rows, 10, 5)
+    sequences[6] = sequences[6] + 1.0
+    with pytest.raises(DataError, match="day 20250203: windows 5 and 6 show no overlap \\(stride >= T\\), but the "
+                                        "stride is 5 \\(the manifest\\)"):
+        check_stride("day.npy", "20250203", sequences, 5, "the manifest")
+
+
+def test_a_searched_window_and_stride_on_a_layout():
+    layout = WindowLayout(window=20, stride=5, count=10)
+    np.testing.assert_array_equal(layout.ends(), 19 + 5 * np.arange(10))
+    np.testing.assert_array_equal(layout.candidate_ends(12, 1), layout.ends())
+    np.testing.assert_array_equal(layout.candidate_ends(20, 11), layout.ends()[::3])
+    separate = WindowLayout(window=20, stride=30, count=4)
+    assert (separate.pitch, separate.rows) == (20, 80)
+    np.testing.assert_array_equal(separate.candidate_ends(5, 30), [19, 39, 59, 79])
+    np.testing.assert_array_equal(separate.candidate_ends(5, 31), [19, 59])
+    with pytest.raises(ConfigError, match="window 21 is longer than the 20 rows of each exported window of day X"):
+        layout.candidate_ends(21, 1, "day X")
+    with pytest.raises(ConfigError, match="stride must be an integer >= 1"):
+        layout.candidate_ends(5, 0)
+    assert WindowLayout.from_json(layout.to_json()) == layout and WindowLayout.from_json(None) is None
+
+
+def test_windows_that_do_not_overlap_are_a_view_of_the_file(tmp_path):
+    np.save(tmp_path / "s.npy", np.random.default_rng(0).normal(size=(4, 5, 3)).astype(np.float32))
+    sequences = np.load(tmp_path / "s.npy", mmap_mode="r")
+    layout = WindowLayout(window=5, stride=5, count=4)
+    rows = laid_out_rows(sequences, layout)
+    assert isinstance(rows, np.memmap) and np.shares_memory(rows, sequences)
