@@ -104,3 +104,13 @@ def test_the_command_line_help_and_the_plan_do_not_load_torch():
                 "with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n    main(['--help'])"
     assert not _loads_torch(help_text)
     assert _loads_torch("import lobsearch.recipe"), "the probe must see torch where it is loaded"
+
+
+def test_provenance_names_the_code_and_the_libraries():
+    from lobsearch import __version__
+    from lobsearch.provenance import KEYS, trial_provenance
+
+    record = trial_provenance(device="cpu", data_hash="abc", seed=3)
+    assert tuple(record) == KEYS and record["lobsearch_version"] == __version__
+    assert record["torch_version"].startswith("2.13") and record["seed"] == "3"
+    assert len(record["lobsearch_commit"].split("+")[0]) in (40, len("unknown"))

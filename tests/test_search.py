@@ -64,15 +64,20 @@ def _space(tmp_path: Path, **search: object) -> Path:
 @pytest.mark.ray
 @pytest.mark.slow
 def test_smoke_search_leaves_results_a_user_can_act_on(ray_session, small_export: Path, tmp_path: Path) -> None:
+    import tempfile
+
+    leftovers = set(Path(tempfile.gettempdir()).glob("lobsearch-trial-*"))
     space = _space(tmp_path, num_samples=4, reduction_factor=2)
     code = main([str(space), "--data", str(small_export), "--storage", str(tmp_path / "runs"), "--name", "smoke"])
     assert code == 0
+    assert set(Path(tempfile.gettempdir()).glob("lobsearch-trial-*")) <= leftovers, "a trial left its work folder"
     run_dir = tmp_path / "runs" / "smoke"
     results = json.loads((run_dir / "results.json").read_text())
     assert len(results["trials"]) == 4
     statuses = {t["status"] for t in results["trials"]}
     assert statuses <= {"completed", "early_stopped", "pruned"}
     assert "pruned" in statuses, "ASHA with reduction factor 2 stops some of 4 trials early"
+    assert results["export_fingerprint"] and results["code"]["torch_version"].startswith("2.13")
     for trial in results["trials"]:
         assert trial["history"] and trial["history"][0]["epoch"] == 1
         assert trial["best"]["val_macro_f1"] == max(h["val_macro_f1"] for h in trial["history"])

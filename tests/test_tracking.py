@@ -226,7 +226,8 @@ def test_an_unknown_mode_names_the_field_and_the_closest_choice():
 def tune_result(epoch: int, metrics: dict) -> dict:
     """A result as Ray Tune hands it to callbacks: the trial's metrics plus Tune's bookkeeping."""
     return {**metrics, "epoch": epoch, "fit_status": "running", "training_iteration": epoch, "timestamp": 1795693019,
-            "time_this_iter_s": 2.5, "pid": 4242, "done": False, "trial_id": "a1b2_00000", "n_params": 12_345}
+            "time_this_iter_s": 2.5, "pid": 4242, "done": False, "trial_id": "a1b2_00000", "n_params": 12_345,
+            "torch_version": "2.13.0", "data_hash": "0123456789abcdef", "seed": "0"}
 
 
 def fake_search(tmp_path: Path, mode: str) -> SimpleNamespace:
@@ -268,6 +269,7 @@ def test_the_tune_callback_records_one_run_per_trial(tmp_path, wandb_env):
         {**m, "epoch": e, "n_params": 12_345} for e, m in enumerate(epochs, start=1)]
     assert good["summary"]["best_val_macro_f1"] == 0.41 and good["summary"]["best_epoch"] == 2
     assert good["summary"]["best_train_loss"] == 0.91, "the summary is the best epoch's row, not the last's"
+    assert (good["summary"]["torch_version"], good["summary"]["data_hash"]) == ("2.13.0", "0123456789abcdef")
     assert good["artifacts"] == [] and good["exit_code"] == 0, "only the best configuration's run carries the model"
     failed = runs["a1b2_00001"]
     assert failed["exit_code"] == 1 and failed["summary"]["error"].endswith("loss is nan at epoch 2")

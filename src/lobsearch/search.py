@@ -235,6 +235,7 @@ def _fit(plan: Plan, prepared: dict[str, Any]) -> tuple[Any, bool]:
 
 
 def _finish(plan: Plan, grid: Any, prepared: dict[str, Any], export: Any, interrupted: bool) -> Outcome:
+    from lobsearch.provenance import code_versions
     from lobsearch.results import collect, evaluate_best, print_summary, upload_results, write_results
 
     resume_hint = (
@@ -247,6 +248,7 @@ def _finish(plan: Plan, grid: Any, prepared: dict[str, Any], export: Any, interr
     summary = collect(grid, plan, export, prepared, tune_trials=tune_trials)
     if interrupted:
         summary.stopped_by = "interrupted"
+    summary.extra.update(export_fingerprint=export.fingerprint(), code=code_versions())
     if summary.best is not None:
         plan.say("evaluating the best configuration once on the test split")
         evaluate_best(summary, prepared)

@@ -36,6 +36,7 @@ from urllib.parse import urlsplit
 
 from lobsearch.errors import ConfigError, DataError, unknown_choice
 from lobsearch.files import plain
+from lobsearch.provenance import KEYS as PROVENANCE_KEYS
 
 MODES = ("auto", "online", "offline", "disabled")
 """Values of ``tracking.wandb`` in a search-space file."""
@@ -301,8 +302,9 @@ def _wandb_callback_class() -> type:
 
         A run starts with the trial (group = search name, job type = model family, name = trial
         id, config = the trial's full run config), logs every result's metrics at step ``epoch``,
-        and ends with a summary of the best epoch (``best_<metric>``), the trial's last
-        checkpoint as a "model" artifact, and failed = True when the trial errored.
+        and ends with a summary of the best epoch (``best_<metric>``) and the trial's provenance
+        (``lobsearch.provenance.KEYS``: code, library versions, device, data hash, seed), the
+        trial's last checkpoint as a "model" artifact, and failed = True when the trial errored.
         """
 
         def __init__(self, settings: WandbSettings, *, group: str, metric: str, sign: int,
@@ -311,6 +313,7 @@ def _wandb_callback_class() -> type:
             self.families, self.run_config = tuple(families), run_config
             self.trackers: dict[str, TrialTracker] = {}
             self.best: dict[str, dict] = {}
+            self.provenance: dict[str, dict] = {}
 
         @classmethod
         def for_search(cls, plan: Any) -> Any:
@@ -334,6 +337,7 @@ def _wandb_callback_class() -> type:
 
         def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
             tracker = self.trackers.get(trial.trial_id)
+            self.provenance[trial.trial_id] = {k: result[k] for k in PROVENANCE_KEYS if k in result}
             metrics = epoch_metrics(result)
             if tracker is None or not metrics:
                 return
@@ -363,6 +367,7 @@ def _wandb_callback_class() -> type:
             if tracker is None:
                 return
             summary = {f"best_{k}": v for k, v in self.best.pop(trial.trial_id, {}).items()}
+            summary.update(self.provenance.pop(trial.trial_id, {}))
             if failed:
                 summary["error"] = last_error_line(trial)
             tracker.finish(summary, failed=failed)

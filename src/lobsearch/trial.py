@@ -74,6 +74,7 @@ def _train(run: RunConfig, prepared: Prepared, device: Any) -> None:
     from ray import tune
 
     from lobsearch.gpu import memory_metrics
+    from lobsearch.provenance import trial_provenance
     from lobsearch.recipe import build_run, fit_run
 
     built = build_run(run, prepared, device=device)
@@ -84,6 +85,7 @@ def _train(run: RunConfig, prepared: Prepared, device: Any) -> None:
         "latency_ms": built.latency_ms,
         "model_family": run.model.name,
         "node_id": ray.get_runtime_context().get_node_id(),
+        **trial_provenance(device=_device_label(device), data_hash=built.data_hash, seed=run.train.seed),
     }
 
     def report(epoch: Any) -> None:
@@ -96,6 +98,16 @@ def _train(run: RunConfig, prepared: Prepared, device: Any) -> None:
         shutil.rmtree(work, ignore_errors=True)
     if result.status == "nan_loss":
         raise TrialFailed(result.message)
+
+
+def _device_label(device: Any) -> str:
+    """``cpu``, or ``cuda:0 (NVIDIA H100 80GB HBM3)``."""
+    import torch
+
+    device = torch.device(device)
+    if device.type != "cuda":
+        return str(device)
+    return f"{device} ({torch.cuda.get_device_name(device)})"
 
 
 def _threads_from_resources(asked: int | None) -> None:
