@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import warnings
 
 import numpy as np
@@ -595,3 +596,34 @@ def test_compute_labels_marks_windows_with_a_bad_price_missing():
 def test_compute_labels_rejects_bad_parameters():
     with pytest.raises(ValueError, match="horizons"):
         compute_labels(np.ones(10), (0,))
+
+
+@pytest.mark.parametrize("entry", ["loop_split", "self_link_day", "folder_day", "folder_labels", "dangling_day"])
+def test_broken_entries_are_errors_never_skipped(tmp_path, entry):
+    """A split folder that loops, a day file that links to itself or nowhere, and folders named
+    like day files (or like a day's labels) are each refused by name; nothing is skipped."""
+    from lobsearch.synth import write_synthetic_export
+
+    root = write_synthetic_export(tmp_path / "e", days=4, rows=400, seed=0)
+    train = root / "train"
+    day = sorted(train.glob("*_features.npy"))[0].name.split("_")[0]
+    if entry == "loop_split":
+        shutil.rmtree(root / "test")
+        (root / "test").symlink_to(root / "test")
+        bad = root / "test"
+    elif entry == "self_link_day":
+        bad = train / "20991231_features.npy"
+        bad.symlink_to(bad)
+    elif entry == "dangling_day":
+        bad = train / "20991231_features.npy"
+        bad.symlink_to(tmp_path / "nowhere.npy")
+    elif entry == "folder_day":
+        bad = train / "20991231_features.npy"
+        bad.mkdir()
+    else:
+        bad = train / f"{day}_labels.npy"
+        bad.unlink()
+        bad.mkdir()
+    with pytest.raises(DataError, match="named as a (split folder|day file), but it is") as info:
+        discover_export(root)
+    assert str(bad) in str(info.value)

@@ -195,6 +195,22 @@ def test_every_space_runs_end_to_end_in_smoke_mode(ray_session, small_export: Pa
     assert all(t["epochs"] <= 2 for t in results["trials"])
 
 
+@pytest.mark.ray
+@pytest.mark.slow
+def test_a_smoke_search_runs_on_an_exporter_style_windowed_export(ray_session, tmp_path: Path) -> None:
+    """Windows of T=100 at stride 10 (the exporter's default), schema 3.0: the search's windows
+    (10-80 rows) end only on labelled rows and the best model is evaluated on test."""
+    from lobsearch.synth import write_synthetic_export
+
+    export = write_synthetic_export(tmp_path / "windowed", days=6, rows=2500, seed=1, fmt="windowed",
+                                    stride=10, schema="3.0")
+    code = main([str(ROOT / "search_spaces" / "lstm.yaml"), "--smoke", "--data", str(export),
+                 "--storage", str(tmp_path / "runs"), "--name", "w", "--wandb", "disabled", "--quiet"])
+    assert code == 0
+    results = json.loads((tmp_path / "runs" / "w" / "results.json").read_text())
+    assert len(results["trials"]) == 2 and results["best"]["test"]["macro_f1"] > 0
+
+
 @pytest.mark.parametrize(
     "cluster, cpus, gpus, expected",
     [

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import os
 import re
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -155,6 +156,7 @@ def discover_export(root: str | Path) -> Export:
     _check_folder_names(root)
     splits = {}
     for split in SPLITS:
+        _check_readable(root / split, "a split folder", Path.is_dir)
         days = _discover_split(root / split, split) if (root / split).is_dir() else ()
         if days:
             splits[split] = days
@@ -179,13 +181,28 @@ def _discover_split(folder: Path, split: str) -> tuple[DayFile, ...]:
     found: dict[str, dict[str, Path]] = {}
     for path in sorted(folder.iterdir()):
         match = _DAY_FILE.match(path.name)
-        if match is None or not path.is_file():
+        if match is None:
             continue
+        _check_readable(path, "a day file", Path.is_file)
         date = _canonical_date(match["date"], path)
         files = found.setdefault(date, {})
         _check_one_spelling(date, files.values(), path)
         files[match["array"] or match["meta"]] = path
     return tuple(_day_file(split, date, files) for date, files in sorted(found.items()))
+
+
+def _check_readable(path: Path, what: str, kind_ok: Callable[[Path], bool]) -> None:
+    """DataError for an entry named as ``what`` that is not one: a folder where a file belongs
+    (or a file where a folder belongs), a dangling link or a link that loops; an entry that does
+    not exist at all is fine (splits and day parts are optional)."""
+    if not os.path.lexists(path) or kind_ok(path):
+        return
+    if path.is_symlink() and not path.exists():
+        found = f"a link that leads nowhere or loops ({os.readlink(path)!r})"
+    else:
+        found = "a folder" if path.is_dir() else "not a regular file or folder"
+    raise _error(path, f"named as {what}, but it is {found}",
+                 f"{what} must be readable; remove or fix the entry (it is never skipped)")
 
 
 def _canonical_date(text: str, path: Path) -> str:
