@@ -12,7 +12,8 @@ caches of one never reach the next:
 - ``numpy``: the plain single-process reference written below (``numpy_reference``): per day
   ``np.load``, the three gates, Chan moments of the passing rows of the training days, then every
   day z-scored in float64 with the training statistics (gate/categorical/version columns kept,
-  clip at 10) and saved as float32 ``x``, int8 ``labels`` and bool ``row_ok`` npy files.
+  clip at 10) and saved as float32 ``x``, int8 ``labels``, bool ``row_ok`` and the raw
+  (MID_PRICE, SPREAD) ``quotes`` npy files.
 - ``ray-1`` / ``ray-2``: ``ray.init(num_cpus=1 or 2)``, then ``prepare(engine="ray")`` into a
   fresh cache folder (``cold``: the first Ray Data run of the session, so it includes starting
   and importing the Ray Data workers), then once more into another fresh folder (``warm``).
@@ -105,6 +106,7 @@ def numpy_reference(export: Path, out: Path) -> int:
     for i, (split, date, path) in enumerate(days):
         x = np.load(path)
         ok = _gate(x)
+        quotes = np.ascontiguousarray(x[:, [40, 41]])  # raw MID_PRICE and SPREAD, kept for evaluation
         x -= shift
         x /= scale
         np.clip(x, -bound, bound, out=x)
@@ -113,6 +115,7 @@ def numpy_reference(export: Path, out: Path) -> int:
         np.save(f"{stem}_x.npy", x.astype(np.float32))
         np.save(f"{stem}_labels.npy", labels)
         np.save(f"{stem}_row_ok.npy", ok)
+        np.save(f"{stem}_quotes.npy", quotes)
         rows += x.shape[0]
     return rows
 
@@ -256,7 +259,7 @@ def ensure_export(folder: Path, days: int, rows: int, seed: int) -> dict:
 
 
 def compare_outputs(reference: Path, lobsearch: Path) -> dict:
-    """Whether every x, labels and row_ok array of the two outputs is identical."""
+    """Whether every x, labels, row_ok and quotes array of the two outputs is identical."""
     names = sorted(p.name for p in reference.glob("*.npy"))
     same = names == sorted(p.name for p in lobsearch.glob("*.npy"))
     for name in names if same else []:

@@ -18,6 +18,7 @@ from lobsearch.contract import MISSING_LABEL
 from lobsearch.data import pipeline
 from lobsearch.data.days import discover_export, load_day
 from lobsearch.data.gating import gate_rows, window_gate_counts
+from lobsearch.data.layout import WindowLayout
 from lobsearch.data.normalize import Moments, day_moments, norm_stats, normalize_day
 from lobsearch.data.windows import build_window_set, window_ends
 from lobsearch.errors import DataError
@@ -60,7 +61,8 @@ def by_date(prepared) -> dict:
 
 def assert_days_identical(a, b) -> None:
     assert (a.date, a.split) == (b.date, b.split)
-    for part in ("x", "labels", "row_ok"):
+    assert (a.quotes is None) == (b.quotes is None), a.date
+    for part in ("x", "labels", "row_ok") + (("quotes",) if a.quotes is not None else ()):
         left, right = np.asarray(getattr(a, part)), np.asarray(getattr(b, part))
         assert left.dtype == right.dtype and left.shape == right.shape, (a.date, part)
         np.testing.assert_array_equal(left, right, err_msg=f"{a.date} {part}")
@@ -410,6 +412,37 @@ def test_an_already_normalized_export_passes_through_unscaled(small_export, tmp_
         assert prepared.stats is None
         for f in day_files(export):
             np.testing.assert_array_equal(by_date(prepared)[f.date].x, np.load(f.features).astype(np.float32))
+
+
+def test_every_prepared_row_keeps_its_raw_mid_price_and_spread(small_export, local_prepared, tmp_path):
+    assert local_prepared.quotes_note is None
+    for f in day_files(small_export):
+        day, raw = by_date(local_prepared)[f.date], np.load(f.features)
+        assert day.quotes.shape == (raw.shape[0], 2) and day.quotes.dtype == raw.dtype
+        np.testing.assert_array_equal(day.mid, raw[:, 40])
+        np.testing.assert_array_equal(day.spread, raw[:, 41])
+    assert (by_date(local_prepared)[f.date].spread >= 0).all()
+
+
+def test_an_export_without_raw_quotes_is_prepared_with_a_note(small_export, tmp_path):
+    narrow = copy_export(small_export, tmp_path / "narrow")
+    for path in narrow.glob("*/*_features.npy"):
+        np.save(path, np.load(path)[:, :40])
+    for path in [*narrow.glob("*/*_metadata.json"), narrow / "dataset_manifest.json"]:
+        text = json.loads(path.read_text())
+        path.write_text(json.dumps({k: 40 if k in ("n_features", "feature_count") else v for k, v in text.items()}))
+    prepared = run(narrow, tmp=tmp_path)
+    assert prepared.n_features == 40 and all(d.quotes is None and d.mid is None for d in by_date(prepared).values())
+    assert "40 columns, so no MID_PRICE and SPREAD (columns 40 and 41)" in prepared.quotes_note
+    assert pipeline.quotes_note(98, np.zeros(98, bool)) is None
+    normalized = np.zeros(98, bool)
+    normalized[41] = True
+    assert "normalized column(s) [41]" in pipeline.quotes_note(98, normalized)
+    assert pipeline.raw_quotes(np.ones((5, 98)), normalized).shape == (5, 0)
+    independent, overlapping = WindowLayout(window=10, stride=10, count=5), WindowLayout(window=10, stride=2, count=5)
+    assert "windows do not overlap (stride 10 >= T = 10)" in pipeline.quotes_note(98, np.zeros(98, bool), independent)
+    assert pipeline.quotes_note(98, np.zeros(98, bool), overlapping) is None
+    assert pipeline.raw_quotes(np.ones((50, 98), np.float32), np.zeros(98, bool), independent).shape == (50, 0)
 
 
 def test_schema_2_0_flow_signs_are_fixed_before_any_statistic(tmp_path):

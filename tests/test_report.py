@@ -29,6 +29,7 @@ from lobsearch.report import (
     ranked,
     render,
     section_best_model,
+    section_calibration,
     section_failures,
     section_curves,
     section_gates,
@@ -36,10 +37,14 @@ from lobsearch.report import (
     section_importance,
     section_parallel,
     section_pareto,
+    section_trading,
     write_report,
 )
 
-SECTIONS = ("best-trials", "history", "parallel", "importance", "curves", "best-model", "gates", "pareto", "failures")
+SECTIONS = ("best-trials", "history", "parallel", "importance", "curves", "best-model", "trading", "calibration",
+            "gates", "pareto", "failures")
+VERDICT = ("verdict: no lift distinguishable from zero: macro-F1 lift +0.0120 over the best naive baseline, "
+           "95% interval [-0.0040, +0.0290] (block bootstrap, 2000 resamples of 40 blocks of 38 windows)")
 
 
 def make_results(n_trials: int = 16, seed: int = 0, *, families=("lstm", "deeplob"), failed: int = 1) -> dict:
@@ -70,6 +75,7 @@ def make_results(n_trials: int = 16, seed: int = 0, *, families=("lstm", "deeplo
         "pareto": None,
     }
     results["best"] = make_best(results)
+    results["verdict"] = {"line": VERDICT, "distinguishable": False}
     return results
 
 
@@ -142,7 +148,43 @@ def make_best(results: dict) -> dict | None:
     return {
         "trial_id": trial["trial_id"], "params": trial["params"], "val": val, "test": test, "baselines": baselines,
         "lift": {"val": val["macro_f1"] - 0.33, "test": test["macro_f1"] - 0.33},
+        "trading": make_trading(rng), "calibration": make_calibration(rng),
+        "verdict": {"line": VERDICT, "distinguishable": False, "split": "test", "estimate": 0.012, "low": -0.004,
+                    "high": 0.029, "level": 0.95, "block": 38, "method": "block bootstrap"},
     }
+
+
+def _backtest(rng: random.Random, trades: float, per_trade: float, tau: float = 0.0) -> dict:
+    """A ``trading.Backtest.summary()`` over 2 days."""
+    return {"n_trades": trades, "net_bps_per_trade": per_trade, "gross_bps_per_trade": per_trade + 2.1,
+            "trades_per_day": trades / 2, "hit_rate": 0.5 + per_trade / 40 if trades else 0.0,
+            "net_bps_per_day": trades * per_trade / 2, "max_drawdown_bps": rng.uniform(20, 90) if trades else 0.0,
+            "coverage": min(1.0, trades / 400), "n_days": 2.0, "fee_bps": 0.5, "tau": tau}
+
+
+def make_trading(rng: random.Random) -> dict:
+    """A ``evaluation.trading_report``: the model beats the naive baselines, the oracle beats it."""
+    def split(skill: float) -> dict:
+        return {"model": _backtest(rng, 180, skill), "model_tau": _backtest(rng, 60, skill + 1.5, 0.55),
+                "stable": _backtest(rng, 0, 0.0), "majority": _backtest(rng, 0, 0.0),
+                "previous": _backtest(rng, 150, -0.8), "oracle": _backtest(rng, 160, 17.5)}
+    return {"fee_bps": 0.5, "horizon": 20, "tau": 0.55, "tau_grid": [0.0, 0.35, 0.55], "tau_note": None,
+            "val_tau_coverage": 0.16, "classes": ["Down", "Stable", "Up"], "unpriced": {"val": 0, "test": 12},
+            "val": split(2.2), "test": split(1.1)}
+
+
+def make_calibration(rng: random.Random) -> dict:
+    """A ``evaluation.calibration_report`` of an overconfident model (temperature > 1)."""
+    bins = 15
+    confidence = [None] * 5 + [(b + 0.5) / bins for b in range(5, bins)]
+    def diagram(shrink: float) -> dict:
+        accuracy = [None if c is None else 0.34 + shrink * (c - 0.34) for c in confidence]
+        return {"confidence": confidence, "accuracy": accuracy,
+                "count": [0] * 5 + [rng.randint(20, 400) for _ in range(5, bins)]}
+    return {"split": "test", "in_sample": False, "temperature": 1.8,
+            "before": {"log_loss": 1.12, "brier": 0.66, "ece": 0.091},
+            "after": {"log_loss": 1.06, "brier": 0.64, "ece": 0.018},
+            "reliability_before": diagram(0.55), "reliability_after": diagram(0.95)}
 
 
 def make_gate_report(rng: random.Random) -> dict:
@@ -193,7 +235,7 @@ def test_the_report_is_self_contained(full_html):
     assert not re.search(r"<(script|link|iframe)\b", full_html, re.IGNORECASE)
     assert "Content-Security-Policy" in full_html and "img-src data:" in full_html
     pngs = images(full_html)
-    assert len(pngs) == 7 and all(png.startswith(b"\x89PNG\r\n\x1a\n") for png in pngs)
+    assert len(pngs) == 8 and all(png.startswith(b"\x89PNG\r\n\x1a\n") for png in pngs)
 
 
 def test_every_section_and_the_header_facts_are_there(full_html):
@@ -206,6 +248,7 @@ def test_every_section_and_the_header_facts_are_there(full_html):
                  "<b>h=10: 0.61</b>", best_id, "CUDA out of memory", "20240102", "prior_days", "lift"):
         assert text in full_html, text
     assert re.search(r"16 <span class=\"badge\"", full_html)
+    assert VERDICT.replace("'", "&#x27;") in full_html
     assert "Single-objective search: no Pareto front." in full_html
 
 
@@ -226,6 +269,19 @@ PARTIAL = {  # what is missing -> (edit, the section it shows in, the note it sh
     "no best model": (lambda r: r.update(best=None), section_best_model, "No best model was evaluated"),
     "best not evaluated again": (lambda r: r.update(best={"trial_id": "a1b2_00002", "params": {}, "val": {
         "epoch": 3, "val_macro_f1": 0.41, "val_accuracy": 0.5}}), section_best_model, "No confusion matrix"),
+    "no trading": (lambda r: r["best"].pop("trading"), section_trading, "No trading figures: the best model was not"),
+    "no quotes": (lambda r: r["best"].update(trading={"note": "the export has 40 columns"}),
+                  section_trading, "No trading figures: the export has 40 columns."),
+    "never acts": (lambda r: r["best"]["trading"].update(tau=None, tau_note="no threshold: no tau acts"),
+                   section_trading, "no threshold: no tau acts"),
+    "trading, no best": (lambda r: r.update(best=None), section_trading, "No best model was evaluated"),
+    "no calibration": (lambda r: r["best"].pop("calibration"), section_calibration, "No calibration figures"),
+    "diverged": (lambda r: r["best"].update(calibration={"note": "the probabilities are not finite"}),
+                 section_calibration, "No calibration figures: the probabilities are not finite."),
+    "in sample": (lambda r: r["best"]["calibration"].update(split="val", in_sample=True), section_calibration,
+                  "scored on the validation days it was fitted on"),
+    "no verdict": (lambda r: [r.pop("verdict"), r["best"].pop("verdict")], lambda r: section_header(r, None),
+                   "none recorded"),
     "no gate report": (lambda r: r.update(gate_report=None), section_gates, "No gate report"),
     "no oracle": (lambda r: r.update(oracle_macro_f1=None), lambda r: section_header(r, None), "unknown (the export"),
     "one trial": (lambda r: r.update(trials=[t for t in r["trials"] if t["best"]][:1]), section_importance,
@@ -262,6 +318,24 @@ def test_partial_results_render_every_section(edit, expected, tmp_path):
     assert expected in html and "could not be drawn" not in html
     assert all(f'<section id="{key}">' in html for key in SECTIONS)
     assert all(png.startswith(b"\x89PNG") for png in images(html))
+
+
+def test_the_trading_section_states_the_costs_and_compares_model_baselines_and_oracle(full_html):
+    html = section_trading(make_results())
+    for text in ("0.5 bps</b>", "<code>eval.fee_bps</code>", "half the spread", "tau = <b>0.55</b>",
+                 "coverage there 0.16", "model, p &gt;= tau", "always Stable", "previous known label",
+                 "oracle (true label)", "net bps/trade", "max drawdown bps", "test 12"):
+        assert text in html, text
+    assert html.count("<tr>") == 1 + 2 * 6
+    assert "Trading, net of costs" in full_html
+
+
+def test_the_calibration_section_shows_both_temperatures_and_the_reliability_diagram():
+    html = section_calibration(make_results())
+    for text in ("T = <b>1.8</b>", "test windows", "log loss (nats)", "Brier score", "expected calibration error",
+                 "0.091", "0.018"):
+        assert text in html, text
+    assert len(images(html)) == 1
 
 
 def test_a_minimized_multi_objective_search_ranks_low_first_and_shows_the_front():
@@ -364,7 +438,7 @@ def test_optuna_figures_use_agg_close_their_figures_and_leave_the_style_and_warn
         html = render(results)
     import matplotlib.pyplot as plt
 
-    assert len(images(html)) == 8 and "could not be drawn" not in html
+    assert len(images(html)) == 9 and "could not be drawn" not in html
     assert matplotlib.get_backend().lower() == "agg" and plt.get_fignums() == []
     changed = {k: v for k, v in matplotlib.rcParams.items() if before.get(k) != v}
     assert changed.keys() <= {"backend", "backend_fallback"}, changed  # selecting Agg, and no ggplot style

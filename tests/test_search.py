@@ -78,6 +78,9 @@ def test_smoke_search_leaves_results_a_user_can_act_on(ray_session, small_export
     assert statuses <= {"completed", "early_stopped", "pruned"}
     assert "pruned" in statuses, "ASHA with reduction factor 2 stops some of 4 trials early"
     assert results["export_fingerprint"] and results["code"]["torch_version"].startswith("2.13")
+    assert results["verdict"]["line"].startswith("verdict: ")
+    assert {t["provenance"]["data_hash"] for t in results["trials"]} and all(
+        t["provenance"]["device"] == "cpu" and t["provenance"]["seed"] == "0" for t in results["trials"])
     for trial in results["trials"]:
         assert trial["history"] and trial["history"][0]["epoch"] == 1
         assert trial["best"]["val_macro_f1"] == max(h["val_macro_f1"] for h in trial["history"])

@@ -128,7 +128,13 @@ def test_format_table_has_every_row():
     base = {"majority_macro_f1": 0.2, "previous_macro_f1": 0.45}
     table = format_table({"val": metrics, "test": metrics, "baselines": {"val": base, "test": base}})
     assert "lift over majority" in table and "-0.0500" in table and "+0.2000" in table
-    assert table.splitlines()[0].split() == ["val", "test"]
+    assert table.splitlines()[0].split() == ["val", "test"] and "verdict" not in table
+    judged = format_table({"val": metrics, "test": metrics, "baselines": {"val": base, "test": base},
+                           "trading": {"note": "the export has 40 columns"},
+                           "calibration": {"note": "diverged"},
+                           "verdict": {"line": "verdict: no lift distinguishable from zero: because"}})
+    assert judged.splitlines()[-3:] == ["trading: none (the export has 40 columns)", "calibration: none (diverged)",
+                                        "verdict: no lift distinguishable from zero: because"]
 
 
 def test_build_run_cuts_windows_and_builds_the_model(prepared, tmp_path):
@@ -155,7 +161,7 @@ def test_evaluate_checkpoint_reports_val_and_test(prepared, tmp_path):
     built = build_run(config, prepared, device="cpu")
     result = fit_run(built, checkpoint_dir=tmp_path / "ck")
     outcome = evaluate_checkpoint(config, prepared, tmp_path / "ck")
-    assert {"val", "test", "baselines", "lift", "best_epoch"} <= set(outcome)
+    assert {"val", "test", "baselines", "lift", "best_epoch", "trading", "calibration", "verdict"} <= set(outcome)
     assert outcome["best_epoch"] == result.best_epoch >= 1
     # the checkpoint's best weights, evaluated on a freshly built run (not its random initial ones)
     fresh = build_run(config, prepared, device="cpu", with_test=True)
@@ -177,9 +183,13 @@ def test_cli_trains_and_writes_its_files(small_export, tmp_path, capsys):
     assert main([str(config), "--data", str(small_export), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "epoch   2/2" in printed and "lift over previous known label" in printed
+    for text in ("trading, net of costs: fee 0.5 bps per side", "test  oracle (true label)",
+                 "calibration on test: log loss", "\nverdict: "):
+        assert text in printed, text
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["status"] == "completed" and len(metrics["history"]) == 2
-    assert {"val", "test", "baselines", "lift"} <= set(metrics)
+    assert {"val", "test", "baselines", "lift", "trading", "calibration", "verdict"} <= set(metrics)
+    assert metrics["verdict"]["line"] in printed
     saved = load_run_config(out / "config.yaml")
     assert saved.data.export == small_export.resolve() and saved.model.name == "lstm_tiny"
     best = torch.load(out / "best.pt", weights_only=True)

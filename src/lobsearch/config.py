@@ -4,11 +4,12 @@ Loading is strict: unknown keys, wrong types, NaN and out-of-range values are er
 problem in a file is reported in one pass, each naming its dotted key, the rule and the value
 (``data.window: must be >= 1 (got 0)``). Past this module, code takes plain arguments.
 
-A run config has three sections, as the older trainer's users write them::
+A run config has three sections, as the older trainer's users write them, and an optional fourth::
 
     data:  {export, features, window, stride, horizon, normalization, gates, labels}
     model: {name, <hyperparameters of that model>}
     train: {epochs, batch_size, learning_rate, ...}
+    eval:  {fee_bps, tau_grid, trading, n_boot, level}   # how the trained model is judged
 
 The older spellings ``data.sequence.window_size``, ``data.sequence.stride``,
 ``model.model_type`` and ``data.data_dir`` are accepted and mapped onto the names above.
@@ -184,6 +185,46 @@ class TrainConfig(Frozen):
     num_threads: StrictInt | None = Field(None, ge=1)
 
 
+MAX_FEE_BPS = 1e4
+"""Fees are below this many bps per side (``trading.MAX_FEE_BPS``): 100 % of notional or more
+is a unit mistake, not a fee."""
+
+
+class EvalConfig(Frozen):
+    """How the trained model is judged after training: in trading terms, net of costs.
+
+    ``fee_bps``: the fee per side in bps of notional, paid on entry and on exit, on top of
+    crossing half the spread each way (``lobsearch.trading``). The default 0.5 bps is a
+    conservative round figure for a liquid US equity: an exchange's take fee of about $0.003 a
+    share is 0.3 bps of a $100 share, and the regulatory fees are far smaller.
+    ``tau_grid``: the action thresholds tried on validation days (a position opens only when the
+    predicted class's probability is >= tau; 0 = act on every Up/Down), each in [0, 1]; None is
+    0 and 0.35, 0.40, ..., 0.95 (``trading.DEFAULT_TAU_GRID``). The tau with the highest
+    validation net bps per day is applied once to test.
+    ``trading``: ``auto`` reports trading metrics when the export has raw MID_PRICE and SPREAD
+    (columns 40 and 41) and a note when not; ``on`` makes their absence an error before
+    training; ``off`` skips them.
+    ``n_boot`` and ``level``: resamples and confidence level of the block-bootstrap interval of
+    the test lift (``selection.lift_interval``) that the verdict reads.
+    """
+
+    fee_bps: StrictFloat | StrictInt = Field(0.5, ge=0, lt=MAX_FEE_BPS)
+    tau_grid: tuple[StrictFloat | StrictInt, ...] | None = None
+    trading: Literal["auto", "on", "off"] = "auto"
+    n_boot: StrictInt = Field(2000, ge=100)
+    level: StrictFloat = Field(0.95, gt=0, lt=1)
+
+    @field_validator("tau_grid")
+    @classmethod
+    def _probabilities(cls, value: tuple[float, ...] | None) -> tuple[float, ...] | None:
+        if value is None:
+            return value
+        outside = [t for t in value if not 0 <= t <= 1]
+        if not value or outside:
+            raise ValueError("must be a non-empty list of probabilities in [0, 1]")
+        return value
+
+
 class RunConfig(Frozen):
     """One training run: ``python -m lobsearch.train RUN.yaml`` takes this.
 
@@ -194,6 +235,22 @@ class RunConfig(Frozen):
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+
+
+def trading_problems(config: EvalConfig, n_features: int, quotes_note: str | None = None) -> list[str]:
+    """Why ``eval.trading: on`` cannot be met by an export of ``n_features`` columns (fewer than
+    42: no MID_PRICE and SPREAD), or whose prepared data says ``quotes_note`` (``Prepared.
+    quotes_note``: why some day has no raw quotes to trade at); [] otherwise, and always with
+    auto or off. The column count is known before Ray starts (``validate_export``)."""
+    if config.trading != "on":
+        return []
+    if n_features <= 41:
+        quotes_note = f"the export has {n_features} columns, so no MID_PRICE and SPREAD (columns 40 and 41)"
+    if quotes_note is None:
+        return []
+    return [f"eval.trading: 'on' asks for trading metrics, which need raw MID_PRICE and SPREAD, but "
+            f"{quotes_note} (got 'on'; use 'auto' to report them only where the export has them, or 'off')"]
 
 
 def model_problems(model: ModelConfig, window: int | None = None) -> list[str]:

@@ -128,6 +128,9 @@ ASK_PRICES = tuple(range(0, 10))
 ASK_SIZES = tuple(range(10, 20))
 BID_PRICES = tuple(range(20, 30))
 BID_SIZES = tuple(range(30, 40))
+QUOTE_COLUMNS = (FeatureIndex.MID_PRICE, FeatureIndex.SPREAD)
+"""The raw quotes trading metrics are priced from: mid price and spread (ask minus bid), USD.
+An export of 40 columns has neither."""
 
 FEATURE_GROUPS = MappingProxyType(
     {

@@ -3,8 +3,10 @@
 ``build_run`` cuts the windows of a run config's data settings from the prepared days, builds
 its model (seeded) and decides its backend; ``fit_run`` trains it with ``loop.fit``;
 ``evaluate_model`` and ``evaluate_checkpoint`` report the best weights on validation and test
-against the naive baselines. ``python -m lobsearch.train``, the search trial, the GPU probe and
-the search's final evaluation all call these, so a trial and a single run train alike.
+against the naive baselines, and judge them (``lobsearch.evaluation``): trading metrics net
+of costs on the days' raw quotes, calibration, and the verdict on the test lift.
+``python -m lobsearch.train``, the search trial, the GPU probe and the search's final
+evaluation all call these, so a trial and a single run train alike.
 
 This is where a ``RunConfig`` becomes plain values: ``fit_settings`` for the loop,
 ``device_setup``'s keywords for the backend.
@@ -28,16 +30,18 @@ from torch import nn
 from lobsearch.backend import Backend, device_setup
 from lobsearch.checkpoints import load_checkpoint
 from lobsearch.config import RunConfig, TrainConfig
-from lobsearch.contract import MISSING_LABEL
+from lobsearch.contract import MISSING_LABEL, N_CLASSES, STRATEGY_CLASS_NAMES
 from lobsearch.data.features import feature_columns, n_selected
 from lobsearch.data.windows import WindowSet, build_window_set
 from lobsearch.errors import ConfigError, DataError
+from lobsearch.evaluation import Seen, calibration_report, trading_report, verdict_report
 from lobsearch.files import plain
 from lobsearch.inference import evaluate
 from lobsearch.loop import EpochResult, FitResult, FitSettings, fit, seed_everything, subsample
 from lobsearch.metrics import lift, naive_baselines
 from lobsearch.models import create_model, model_spec
 from lobsearch.steps import StepSettings, epoch_steps
+from lobsearch.trading import Quotes
 
 if TYPE_CHECKING:
     from lobsearch.data.pipeline import Prepared
@@ -50,7 +54,8 @@ class BuiltRun:
     train/val/test: WindowSets on the CPU (test None unless asked for, or when the export has
     no test split); n_features: width F' of every window; n_params: trainable parameters;
     latency_ms: median forward time of one window on the device; data_hash: identifies the
-    data (prepared key, data config, normalization statistics) for checkpoints.
+    data (prepared key, data config, normalization statistics) for checkpoints; prepared: the
+    data the windows were cut from (its days' raw quotes price the evaluation's trades).
     """
 
     config: RunConfig
@@ -63,6 +68,7 @@ class BuiltRun:
     latency_ms: float
     data_hash: str
     backend: Backend
+    prepared: Prepared | None = None
 
 
 def build_run(
@@ -97,7 +103,7 @@ def build_run(
         config, model, train, windows["val"], windows.get("test"), width,
         sum(p.numel() for p in model.parameters() if p.requires_grad),
         forward_latency_ms(model, width, data.window, backend),
-        data_hash(config, prepared), backend,
+        data_hash(config, prepared), backend, prepared,
     )
 
 
@@ -210,18 +216,24 @@ def previous_known_labels(windows: WindowSet, horizon: int) -> np.ndarray:
     return np.where(latest >= 0, y[np.maximum(latest, 0)], MISSING_LABEL)
 
 
-def split_report(built: BuiltRun, name: str, model: nn.Module) -> dict[str, Any]:
-    """Metrics of ``model`` on split ``name``, its naive baselines and the lift over them.
+def predict_split(built: BuiltRun, name: str, model: nn.Module) -> tuple[dict[str, Any], Seen]:
+    """Metrics of ``model`` on split ``name`` and what the judging needs of it (``Seen``): labels,
+    predictions, probabilities, previous known labels and end rows of every window, in order."""
+    windows = getattr(built, name)
+    cfg = built.config.train
+    metrics, y_true, y_pred, probs = evaluate(model, windows, device=built.backend.device,
+                                              batch_size=cfg.eval_batch_size, backend=built.backend)
+    y_prev = previous_known_labels(windows, built.config.data.horizon)
+    return metrics, Seen(y_true, y_pred, probs, y_prev, windows.ends.cpu().numpy())
+
+
+def split_report(built: BuiltRun, metrics: dict[str, Any], seen: Seen) -> dict[str, Any]:
+    """``metrics`` of one split, its naive baselines and the lift over them.
 
     The previous-label baseline predicts each window with ``previous_known_labels`` (the
     majority class of the training windows where there is none).
     """
-    windows = getattr(built, name)
-    cfg = built.config.train
-    metrics, y_true, _, _ = evaluate(model, windows, device=built.backend.device,
-                                     batch_size=cfg.eval_batch_size, backend=built.backend)
-    y_prev = previous_known_labels(windows, built.config.data.horizon)
-    baselines = plain(naive_baselines(y_true, y_prev, y_train=built.train.y.numpy()))
+    baselines = plain(naive_baselines(seen.y_true, seen.y_prev, y_train=built.train.y.numpy()))
     return {"metrics": metrics, "baselines": baselines, "lift": plain(lift(metrics, baselines))}
 
 
@@ -229,17 +241,70 @@ def evaluate_model(built: BuiltRun, state: dict[str, torch.Tensor]) -> dict[str,
     """Load ``state`` into the model and report on val and (when built) test.
 
     Returns {"val": metrics, "test": metrics, "baselines": {split: ...}, "lift": {split: lift
-    of macro-F1 over the best naive baseline}, "lift_detail": {split: ...}}.
+    of macro-F1 over the best naive baseline}, "lift_detail": {split: ...}} and the judging of
+    ``judge``: "trading", "calibration" and "verdict". Never raises for data without raw quotes
+    (a note instead): ``config.trading_problems`` refuses ``eval.trading: on`` before training.
     """
     built.model.load_state_dict(state)
     splits = [s for s in ("val", "test") if getattr(built, s) is not None]
-    reports = {s: split_report(built, s, built.model) for s in splits}
+    predicted = {s: predict_split(built, s, built.model) for s in splits}
+    reports = {s: split_report(built, *predicted[s]) for s in splits}
     return {
         **{s: r["metrics"] for s, r in reports.items()},
         "baselines": {s: r["baselines"] for s, r in reports.items()},
         "lift": {s: r["lift"]["lift_macro_f1"] for s, r in reports.items()},
         "lift_detail": {s: r["lift"] for s, r in reports.items()},
+        **judge(built, {s: seen for s, (_, seen) in predicted.items()}),
     }
+
+
+def judge(built: BuiltRun, seen: dict[str, Seen]) -> dict[str, Any]:
+    """The model in trading terms on ``seen`` (val, and test when built): {"trading":
+    ``evaluation.trading_report`` or {"note"}, "calibration": ``evaluation.calibration_report``
+    on test (val without one) or {"note"}, "verdict": ``evaluation.verdict_report``}.
+
+    The verdict's bootstrap blocks span the window, the horizon and ``data.labels.smoothing``
+    (the smoothing of computed labels; an export's own labels may smooth otherwise) at
+    ``data.stride``.
+    """
+    data, settings = built.config.data, built.config.eval
+    majority = int(np.bincount(built.train.y.cpu().numpy(), minlength=N_CLASSES).argmax())
+    evaluated = "test" if "test" in seen else "val"
+    try:
+        calibration = calibration_report(seen["val"], seen[evaluated], split=evaluated)
+    except DataError as error:
+        calibration = {"note": str(error)}
+    return {
+        "trading": _trading(built, seen, majority),
+        "calibration": calibration,
+        "verdict": verdict_report(seen.get("test"), majority_class=majority, window=data.window,
+                                  horizon=data.horizon, smoothing=data.labels.smoothing, stride=data.stride,
+                                  n_boot=settings.n_boot, level=settings.level),
+    }
+
+
+def _trading(built: BuiltRun, seen: dict[str, Seen], majority: int) -> dict[str, Any]:
+    """``evaluation.trading_report`` on the raw quotes of each split's days, or {"note": why there is none}."""
+    settings, prepared = built.config.eval, built.prepared
+    if settings.trading == "off":
+        return {"note": "eval.trading is off"}
+    if prepared is None:
+        return {"note": "the run was built without its prepared days"}
+    if prepared.quotes_note:  # eval.trading: on was refused before training (``trading_problems``)
+        return {"note": prepared.quotes_note}
+    quotes = {s: split_quotes(prepared, s) for s in seen}
+    try:
+        return trading_report(seen, quotes, horizon=built.config.data.horizon, fee_bps=settings.fee_bps,
+                              majority_class=majority, tau_grid=settings.tau_grid,
+                              class_names=STRATEGY_CLASS_NAMES.get(prepared.label_strategy))
+    except DataError as error:  # the model's other figures still stand
+        return {"note": str(error)}
+
+
+def split_quotes(prepared: Prepared, name: str) -> Quotes:
+    """The raw mid and spread (USD) of split ``name``'s days, rows counted as its WindowSet's ends."""
+    days = _split_days(prepared, name)
+    return Quotes.from_days([day.mid for day in days], [day.spread for day in days])
 
 
 def evaluate_checkpoint(config: RunConfig, prepared: Prepared, checkpoint: Path) -> dict[str, Any]:

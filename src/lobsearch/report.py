@@ -8,9 +8,11 @@ drawn on pyplot-free matplotlib Figures. The page loads nothing from anywhere (i
 Content-Security-Policy forbids it). Every missing piece of the results (no finished trial, no
 test metrics, no gate report) renders as a note.
 
-Sections: header, best trials, optimization history, parallel coordinates, parameter
-importance (Optuna), learning curves, best model (confusion matrices, lift over naive
-baselines), data gates, Pareto front, failures.
+Sections: header (with the verdict on the best model's test lift), best trials, optimization
+history, parallel coordinates, parameter importance (Optuna), learning curves, best model
+(confusion matrices, lift over naive baselines), trading net of costs (the model, the naive
+baselines and the oracle), calibration (before and after temperature, reliability diagrams),
+data gates, Pareto front, failures.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import numpy as np
 from lobsearch.console import duration, fmt
 from lobsearch.contract import CLASS_NAMES
 from lobsearch.errors import DataError
+from lobsearch.evaluation import PREDICTOR_NAMES
 from lobsearch.files import write_text
 
 TOP_TRIALS = 10
@@ -128,6 +131,8 @@ def render(results: dict, run_dir: Path | None = None) -> str:
         ("importance", "Parameter importance", section_importance),
         ("curves", "Learning curves", section_curves),
         ("best-model", "Best model", section_best_model),
+        ("trading", "Trading, net of costs", section_trading),
+        ("calibration", "Calibration", section_calibration),
         ("gates", "Data gates", section_gates),
         ("pareto", "Pareto front", section_pareto),
         ("failures", "Failures", section_failures),
@@ -299,6 +304,7 @@ def section_header(results: dict, run_dir: Path | None) -> str:
         ("Trials", _status_badges(results.get("trials") or [])),
         ("Best", f"<b>{escape(fmt(best[0][1]))}</b> (trial {escape(fmt(best[0][0].get('trial_id')))})" if best else "no finished trial"),
         ("Oracle ceiling", _oracle_text(results)),
+        ("Verdict", _verdict_text(results)),
     ]
     command = _sync_command(run_dir)
     if command:
@@ -344,6 +350,15 @@ def _oracle_text(results: dict) -> str:
     parts = [f"h={escape(str(h))}: {escape(fmt(v))}" for h, v in oracle.items()]
     parts = [f"<b>{p}</b>" if str(h) == searched else p for p, h in zip(parts, oracle)]
     return "macro-F1 of a model that knows the planted signal, by horizon: " + ", ".join(parts)
+
+
+def _verdict_text(results: dict) -> str:
+    """The ``verdict:`` line of the best model (top level of results.json, else its evaluation)."""
+    line = (results.get("verdict") or {}).get("line") or ((results.get("best") or {}).get("verdict") or {}).get("line")
+    if not line:
+        return "none recorded (the best model was not judged on test)"
+    positive = bool((results.get("verdict") or (results.get("best") or {}).get("verdict") or {}).get("distinguishable"))
+    return f"<b>{escape(line)}</b>" if positive else escape(line)
 
 
 def _sync_command(run_dir: Path | None) -> str | None:
@@ -810,6 +825,117 @@ def fig_lift(best: dict, oracle: tuple[str, float] | None) -> Any:
         ax.set_xlabel("macro-F1")
         ax.set_title("validation" if split == "val" else "test", fontsize=10)
     return fig
+
+
+# ---- trading and calibration ---------------------------------------------------------------
+
+TRADING_COLUMNS = (
+    ("n_trades", "trades"), ("trades_per_day", "trades/day"), ("net_bps_per_trade", "net bps/trade"),
+    ("gross_bps_per_trade", "gross bps/trade"), ("hit_rate", "hit rate"), ("net_bps_per_day", "net bps/day"),
+    ("max_drawdown_bps", "max drawdown bps"), ("coverage", "coverage"),
+)
+
+
+def section_trading(results: dict) -> str:
+    """The backtest table of the best model, the naive baselines and the oracle, per split."""
+    trading = _judged(results, "trading")
+    if isinstance(trading, str):
+        return trading
+    splits = [s for s in ("val", "test") if trading.get(s)]
+    if not splits:
+        return note("No backtest was recorded.")
+    rows = [[split, PREDICTOR_NAMES.get(name, name)] + [row.get(key) for key, _ in TRADING_COLUMNS]
+            for split in splits for name, row in trading[split].items()]
+    header = ["split", "predictor"] + [label for _, label in TRADING_COLUMNS]
+    return _trading_text(trading) + table(header, rows, left=2) + _trading_notes(trading)
+
+
+def _trading_text(trading: dict) -> str:
+    fee, horizon, tau = trading.get("fee_bps"), trading.get("horizon"), trading.get("tau")
+    rules = (f"<p>At each evaluated window end a predicted Up goes long and Down short for the label's horizon "
+             f"({escape(fmt(horizon))} rows), Stable stays flat, and an open position blocks new entries until it "
+             f"closes. Entry and exit each cross half the spread and pay a fee of <b>{escape(fmt(fee))} bps</b> of "
+             "notional (<code>eval.fee_bps</code>). Figures are net of these costs, in bps of the entry mid; the "
+             "oracle trades the true label of each window, the ceiling.</p>")
+    if tau is None:
+        threshold = escape(str(trading.get("tau_note") or "No action threshold was tuned."))
+    else:
+        threshold = (f"Action threshold tau = <b>{escape(fmt(tau))}</b> (act only when the predicted class has "
+                     f"probability &ge; tau), tuned on validation days (coverage there "
+                     f"{escape(fmt(trading.get('val_tau_coverage')))}) and applied once to test; the validation row "
+                     "of <i>model, p &ge; tau</i> is the tuning's own score.")
+    return rules + f"<p>{threshold}</p>"
+
+
+def _trading_notes(trading: dict) -> str:
+    parts = []
+    unpriced = {s: n for s, n in (trading.get("unpriced") or {}).items() if n}
+    if unpriced:
+        counts = ", ".join(f"{escape(s)} {n:,}" for s, n in unpriced.items())
+        parts.append(note(f"Windows whose entry or exit row has no usable quote open no position: {counts}."))
+    classes = trading.get("classes")
+    if classes and list(classes) != list(CLASS_NAMES):
+        parts.append(note(f"The export's classes are {escape(', '.join(map(str, classes)))}: class 2 trades long "
+                          "and class 0 short."))
+    return "".join(parts)
+
+
+def section_calibration(results: dict) -> str:
+    """Log loss, Brier score and ECE before and after temperature scaling, and the reliability diagrams."""
+    calibration = _judged(results, "calibration")
+    if isinstance(calibration, str):
+        return calibration
+    before, after = calibration.get("before") or {}, calibration.get("after") or {}
+    rows = [[label, before.get(key), after.get(key)] for key, label in
+            (("log_loss", "log loss (nats)"), ("brier", "Brier score"), ("ece", "expected calibration error"))]
+    split = "test" if calibration.get("split") == "test" else "validation"
+    text = (f"<p>A temperature T = <b>{escape(fmt(calibration.get('temperature')))}</b> fitted on validation days "
+            f"divides the model's logits; scored on {split} windows. It never changes the predicted class.</p>")
+    parts = [text, table(["", "before", "after temperature"], rows)]
+    if calibration.get("in_sample"):
+        parts.append(note("No test split: the temperature is scored on the validation days it was fitted on."))
+    if calibration.get("reliability_before") and calibration.get("reliability_after"):
+        parts.append(image(fig_reliability(calibration), "reliability diagram before and after temperature"))
+    return "".join(parts)
+
+
+def _judged(results: dict, key: str) -> dict | str:
+    """The best model's ``key`` report, or the note that stands for it when it is missing."""
+    best = results.get("best")
+    if not best or not best.get("val"):
+        return note("No best model was evaluated (no trial finished with a checkpoint).")
+    value = best.get(key)
+    if not value:
+        return note(f"No {key} figures: the best model was not judged after the search.")
+    if value.get("note"):
+        return note(f"No {key} figures: {escape(str(value['note']).rstrip('.'))}.")
+    return value
+
+
+def fig_reliability(calibration: dict) -> Any:
+    """Accuracy against mean confidence per bin before and after temperature (left, with the
+    diagonal of perfect calibration) and the windows per bin (right)."""
+    fig, (left, right) = figure(11, 3.8, ncols=2)
+    left.plot([0, 1], [0, 1], color="#adb5bd", ls="--", lw=1, label="perfectly calibrated")
+    for offset, (key, label, color) in enumerate((("reliability_before", "before", "#e76f51"),
+                                                  ("reliability_after", "after temperature", "#2a9d8f"))):
+        diagram = calibration[key]
+        confidence, accuracy = _column_of(diagram, "confidence"), _column_of(diagram, "accuracy")
+        count = np.asarray(diagram.get("count") or [], dtype=float)
+        left.plot(confidence, accuracy, marker="o", ms=4, color=color, label=label)
+        edges = np.linspace(0, 1, count.size + 1)
+        width = 0.4 / max(count.size, 1)
+        right.bar(edges[:-1] + width * (offset + 0.5), count, width, color=color, label=label)
+    left.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (probability of the predicted class)", ylabel="accuracy")
+    right.set(xlim=(0, 1), xlabel="confidence bin", ylabel="windows")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return fig
+
+
+def _column_of(diagram: dict, key: str) -> np.ndarray:
+    return np.array([np.nan if v is None else v for v in diagram.get(key) or []], dtype=float)
 
 
 # ---- data gates ----------------------------------------------------------------------------

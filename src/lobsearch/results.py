@@ -3,7 +3,9 @@
 Files in the run folder (each written atomically):
 
 - ``results.json``: the search, every trial (parameters, status, best and per-epoch metrics,
-  durations, error) and the best trial with its validation and test metrics and naive baselines;
+  durations, error) and the best trial with its validation and test metrics, naive baselines,
+  trading metrics net of costs, calibration and verdict (``lobsearch.evaluation``); the
+  verdict's line and finding also at the top level, under ``verdict``;
 - ``results.csv``: one row per trial (parameters, best metrics, status, duration);
 - ``best_config.yaml``: the best trial's run config, accepted by ``python -m lobsearch.train``;
 - ``report.html``: the local report (see ``lobsearch.report``).
@@ -21,8 +23,10 @@ from typing import Any
 import yaml
 
 from lobsearch.console import fmt
+from lobsearch.evaluation import format_calibration, format_trading, verdict_line
 from lobsearch.files import dump_json, plain, write_text
 from lobsearch.plan import Plan
+from lobsearch.provenance import KEYS as PROVENANCE_KEYS
 
 EPOCH_KEYS = ("epoch", "train_loss", "val_loss", "val_macro_f1", "val_accuracy", "val_mcc", "samples_per_s", "lr")
 
@@ -58,8 +62,15 @@ class Summary:
             "best": self.best,
             "gate_report": self.gate_report,
             "pareto": self.pareto,
+            "verdict": self.verdict(),
             **self.extra,
         }
+
+    def verdict(self) -> dict[str, Any]:
+        """{"line": the ``verdict:`` line, "distinguishable": bool} of the best model's test lift;
+        a NEGATIVE line saying why when no best model was evaluated."""
+        line = verdict_line(self.best)
+        return {"line": line, "distinguishable": bool(((self.best or {}).get("verdict") or {}).get("distinguishable"))}
 
 
 def _status(result: Any, max_epochs: int, tune_status: str = "") -> str:
@@ -116,6 +127,7 @@ def _trial_record(number: int, result: Any, plan: Plan, t0: float | None,
         "end_s": None if end is None or t0 is None else round(end - t0, 3),
         "n_params": last.get("n_params"),
         "node_id": last.get("node_id"),
+        "provenance": {key: last[key] for key in PROVENANCE_KEYS if key in last},
         "latency_ms": plain(last.get("latency_ms"), finite=True),
         "history": history,
         "error": None if result.error is None else str(result.error).strip().splitlines()[-1][:500],
@@ -209,7 +221,8 @@ def summary_trials(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def evaluate_best(summary: Summary, prepared: dict[str, Any]) -> None:
-    """Evaluate the best trial's best model once on validation and test, with naive baselines."""
+    """Evaluate the best trial's best model once on validation and test, with naive baselines,
+    and judge it (``recipe.judge``: trading net of costs, calibration, verdict)."""
     from lobsearch.recipe import evaluate_checkpoint
 
     if summary.best_checkpoint is None or summary.best_run_config is None:
@@ -292,6 +305,11 @@ def print_summary(summary: Summary, run_dir: Path, *, quiet: bool = False) -> No
               f"MCC {test['mcc']:.4f}; lift over the best naive baseline {lift.get('test', float('nan')):+.4f}")
     if summary.oracle_macro_f1:
         print(f"  oracle macro-F1 of this export (ceiling): {summary.oracle_macro_f1}")
+    if best and best.get("verdict"):
+        print("")
+        for line in [*format_trading(best.get("trading")), format_calibration(best.get("calibration"))]:
+            print(f"  {line}")
+    print(f"\n  {summary.verdict()['line']}")
     print(f"\n  results: {run_dir / 'results.csv'}, {run_dir / 'results.json'}")
     if best:
         print(f"  best config: {run_dir / 'best_config.yaml'}")

@@ -79,6 +79,8 @@ def run_search(
         _say_start(space, name, say)
         with _ray_session(address or os.environ.get("RAY_ADDRESS")) as joined:
             prepared = _prepare(space, found, say)
+            for data in prepared.values():  # the prepared days know which price columns stay raw
+                _check_trading(space, data.n_features, data.quotes_note)
             plan = Plan(
                 space=space, export=Path(export).resolve(), name=name, storage=storage,
                 run_dir=run_dir, resume=recorded is not None, address=joined,
@@ -132,6 +134,17 @@ def _check_export_fits(space: SearchSpace, report: Any) -> None:
     fixed = space.spec.fixed.get("data", {}).get("features", DataConfig().features)
     for choice in searched.choices if searched is not None else (fixed,):
         feature_columns(choice, report.n_features)
+    _check_trading(space, report.n_features)
+
+
+def _check_trading(space: SearchSpace, n_features: int, quotes_note: str | None = None) -> None:
+    """ConfigError when ``eval.trading: on`` asks for trading metrics the data cannot give."""
+    from lobsearch.config import EvalConfig, trading_problems
+    from lobsearch.errors import ConfigError
+
+    problems = trading_problems(EvalConfig.model_validate(space.spec.fixed.get("eval", {})), n_features, quotes_note)
+    if problems:
+        raise ConfigError(space.source, problems)
 
 
 def _check_resources(plan: Plan) -> None:

@@ -7,8 +7,9 @@ The command, top to bottom: load the run config; resolve the export (``--data``,
 ``data.export``, else the built-in demo export); prepare the days (gates, normalization,
 labels); build and train the run with the recipe the search trial shares (``lobsearch.recipe``)
 with a progress line per epoch; evaluate the best epoch's weights on validation and test
-against the naive baselines; write ``best.pt``, ``metrics.json`` and ``config.yaml`` under
-``--out`` (default ``runs/train/<timestamp>``).
+against the naive baselines, in trading terms net of costs (``eval.fee_bps``), with
+calibration and a ``verdict:`` line on the test lift; write ``best.pt``, ``metrics.json`` and
+``config.yaml`` under ``--out`` (default ``runs/train/<timestamp>``).
 
 Exit status: 0 trained, 1 training failed (NaN loss before any epoch finished), 2 the config
 or the data is wrong (every problem is printed, without a traceback).
@@ -27,8 +28,9 @@ import numpy as np
 import torch
 import yaml
 
-from lobsearch.config import RunConfig, TrainConfig, load_run_config
+from lobsearch.config import RunConfig, TrainConfig, load_run_config, trading_problems
 from lobsearch.errors import ConfigError, DataError
+from lobsearch.evaluation import format_calibration, format_trading, verdict_line
 from lobsearch.files import atomic_write, dump_json, write_text
 from lobsearch.loop import EpochResult, FitResult
 from lobsearch.recipe import BuiltRun, build_run, evaluate_model, fit_run, pick_device
@@ -66,6 +68,9 @@ def _train(args: argparse.Namespace) -> int:
     from lobsearch.data.pipeline import prepare
 
     prepared = prepare(config.data.export, config.data.prep(), engine="local")
+    problems = trading_problems(config.eval, prepared.n_features, prepared.quotes_note)
+    if problems:
+        raise ConfigError(str(args.config), problems)
     built = build_run(config, prepared, device=device, with_test=True)
     _say_plan(built, prepared)
     result = fit_run(built, on_epoch=_progress_printer(config.train))
@@ -141,7 +146,8 @@ def _ending(result: FitResult) -> str:
 
 def format_table(report: dict[str, Any]) -> str:
     """The final table: val and test columns of accuracy, macro-F1, per-class F1, MCC,
-    the naive baselines' macro-F1 and the model's lift over each."""
+    the naive baselines' macro-F1 and the model's lift over each; then, when the report has
+    them, the trading table net of costs, the calibration line and the ``verdict:`` line."""
     splits = [s for s in ("val", "test") if s in report]
     rows = [("accuracy", lambda s: report[s]["accuracy"]),
             ("macro-F1", lambda s: report[s]["macro_f1"])]
@@ -154,6 +160,9 @@ def format_table(report: dict[str, Any]) -> str:
     for label, value in rows:
         sign = "+" if label.startswith("lift") else ""
         lines.append(f"{label:<32}" + "".join(f"{value(s):>{sign}10.4f}" for s in splits))
+    if "verdict" in report:
+        lines += ["", *format_trading(report.get("trading")), format_calibration(report.get("calibration")),
+                  verdict_line(report)]
     return "\n".join(lines)
 
 

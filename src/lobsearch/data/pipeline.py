@@ -10,8 +10,9 @@ spread over the cluster's workers. Two passes:
 2. per day (on the workers): normalize with the statistics that day uses (mode ``train``: those
    of the training days only), and count rows and windows dropped per gate and the label
    balance. A worker that sees the cache folder (same node, or shared storage) writes the
-   float32 rows there itself, chunk by chunk as they are normalized, then the labels and gate
-   mask; otherwise they travel back to the driver.
+   float32 rows there itself, chunk by chunk as they are normalized, then the labels, the gate
+   mask and the raw MID_PRICE and SPREAD of each row (for trading metrics; 16 bytes a row at
+   most); otherwise they travel back to the driver.
 
 A windowed day is prepared as the rows its ``layout.WindowLayout`` lays out (its contiguous rows,
 recovered once, or its independent windows one after another), and the layout travels with the
@@ -49,6 +50,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from lobsearch.contract import QUOTE_COLUMNS, FeatureIndex
 from lobsearch.data.claims import EXPORT_CONFIG_NAME, MANIFEST_NAME
 from lobsearch.data.days import (
     DataWarning,
@@ -81,7 +83,7 @@ from lobsearch.errors import DataError
 if TYPE_CHECKING:
     from lobsearch.config import PrepConfig
 
-PIPELINE_VERSION = "2"
+PIPELINE_VERSION = "3"
 """Bumped when the prepared arrays change meaning, so old caches miss."""
 
 REPORT_WINDOW = 100
@@ -103,7 +105,9 @@ log = logging.getLogger(__name__)
 class PreparedDay:
     """One day ready for windowing: x (N, F) float32 normalized, labels (N, H) int8 with -1 for
     none, row_ok (N,) bool (passes the enabled gates); layout: a windowed day's exported windows
-    among those rows (``layout.WindowLayout``), None for a flat day."""
+    among those rows (``layout.WindowLayout``), None for a flat day; quotes: (N, 2) raw
+    MID_PRICE and SPREAD of each row (USD, the export's float dtype), for trading metrics, None
+    when the export has no raw ones (``raw_quotes``)."""
 
     date: str
     split: str
@@ -111,16 +115,28 @@ class PreparedDay:
     labels: np.ndarray
     row_ok: np.ndarray
     layout: WindowLayout | None = None
+    quotes: np.ndarray | None = None
 
     @property
     def num_samples(self) -> int:
         return int(self.x.shape[0])
 
+    @property
+    def mid(self) -> np.ndarray | None:
+        """(N,) raw MID_PRICE in USD, None without quotes."""
+        return None if self.quotes is None else self.quotes[:, 0]
+
+    @property
+    def spread(self) -> np.ndarray | None:
+        """(N,) raw SPREAD (ask minus bid) in USD, None without quotes."""
+        return None if self.quotes is None else self.quotes[:, 1]
+
 
 @dataclass(frozen=True, eq=False)
 class Prepared:
     """Every split of one export under one prep config; ``label_strategy`` names the classes of
-    its labels (``contract.STRATEGY_CLASS_NAMES``)."""
+    its labels (``contract.STRATEGY_CLASS_NAMES``); ``quotes_note`` says why some day has no raw
+    quotes (``PreparedDay.quotes``), None when every day has them."""
 
     key: str
     horizons: tuple[int, ...]
@@ -129,6 +145,7 @@ class Prepared:
     stats: NormStats | None
     gate_report: dict[str, Any]
     label_strategy: str = "tlob"
+    quotes_note: str | None = None
     from_cache: bool = field(default=False, compare=False)
 
     def stats_digest(self) -> str:
@@ -296,7 +313,37 @@ def _day_report(day_file: DayFile, day: Any, gates: Any, steps: DaySteps) -> dic
         "normalized": bool(day.normalized),
         "normalized_columns": np.flatnonzero(day.normalized_columns).tolist(),
         "normalization_note": day.normalization_note,
+        "quotes_note": quotes_note(day.features.shape[1], day.normalized_columns, day.layout),
     }
+
+
+def quotes_note(n_features: int, normalized_columns: np.ndarray, layout: WindowLayout | None = None) -> str | None:
+    """Why a day of ``n_features`` columns has no raw MID_PRICE and SPREAD to trade at, or None.
+
+    normalized_columns: (F,) bool, the columns the export already normalized (a normalized
+    price is no price); layout: a windowed day's, whose windows must overlap for its rows to be
+    one series of the day (a position's exit row h rows later must be a row of the data).
+    """
+    if n_features <= FeatureIndex.SPREAD:
+        return (f"the export has {n_features} columns, so no MID_PRICE and SPREAD (columns "
+                f"{int(FeatureIndex.MID_PRICE)} and {int(FeatureIndex.SPREAD)})")
+    normalized = [int(c) for c in QUOTE_COLUMNS if normalized_columns[c]]
+    if normalized:
+        return f"the export normalized column(s) {normalized} (MID_PRICE, SPREAD): no raw prices to trade at"
+    if layout is not None and not layout.overlapping and layout.count > 1:
+        return (f"the export's windows do not overlap (stride {layout.stride} >= T = {layout.window}): a day's "
+                "rows are not one series, so a position's exit row is not in the data")
+    return None
+
+
+def raw_quotes(features: np.ndarray, normalized_columns: np.ndarray, layout: WindowLayout | None = None
+               ) -> np.ndarray:
+    """(N, 2) raw MID_PRICE and SPREAD of (N, F) ``features``, USD, in their float dtype
+    (float32 or float64; another becomes float64); (N, 0) when ``quotes_note`` finds none."""
+    if quotes_note(features.shape[1], normalized_columns, layout) is not None:
+        return np.empty((features.shape[0], 0), dtype=np.float32)
+    dtype = features.dtype if features.dtype in (np.float32, np.float64) else np.float64
+    return np.ascontiguousarray(features[:, list(QUOTE_COLUMNS)], dtype=dtype)
 
 
 def _naming(day_file: DayFile, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -322,7 +369,8 @@ def day_partials(day_file: DayFile, steps: DaySteps) -> dict[str, Any]:
 def day_arrays(day_file: DayFile, steps: DaySteps, stats: NormStats | None, into: Path | None = None
                ) -> dict[str, Any]:
     """Pass 2 for one day: its report plus x (N, F) float32 normalized with ``stats`` (only cast
-    for a day already normalized), labels (N, H) int8 and row_ok (N,) bool.
+    for a day already normalized), labels (N, H) int8, row_ok (N,) bool and quotes (N, 2) or
+    (N, 0) (``raw_quotes``).
 
     With ``into`` (a path stem in the cache folder) the arrays are written to
     ``<into>_<array>.npy`` instead, x chunk by chunk as it is normalized (see
@@ -334,14 +382,16 @@ def day_arrays(day_file: DayFile, steps: DaySteps, stats: NormStats | None, into
     options = {"schema_version": None if day.normalized else day.schema_version, "clip": steps.clip,
                "row_ok": gates.row_ok}
     labels = np.ascontiguousarray(day.labels, dtype=np.int8)
+    quotes = raw_quotes(features, day.normalized_columns, day.layout)
     report = _day_report(day_file, day, gates, steps)
     if into is None:
         x = _naming(day_file, normalize_day, features, day_stats, **options)
-        return {**report, "x": x, "labels": labels, "row_ok": gates.row_ok}
+        return {**report, "x": x, "labels": labels, "row_ok": gates.row_ok, "quotes": quotes}
     _naming(day_file, lambda: _write_npy(Path(f"{into}_x.npy"), features.shape,
                                          normalized_chunks(features, day_stats, **options)))
     np.save(f"{into}_labels.npy", labels)
     np.save(f"{into}_row_ok.npy", gates.row_ok)
+    np.save(f"{into}_quotes.npy", quotes)
     return report
 
 
@@ -380,8 +430,9 @@ def _write_npy(path: Path, shape: tuple[int, ...], chunks: Iterator[np.ndarray])
 
 # ---------------------------------------------------------------- engines
 
-ARRAYS = ("x", "labels", "row_ok")
-"""The arrays of a prepared day, each saved as ``<name>_<array>.npy``."""
+ARRAYS = ("x", "labels", "row_ok", "quotes")
+"""The arrays of a prepared day, each saved as ``<name>_<array>.npy`` (quotes (N, 0) when the
+day has none)."""
 
 
 @dataclass(frozen=True)
@@ -708,6 +759,7 @@ def _compute(export: Export, prep: PrepConfig, key: str, out: Path, mapper: Mapp
         "export": str(export.root),
         "horizons": reports[0]["horizons"],
         "label_strategy": reports[0]["label_strategy"],
+        "quotes_note": next((r["quotes_note"] for r in reports if r["quotes_note"]), None),
         "n_features": reports[0]["n_features"],
         "days": [{"name": t.name, "split": t.day.split, "date": t.day.date, "layout": reports[t.order]["layout"]}
                  for t in tasks],
@@ -831,6 +883,8 @@ def load_prepared(folder: Path, *, from_cache: bool = False) -> Prepared:
     splits: dict[str, list[PreparedDay]] = {}
     for day in manifest["days"]:
         arrays = {part: np.load(folder / f"{day['name']}_{part}.npy", mmap_mode="r") for part in ARRAYS}
+        if arrays["quotes"].shape[1] == 0:
+            arrays["quotes"] = None
         layout = WindowLayout.from_json(day["layout"])
         splits.setdefault(day["split"], []).append(PreparedDay(day["date"], day["split"], **arrays, layout=layout))
     stats = manifest["stats"]
@@ -842,6 +896,7 @@ def load_prepared(folder: Path, *, from_cache: bool = False) -> Prepared:
         stats=None if stats is None else NormStats(*(np.asarray(stats[k]) for k in ("mean", "std", "scaled"))),
         gate_report=manifest["gate_report"],
         label_strategy=manifest["label_strategy"],
+        quotes_note=manifest["quotes_note"],
         from_cache=from_cache,
     )
 
