@@ -100,9 +100,10 @@ def claimed(run_dir: Path) -> Iterator[Path]:
     try:
         yield run_dir
     finally:
-        lock.unlink(missing_ok=True)
-        if not existed:
-            with contextlib.suppress(OSError):
+        # on storage that turned read-only the lock stays; a later driver takes it over as stale
+        with contextlib.suppress(OSError):
+            lock.unlink(missing_ok=True)
+            if not existed:
                 run_dir.rmdir()  # only when empty
 
 

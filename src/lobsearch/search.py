@@ -11,6 +11,7 @@ are kept, unfinished ones continue from their checkpoints, and the searcher's st
 from __future__ import annotations
 
 import os
+import shlex
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -244,21 +245,35 @@ def _fit(plan: Plan, prepared: dict[str, Any]) -> tuple[Any, bool]:
         grid = tuner.fit()
     except KeyboardInterrupt:
         return None, True
+    except OSError as error:  # Tune could not write its experiment state or a trial's results
+        raise DataError(
+            f"{plan.experiment_path}: the storage stopped accepting writes ({error.strerror or error}); "
+            f"the trials finished before that are kept. Once it is writable, resume with:\n  "
+            f"{resume_command(plan)}"
+        ) from None
     return grid, _was_interrupted(_trial_states(plan))
+
+
+def resume_command(plan: Plan) -> str:
+    """The command that continues this search, quoted for a POSIX shell (the record supplies the
+    space's options and the export, so it needs no --data)."""
+    parts = ["python", "-m", "lobsearch.tune", plan.space.source, "--name", plan.name,
+             "--storage", plan.storage, "--resume"]
+    return " ".join(shlex.quote(part) for part in parts)
 
 
 def _finish(plan: Plan, grid: Any, prepared: dict[str, Any], export: Any, interrupted: bool) -> Outcome:
     from lobsearch.provenance import code_versions
     from lobsearch.results import collect, evaluate_best, print_summary, upload_results, write_results
 
-    resume_hint = (
-        f"python -m lobsearch.tune {plan.space.source} --name {plan.name} --storage {plan.storage} --resume"
-    )
+    resume_hint = resume_command(plan)
     if grid is None:
         print(f"interrupted; finished trials are kept. Resume with:\n  {resume_hint}")
         return Outcome.INTERRUPTED
     tune_trials = {trial.path: (trial.status, trial.num_failures) for trial in _trial_states(plan)}
     summary = collect(grid, plan, export, prepared, tune_trials=tune_trials)
+    # Ctrl-C between two trials leaves none pending: fewer trials than planned, no time budget
+    interrupted = interrupted or summary.stopped_by == "interrupted"
     if interrupted:
         summary.stopped_by = "interrupted"
     summary.extra.update(export_fingerprint=export.fingerprint(), code=code_versions())

@@ -79,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     except LobsearchError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except KeyboardInterrupt:  # before the Tuner runs (starting Ray, preparing data): nothing to keep
+        print("interrupted before any trial started; nothing was kept", file=sys.stderr)
+        return EXIT_INTERRUPTED
     if outcome is Outcome.ALL_FAILED:
         print("error: every trial failed (see the errors above and in results.json)", file=sys.stderr)
     return {Outcome.FINISHED: EXIT_OK, Outcome.INTERRUPTED: EXIT_INTERRUPTED,
