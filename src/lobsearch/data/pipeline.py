@@ -902,7 +902,9 @@ def load_prepared(folder: Path, *, from_cache: bool = False) -> Prepared:
 
 
 class _lock:
-    """An exclusive file lock: one process computes a cache key while the others wait."""
+    """An exclusive file lock: one process computes a cache key while the others wait. The empty
+    ``<key>.lock`` file stays in the cache: removing it while another process waits on it would
+    let a third lock a new file and compute the same key at once."""
 
     def __init__(self, path: Path):
         self.path = path
