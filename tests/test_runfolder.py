@@ -91,3 +91,25 @@ def test_a_resume_without_a_record_has_nothing_to_continue(tmp_path: Path, capsy
     code = main([str(SMOKE), "--storage", str(tmp_path / "runs"), "--name", "none", "--resume"])
     assert code == 2 and "nothing to continue" in capsys.readouterr().err
     assert not (tmp_path / "runs" / "none").exists()
+
+
+def test_a_restored_progress_callback_reports_with_the_resuming_drivers_plan() -> None:
+    """Tune pickles the callbacks with the experiment; after a resume they must use the new
+    driver's plan (its clock and printer), not the one the search was started with."""
+    import dataclasses
+    import pickle
+    import time
+
+    from lobsearch.plan import Plan
+    from lobsearch.space import load_space
+    from lobsearch.tuner import ACTIVE_PLANS, Progress
+
+    said: dict[str, list[str]] = {"first": [], "second": []}
+    first = Plan(space=load_space(SMOKE), export=Path("/e"), name="p", storage="/s", run_dir=Path("/s/p"),
+                 resume=False, address=None, metric="val_macro_f1", mode="max", sign=1, max_epochs=2,
+                 gpus_per_trial=0.0, started=time.monotonic() - 3600, started_at="t", say=said["first"].append)
+    pickled = pickle.dumps(Progress(first))
+    ACTIVE_PLANS["p"] = dataclasses.replace(first, started=time.monotonic(), say=said["second"].append)
+    restored = pickle.loads(pickled)
+    restored.on_experiment_end(trials=[])
+    assert said["first"] == [] and len(said["second"]) == 1 and "elapsed 00:0" in said["second"][0]

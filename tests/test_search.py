@@ -200,6 +200,27 @@ def test_every_space_runs_end_to_end_in_smoke_mode(ray_session, small_export: Pa
 
 @pytest.mark.ray
 @pytest.mark.slow
+def test_best_config_reproduces_the_winners_validation_macro_f1(ray_session, small_export: Path,
+                                                                tmp_path: Path) -> None:
+    """``python -m lobsearch.train runs/<name>/best_config.yaml``, as the search prints it (no
+    --data: the config names the searched export), trains the winner again to its macro-F1."""
+    from lobsearch.train import main as train_main
+
+    space = _space(tmp_path, num_samples=2, scheduler="none")
+    code = main([str(space), "--data", str(small_export), "--storage", str(tmp_path / "runs"), "--name", "again",
+                 "--wandb", "disabled", "--quiet"])
+    assert code == 0
+    run_dir = tmp_path / "runs" / "again"
+    results = json.loads((run_dir / "results.json").read_text())
+    assert load_run_config(run_dir / "best_config.yaml").data.export == small_export.resolve()
+    assert train_main([str(run_dir / "best_config.yaml"), "--device", "cpu", "--out", str(tmp_path / "train")]) == 0
+    again = json.loads((tmp_path / "train" / "metrics.json").read_text())
+    assert again["val"]["macro_f1"] == pytest.approx(results["best"]["val"]["macro_f1"], abs=0.01)
+    assert again["best_epoch"] == results["best"]["best_epoch"]
+
+
+@pytest.mark.ray
+@pytest.mark.slow
 def test_a_smoke_search_runs_on_an_exporter_style_windowed_export(ray_session, tmp_path: Path) -> None:
     """Windows of T=100 at stride 10 (the exporter's default), schema 3.0: the search's windows
     (10-80 rows) end only on labelled rows and the best model is evaluated on test."""

@@ -239,6 +239,7 @@ def write_results(summary: Summary, run_dir: Path) -> None:
     if summary.best_run_config is not None:
         config = summary.best_run_config.model_dump(mode="json")
         config["model"] = {"name": config["model"]["name"], **config["model"]["params"]}
+        config["data"]["export"] = config["data"].get("export") or summary.export  # train on what was searched
         header = f"# Best configuration of search {summary.name!r}; run it with:\n"
         header += f"#   python -m lobsearch.train {run_dir / 'best_config.yaml'}\n"
         write_text(run_dir / "best_config.yaml", header + yaml.safe_dump(config, sort_keys=False))

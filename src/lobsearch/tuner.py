@@ -92,6 +92,7 @@ def build_tuner(plan: Plan, prepared: dict[str, Any]) -> tune.Tuner:
         trial_resources(spec.search.cpus_per_trial, plan.gpus_per_trial),
     )
     path = plan.experiment_path
+    ACTIVE_PLANS[plan.name] = plan
     if tune.Tuner.can_restore(path):
         plan.say(f"resuming {plan.name!r} from {path}: finished trials are kept")
         return tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
@@ -135,15 +136,27 @@ def _callbacks(plan: Plan) -> list[Any]:
     return callbacks
 
 
+ACTIVE_PLANS: dict[str, Plan] = {}
+"""The plan of each search this driver runs, by name. Tune pickles the callbacks with the
+experiment and a resume restores them: they look their plan up here, so a resumed search prints
+with its own driver's clock and settings, not those of the driver that started it."""
+
+
 class Progress(tune.Callback):
     """One status line every few seconds: trials done / running / pruned / failed, best so far."""
 
     def __init__(self, plan: Plan, every_s: float = 10.0):
-        self.plan = plan
+        ACTIVE_PLANS[plan.name] = plan
+        self.name = plan.name
         self.every_s = every_s
         self.last = 0.0
         self.best: float | None = None
         self.best_trial = ""
+
+    @property
+    def plan(self) -> Plan:
+        """The plan of the driver running the search now."""
+        return ACTIVE_PLANS[self.name]
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         value = result.get(self.plan.metric)
