@@ -37,11 +37,12 @@ from lobsearch.report import (
     section_importance,
     section_parallel,
     section_pareto,
+    section_reeval,
     section_trading,
     write_report,
 )
 
-SECTIONS = ("best-trials", "history", "parallel", "importance", "curves", "best-model", "trading", "calibration",
+SECTIONS = ("best-trials", "history", "parallel", "importance", "curves", "reeval", "best-model", "trading", "calibration",
             "gates", "pareto", "failures")
 VERDICT = ("verdict: no lift distinguishable from zero: macro-F1 lift +0.0120 over the best naive baseline, "
            "95% interval [-0.0040, +0.0290] (block bootstrap, 2000 resamples of 40 blocks of 38 windows)")
@@ -76,7 +77,25 @@ def make_results(n_trials: int = 16, seed: int = 0, *, families=("lstm", "deeplo
     }
     results["best"] = make_best(results)
     results["verdict"] = {"line": VERDICT, "distinguishable": False}
+    results["reeval"] = make_reeval(results)
+    results["search_cost"] = {"trials": n_trials, "trial_epochs": sum(len(t["history"]) for t in trials), "wall_s": 483.0}
     return results
+
+
+def make_reeval(results: dict) -> dict | None:
+    """The top three trials re-evaluated with three seeds; the runner-up of the search wins."""
+    top = [trial for trial, _ in ranked(results)[:3]]
+    if len(top) < 3:
+        return None
+    means = (0.47, 0.49, 0.44)
+    rows = [{"trial_id": t["trial_id"], "params": t["params"], "search_score": t["best"]["val_macro_f1"],
+             "scores": [m - 0.01, m, m + 0.01], "mean": m, "std": 0.01, "low": m - 0.0248, "high": m + 0.0248,
+             "level": 0.95} for t, m in zip(top, means)]
+    rows.sort(key=lambda r: -r["mean"])
+    for rank, row in enumerate(rows, start=1):
+        row.update(rank=rank, rival=rows[1 if rank == 1 else 0]["trial_id"], p_beats_rival=0.93 if rank == 1 else 0.07)
+    return {"metric": "val_macro_f1", "seeds": [1, 2, 3], "rows": rows, "winner": rows[0]["trial_id"],
+            "cost": {"runs": 9, "epochs": 81, "wall_s": 95.5}, "interrupted": False, "notes": []}
 
 
 def _make_trial(rng: random.Random, number: int, families, *, failed: bool, start_s: float) -> dict:
@@ -283,6 +302,9 @@ PARTIAL = {  # what is missing -> (edit, the section it shows in, the note it sh
     "no verdict": (lambda r: [r.pop("verdict"), r["best"].pop("verdict")], lambda r: section_header(r, None),
                    "none recorded"),
     "no gate report": (lambda r: r.update(gate_report=None), section_gates, "No gate report"),
+    "no reeval": (lambda r: r.pop("reeval"), section_reeval, "No re-evaluation: it was turned off"),
+    "reeval interrupted": (lambda r: r["reeval"].update(interrupted=True), section_reeval,
+                           "The re-evaluation was interrupted"),
     "no oracle": (lambda r: r.update(oracle_macro_f1=None), lambda r: section_header(r, None), "unknown (the export"),
     "one trial": (lambda r: r.update(trials=[t for t in r["trials"] if t["best"]][:1]), section_importance,
                   "Not enough trials to estimate importance (1 with a value; need 2)"),
@@ -328,6 +350,17 @@ def test_the_trading_section_states_the_costs_and_compares_model_baselines_and_o
         assert text in html, text
     assert html.count("<tr>") == 1 + 2 * 6
     assert "Trading, net of costs" in full_html
+
+
+def test_the_reeval_section_ranks_by_the_mean_with_intervals_and_the_cost_beside_the_search():
+    results = make_results()
+    html = section_reeval(results)
+    winner = results["reeval"]["rows"][0]
+    assert winner["mean"] == 0.49 and html.index(winner["trial_id"]) < html.index(results["reeval"]["rows"][1]["trial_id"])
+    for text in ("fresh seeds 1, 2, 3", "95% t interval", "P(beats rival)", "0.4652", "0.5148", "0.93",
+                 "9 runs, 81 epochs, 95.5 s", "16 trials", "483 s"):
+        assert text in html, text
+    assert html.count("<tr>") == 1 + 3
 
 
 def test_the_calibration_section_shows_both_temperatures_and_the_reliability_diagram():

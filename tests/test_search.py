@@ -84,13 +84,22 @@ def test_smoke_search_leaves_results_a_user_can_act_on(ray_session, small_export
     for trial in results["trials"]:
         assert trial["history"] and trial["history"][0]["epoch"] == 1
         assert trial["best"]["val_macro_f1"] == max(h["val_macro_f1"] for h in trial["history"])
-    best = results["best"]
-    assert best["search_val"]["val_macro_f1"] == max(t["best"]["val_macro_f1"] for t in results["trials"])
+    best, reeval = results["best"], results["reeval"]
+    # the best two trials, each trained again with two fresh seeds; the best mean wins
+    by_score = sorted(results["trials"], key=lambda t: -t["best"]["val_macro_f1"])
+    assert {r["trial_id"] for r in reeval["rows"]} == {t["trial_id"] for t in by_score[:2]}
+    assert reeval["seeds"] == [1, 2] and reeval["cost"]["runs"] == 4 and results["search_cost"]["trial_epochs"] > 0
+    winner = reeval["rows"][0]
+    assert winner["rank"] == 1 and winner["mean"] == max(r["mean"] for r in reeval["rows"])
+    assert winner["low"] <= winner["mean"] <= winner["high"] and 0 <= winner["p_beats_rival"] <= 1
+    assert (best["chosen_by"], best["trial_id"], best["seed"]) == ("reeval", winner["trial_id"], 1)
+    assert best["val"]["macro_f1"] == pytest.approx(winner["scores"][0], abs=1e-6)
+    assert len(best["seeds"]["test_macro_f1"]) == 2 and "2 seed(s) resampled" in best["verdict"]["method"]
     for split in ("val", "test"):
         assert set(best[split]) >= {"macro_f1", "accuracy", "mcc", "confusion"}
         assert set(best["baselines"][split]) >= {"majority_macro_f1", "previous_macro_f1"}
     run = load_run_config(run_dir / "best_config.yaml")
-    assert run.data.window == best["params"]["data.window"]
+    assert run.data.window == best["params"]["data.window"] and run.train.seed == 1
     assert run.model.name == "lstm_tiny"
     csv_lines = (run_dir / "results.csv").read_text().strip().splitlines()
     assert len(csv_lines) == 5

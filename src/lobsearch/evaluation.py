@@ -189,7 +189,9 @@ def verdict_report(
     n_boot: int = 2000,
     level: float = 0.95,
 ) -> dict[str, Any]:
-    """The verdict on the macro-F1 lift of the model over the best naive baseline on ``test``.
+    """The verdict on the macro-F1 lift of the model over the best naive baseline on ``test``;
+    its ``y_pred`` may be (r, M), one row per seed of the same configuration (the interval then
+    resamples the seeds too).
 
     window, horizon, smoothing and stride (rows) size the bootstrap blocks
     (``selection.block_length``). Returns {"line" (begins ``verdict:``), "distinguishable",

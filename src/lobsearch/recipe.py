@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from lobsearch.backend import Backend, device_setup
-from lobsearch.checkpoints import load_checkpoint
+from lobsearch.checkpoints import load_checkpoint, save_checkpoint
 from lobsearch.config import RunConfig, TrainConfig
 from lobsearch.contract import MISSING_LABEL, N_CLASSES, STRATEGY_CLASS_NAMES
 from lobsearch.data.features import feature_columns, n_selected
@@ -143,6 +143,60 @@ def fit_run(
         device=built.backend.device, on_epoch=on_epoch, checkpoint_dir=checkpoint_dir,
         resume=resume, data_hash=built.data_hash, backend=built.backend,
     )
+
+
+def train_once(config: RunConfig, prepared: Prepared, *, device: str | torch.device | None = None) -> dict[str, Any]:
+    """Build and fit ``config`` once on ``prepared`` (no checkpoints, no test windows): what one
+    seed of a re-evaluation does. Returns {"status", "best_epoch", "epochs", "val": the best
+    epoch's validation metrics, "state": its weights on the CPU (None when no epoch
+    finished), "message"}."""
+    built = build_run(config, prepared, device=pick_device(config.train.device) if device is None else device)
+    result = fit_run(built)
+    return {"status": result.status, "best_epoch": result.best_epoch, "epochs": len(result.history),
+            "val": plain(result.best_val), "state": result.best_state, "message": result.message}
+
+
+def evaluate_seeds(config: RunConfig, prepared: Prepared, states: list[dict[str, torch.Tensor]], *,
+                   best_epoch: int, save_to: Path | None = None) -> dict[str, Any]:
+    """The winner of a re-evaluation judged once on test: ``evaluate_model`` of its first seed's
+    weights (trading, calibration), the test and val macro-F1 of every seed, and the verdict over
+    all seeds' test predictions (``selection.lift_interval`` resamples the seeds too).
+
+    states: one ``state_dict`` per seed, the first one the model that ``best_config.yaml``
+    (with that seed) trains again, reached at ``best_epoch``; ``save_to``: a folder where that
+    model is saved as a checkpoint ``evaluate_checkpoint`` reads ("checkpoint_note" says why
+    when it cannot be). Raises DataError for no state.
+    """
+    if not states:
+        raise DataError("evaluate_seeds: no trained seed to evaluate")
+    built = build_run(config, prepared, device=pick_device(config.train.device), with_test=True)
+    report = {**evaluate_model(built, states[0]), "best_epoch": best_epoch}
+    if save_to is not None:
+        try:
+            save_checkpoint(save_to, {"data_hash": built.data_hash,
+                                      "progress": {"best_state": states[0], "best_epoch": best_epoch}})
+        except OSError as error:  # the evaluation stands; the results files say what could not be kept
+            report["checkpoint_note"] = f"{save_to}: the model could not be saved ({error.strerror or error})"
+    if built.test is None or len(states) == 1:
+        return report
+    seen = []
+    per_seed = {"val_macro_f1": [], "test_macro_f1": []}
+    for state in states:
+        built.model.load_state_dict(state)
+        for split in ("val", "test"):
+            metrics, view = predict_split(built, split, built.model)
+            per_seed[f"{split}_macro_f1"].append(float(metrics["macro_f1"]))
+            if split == "test":
+                seen.append(view)
+    stacked = Seen(seen[0].y_true, np.stack([view.y_pred for view in seen]), seen[0].probs, seen[0].y_prev,
+                   seen[0].ends)
+    data, settings = config.data, config.eval
+    majority = int(np.bincount(built.train.y.cpu().numpy(), minlength=N_CLASSES).argmax())
+    report["verdict"] = verdict_report(stacked, majority_class=majority, window=data.window, horizon=data.horizon,
+                                       smoothing=data.labels.smoothing, stride=data.stride,
+                                       n_boot=settings.n_boot, level=settings.level)
+    report["seeds"] = per_seed
+    return report
 
 
 def horizon_index(horizon: int, horizons: tuple[int, ...]) -> int:

@@ -130,6 +130,7 @@ def render(results: dict, run_dir: Path | None = None) -> str:
         ("parallel", "Parameters", section_parallel),
         ("importance", "Parameter importance", section_importance),
         ("curves", "Learning curves", section_curves),
+        ("reeval", "Re-evaluation with fresh seeds", section_reeval),
         ("best-model", "Best model", section_best_model),
         ("trading", "Trading, net of costs", section_trading),
         ("calibration", "Calibration", section_calibration),
@@ -747,12 +748,49 @@ def _column(rows: list[dict], key: str) -> list[float]:
 # ---- best model ----------------------------------------------------------------------------
 
 
+def section_reeval(results: dict) -> str:
+    """The top configurations trained again with fresh seeds: each one's mean, interval and
+    chance of beating its rival, and what the re-evaluation cost beside the search."""
+    reeval = results.get("reeval")
+    if not reeval:
+        return note("No re-evaluation: it was turned off (search.reeval_top 0), or the search had no scored trial "
+                    "or was interrupted; the best single trial is the winner.")
+    metric, cost, search = reeval["metric"], reeval.get("cost") or {}, results.get("search_cost") or {}
+    rows = [[r["rank"] if r["rank"] is not None else "-", r["trial_id"], r["search_score"], r.get("mean"),
+             r.get("low"), r.get("high"), r.get("p_beats_rival"), r.get("rival") or "", ", ".join(fmt(v) for v in r["scores"])]
+            for r in reeval["rows"]]
+    level = next((r["level"] for r in reeval["rows"] if r.get("level")), 0.95)
+    parts = [
+        f"<p>The best {len(reeval['rows'])} configuration(s) of the search, each trained again with the fresh seeds "
+        f"{escape(', '.join(str(s) for s in reeval['seeds']))} on the full training days and scored by {escape(metric)} "
+        f"of its best epoch on validation. The winner is the best mean; the interval is a {level:.0%} t interval of "
+        "the mean over seeds; P(beats rival) is the chance its mean beats the rival's (the runner-up for the winner, "
+        "the winner for the others, Welch's approximation).</p>",
+        table(["rank", "trial", "search score", f"mean {metric}", "low", "high", "P(beats rival)", "rival",
+               "per seed"], rows, left=2),
+        f"<p>Cost: {cost.get('runs', 0)} runs, {cost.get('epochs', 0)} epochs, {fmt(cost.get('wall_s'))} s; the search "
+        f"itself: {search.get('trials', 0)} trials, {search.get('trial_epochs', 0)} trial-epochs, "
+        f"{fmt(search.get('wall_s'))} s.</p>",
+    ]
+    if reeval.get("interrupted"):
+        parts.append(note("The re-evaluation was interrupted: the search's best trial stands as the winner."))
+    parts += [note(escape(line)) for line in reeval.get("notes") or []]
+    return "".join(parts)
+
+
 def section_best_model(results: dict) -> str:
     best = results.get("best")
     if not best or not best.get("val"):
         return note("No best model was evaluated (no trial finished with a checkpoint).")
-    parts = [f"<p>The best trial, <b>{escape(fmt(best.get('trial_id')))}</b>, evaluated with its best checkpoint.</p>",
-             _scores_table(best)]
+    if best.get("chosen_by") == "reeval":
+        seeds = (best.get("seeds") or {}).get("test_macro_f1") or []
+        intro = (f"<p>The winner of the re-evaluation, trial <b>{escape(fmt(best.get('trial_id')))}</b>'s configuration, "
+                 f"trained with seed {escape(fmt(best.get('seed')))} and evaluated once on test"
+                 + (f"; the test macro-F1 of each of its seeds: {escape(', '.join(fmt(v) for v in seeds))}" if seeds else "")
+                 + ".</p>")
+    else:
+        intro = f"<p>The best trial, <b>{escape(fmt(best.get('trial_id')))}</b>, evaluated with its best checkpoint.</p>"
+    parts = [intro, _scores_table(best)]
     if not best.get("test"):
         parts.append(note("No test metrics: the export has no test split, or the search did not evaluate on it."))
     if any((best.get(s) or {}).get("confusion") for s in ("val", "test")):

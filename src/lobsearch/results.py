@@ -8,6 +8,7 @@ Files in the run folder (each written atomically):
   verdict's line and finding also at the top level, under ``verdict``;
 - ``results.csv``: one row per trial (parameters, best metrics, status, duration);
 - ``best_config.yaml``: the best trial's run config, accepted by ``python -m lobsearch.train``;
+- ``best_model/checkpoint.pt``: the re-evaluation winner's model (its first seed), when it ran;
 - ``report.html``: the local report (see ``lobsearch.report``).
 """
 
@@ -190,7 +191,8 @@ def _pick_best(summary: Summary, plan: Plan) -> None:
     if not scored:
         return
     best = max(scored, key=lambda t: plan.sign * t["best"][metric])
-    summary.best = {"trial_id": best["trial_id"], "params": best["params"], "search_val": dict(best["best"])}
+    summary.best = {"trial_id": best["trial_id"], "params": best["params"], "search_val": dict(best["best"]),
+                    "chosen_by": "search"}
     summary.best_checkpoint = best["checkpoint"]
     summary.best_run_config = plan.space.run_config(best["params"])
 
@@ -230,6 +232,33 @@ def evaluate_best(summary: Summary, prepared: dict[str, Any]) -> None:
     run = summary.best_run_config
     outcome = evaluate_checkpoint(run, prepared[run.data.prep().digest()], Path(summary.best_checkpoint))
     summary.best.update(outcome)
+
+
+def adopt_winner(summary: Summary, found: Any) -> None:
+    """Make the re-evaluation's winner (``reeval.Reevaluation``) the search's best: its
+    configuration with its first fresh seed (the one ``best_config.yaml`` trains again), its
+    row of the re-evaluation table, and the search trial it came from."""
+    from lobsearch.reeval import with_seed
+
+    winner = found.winner
+    trial = next((t for t in summary.trials if t["trial_id"] == winner.trial_id), {})
+    summary.best = {"trial_id": winner.trial_id, "params": winner.params, "search_val": dict(trial.get("best") or {}),
+                    "chosen_by": "reeval", "seed": found.winner_seeds[0], "reeval": found.winner_row}
+    summary.best_checkpoint = None
+    summary.best_run_config = with_seed(winner.run, found.winner_seeds[0])
+
+
+def evaluate_winner(summary: Summary, found: Any, prepared: dict[str, Any], run_dir: Path) -> None:
+    """Evaluate the re-evaluation's winner once on validation and test (``recipe.evaluate_seeds``:
+    its first seed's model in full, every seed's macro-F1, the verdict over all its seeds); its
+    first seed's model is saved as ``run_dir/best_model/checkpoint.pt``."""
+    from lobsearch.recipe import evaluate_seeds
+
+    run, runs = summary.best_run_config, found.winner_runs
+    folder = run_dir / "best_model"
+    summary.best.update(evaluate_seeds(run, prepared[run.data.prep().digest()], [r["state"] for r in runs],
+                                       best_epoch=runs[0]["best_epoch"], save_to=folder))
+    summary.best_checkpoint = None if "checkpoint_note" in summary.best else str(folder)
 
 
 def write_results(summary: Summary, run_dir: Path) -> None:
@@ -275,6 +304,29 @@ def _csv(trials: list[dict[str, Any]]) -> str:
     return buffer.getvalue()
 
 
+def format_reeval(reeval: dict[str, Any] | None, search_cost: dict[str, Any] | None) -> list[str]:
+    """The re-evaluation table as printable lines ([] when there was none)."""
+    if not reeval:
+        return []
+    cost, search = reeval.get("cost") or {}, search_cost or {}
+    lines = [f"\n  re-evaluation: the best {len(reeval['rows'])} configuration(s) x {len(reeval['seeds'])} fresh seeds "
+             f"on the full training days ({cost.get('runs', 0)} runs, {cost.get('epochs', 0)} epochs, "
+             f"{cost.get('wall_s', 0):.0f} s; the search: {search.get('trial_epochs', 0)} trial-epochs, "
+             f"{search.get('wall_s', 0):.0f} s)" + ("; interrupted, the search's winner stands" if reeval["interrupted"] else ""),
+             f"  {'rank':<4} {'trial':<14} {'search':>8} {'mean ' + reeval['metric']:>18} {'interval':>19} "
+             f"{'P(beats rival)':>14}"]
+    for row in reeval["rows"]:
+        if row["rank"] is None:
+            lines.append(f"  {'-':<4} {row['trial_id']:<14} {row['search_score']:>8.4f} {row['note']}")
+            continue
+        interval = f"[{row['low']:.4f}, {row['high']:.4f}]"
+        rival = "" if row["p_beats_rival"] is None else f"{row['p_beats_rival']:.2f} vs {row['rival']}"
+        lines.append(f"  {row['rank']:<4} {row['trial_id']:<14} {row['search_score']:>8.4f} "
+                     f"{row['mean']:>18.4f} {interval:>19} {rival:>14}")
+    lines += [f"  note: {note}" for note in reeval.get("notes") or []]
+    return lines
+
+
 def print_summary(summary: Summary, run_dir: Path, *, quiet: bool = False) -> None:
     """The short table a user reads at the end of a search (one line with ``quiet``)."""
     metric = summary.objective["metric"]
@@ -299,11 +351,18 @@ def print_summary(summary: Summary, run_dir: Path, *, quiet: bool = False) -> No
         for trial in ranked:
             params = ", ".join(f"{k}={fmt(v)}" for k, v in trial["params"].items())
             print(f"  {trial['trial_id']:<14} {trial['best'][metric]:>13.4f} {trial['epochs']:>6} {trial['status']:<13} {params}")
+    for line in format_reeval(summary.extra.get("reeval"), summary.extra.get("search_cost")):
+        print(line)
     best = summary.best
     if best and best.get("test"):
         test, lift = best["test"], best.get("lift", {})
-        print(f"\n  best trial on test: macro-F1 {test['macro_f1']:.4f}, accuracy {test['accuracy']:.4f}, "
+        who = (f"winner (trial {best['trial_id']}, seed {best['seed']})" if best.get("chosen_by") == "reeval"
+               else "best trial")
+        print(f"\n  {who} on test: macro-F1 {test['macro_f1']:.4f}, accuracy {test['accuracy']:.4f}, "
               f"MCC {test['mcc']:.4f}; lift over the best naive baseline {lift.get('test', float('nan')):+.4f}")
+        seeds = (best.get("seeds") or {}).get("test_macro_f1")
+        if seeds:
+            print(f"  test macro-F1 of each seed: {', '.join(f'{v:.4f}' for v in seeds)}")
     if summary.oracle_macro_f1:
         print(f"  oracle macro-F1 of this export (ceiling): {summary.oracle_macro_f1}")
     if best and best.get("verdict"):

@@ -264,7 +264,9 @@ def resume_command(plan: Plan) -> str:
 
 def _finish(plan: Plan, grid: Any, prepared: dict[str, Any], export: Any, interrupted: bool) -> Outcome:
     from lobsearch.provenance import code_versions
-    from lobsearch.results import collect, evaluate_best, print_summary, upload_results, write_results
+    from lobsearch.reeval import reevaluate
+    from lobsearch.results import (adopt_winner, collect, evaluate_best, evaluate_winner, print_summary,
+                                   upload_results, write_results)
 
     resume_hint = resume_command(plan)
     if grid is None:
@@ -276,10 +278,21 @@ def _finish(plan: Plan, grid: Any, prepared: dict[str, Any], export: Any, interr
     interrupted = interrupted or summary.stopped_by == "interrupted"
     if interrupted:
         summary.stopped_by = "interrupted"
-    summary.extra.update(export_fingerprint=export.fingerprint(), code=code_versions())
-    if summary.best is not None:
+    summary.extra.update(export_fingerprint=export.fingerprint(), code=code_versions(),
+                         search_cost=_search_cost(plan, summary.trials))
+    found = None if interrupted or summary.best is None else reevaluate(plan, summary.trials, prepared)
+    if found is not None:
+        summary.extra["reeval"] = found.table()
+        interrupted = found.interrupted
+    if found is not None and found.winner is not None and not found.interrupted:
+        adopt_winner(summary, found)
+        plan.say(f"evaluating the winner once on the test split (each of its {len(found.winner_runs)} seeds)")
+        evaluate_winner(summary, found, prepared, plan.run_dir)
+    elif summary.best is not None:
         plan.say("evaluating the best configuration once on the test split")
         evaluate_best(summary, prepared)
+    if interrupted:
+        summary.stopped_by = "interrupted"
     try:
         write_results(summary, plan.run_dir)
     except OSError as error:
@@ -298,6 +311,12 @@ def _finish(plan: Plan, grid: Any, prepared: dict[str, Any], export: Any, interr
     if summary.trials and all(t["status"] == "failed" for t in summary.trials):
         return Outcome.ALL_FAILED
     return Outcome.FINISHED
+
+
+def _search_cost(plan: Plan, trials: list[dict[str, Any]]) -> dict[str, Any]:
+    """What the search itself cost: trials, trial-epochs and the driver's seconds so far."""
+    return {"trials": len(trials), "trial_epochs": sum(t["epochs"] for t in trials),
+            "wall_s": round(time.monotonic() - plan.started, 1)}
 
 
 def _record_best(plan: Plan, summary: Any) -> None:

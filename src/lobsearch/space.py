@@ -146,8 +146,15 @@ EXTRA_OBJECTIVES = ("n_params", "latency_ms")
 """Secondary objectives every trial reports: parameter count and inference latency per batch."""
 
 
+DEFAULT_REEVAL_TOP = 5
+"""Configurations re-evaluated with fresh seeds after a search, unless ``search.reeval_top`` says."""
+
+
 class SearchSettings(Frozen):
-    """How many trials, how many at once, with what resources, for how long."""
+    """How many trials, how many at once, with what resources, for how long; and how the winner
+    is chosen after them: the best ``reeval_top`` configurations are trained again with
+    ``reeval_seeds`` fresh seeds each and the best mean wins (``lobsearch.reeval``; 0 turns it
+    off: the best single trial wins)."""
 
     num_samples: StrictInt = Field(20, ge=1)
     max_concurrent: StrictInt | None = Field(None, ge=1)
@@ -161,6 +168,8 @@ class SearchSettings(Frozen):
     time_budget_s: StrictFloat | StrictInt | None = Field(None, gt=0)
     max_failures: StrictInt = Field(1, ge=0)
     enqueue: tuple[dict[str, Any], ...] = ()
+    reeval_top: StrictInt | None = Field(None, ge=0)
+    reeval_seeds: StrictInt = Field(3, ge=2)
 
     @field_validator("gpus_per_trial", mode="before")
     @classmethod
@@ -169,6 +178,18 @@ class SearchSettings(Frozen):
         if value != "auto" and not (numeric and value >= 0):
             raise ValueError("must be a number of GPUs >= 0, or 'auto'")
         return value
+
+    @model_validator(mode="after")
+    def _reeval_within_trials(self) -> SearchSettings:
+        if self.reeval_top is not None and self.reeval_top > self.num_samples:
+            raise ValueError(f"reeval_top: must be at most num_samples ({self.num_samples}): only finished "
+                             f"trials can be re-evaluated, got {self.reeval_top}")
+        return self
+
+    @property
+    def top_to_reevaluate(self) -> int:
+        """``reeval_top``, or by default ``DEFAULT_REEVAL_TOP`` capped at ``num_samples``."""
+        return min(DEFAULT_REEVAL_TOP, self.num_samples) if self.reeval_top is None else self.reeval_top
 
     @model_validator(mode="after")
     def _whole_gpus_above_one(self) -> SearchSettings:

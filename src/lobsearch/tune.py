@@ -40,6 +40,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--cpus-per-trial", type=float, help="CPUs per trial (overrides search.cpus_per_trial)")
     parser.add_argument("--time-budget", type=float, help="seconds after which no new trial starts and running ones stop")
+    parser.add_argument(
+        "--reeval-top", type=int, metavar="K",
+        help="after the search, train the best K configurations again with fresh seeds and pick the best "
+        "mean (default: search.reeval_top, else 5 or fewer when the search has fewer trials; 0: the best "
+        "single trial wins)",
+    )
+    parser.add_argument("--reeval-seeds", type=int, metavar="R",
+                        help="seeds per re-evaluated configuration, at least 2 (default: search.reeval_seeds, else 3)")
     parser.add_argument("--name", help="search name (default: <space>-<timestamp>); an existing name resumes")
     parser.add_argument(
         "--storage",
@@ -47,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
         "or shared storage such as s3://bucket/path on a cluster",
     )
     parser.add_argument("--resume", action="store_true", help="continue the search named by --name")
-    parser.add_argument("--smoke", action="store_true", help="a tiny end-to-end search: 2 trials, 2 epochs, tiny data")
+    parser.add_argument("--smoke", action="store_true", help="a tiny end-to-end search: 2 trials, 2 epochs, tiny data; "
+                        "the winner re-evaluated with 2 seeds")
     parser.add_argument("--dry-run", action="store_true", help="sample a few configs and build each model; no training")
     parser.add_argument(
         "--wandb",
@@ -93,7 +102,8 @@ def _apply_overrides(space: SearchSpace, args: argparse.Namespace) -> SearchSpac
     search = space.spec.search.model_dump()
     fixed, params = dict(space.spec.fixed), space.spec.model_dump(mode="python")["params"]
     if args.smoke:
-        search.update(num_samples=2, max_concurrent=min(2, search.get("max_concurrent") or 2), grace_period=1)
+        search.update(num_samples=2, max_concurrent=min(2, search.get("max_concurrent") or 2), grace_period=1,
+                      reeval_top=0 if search.get("reeval_top") == 0 else 1, reeval_seeds=2)
         train = {**fixed.get("train", {}), "epochs": 2, "steps_per_epoch": 5, "max_eval_windows": 2000}
         fixed, params = {**fixed, "train": train}, {k: v for k, v in params.items() if k != "train.epochs"}
     for field, value in (
@@ -102,6 +112,8 @@ def _apply_overrides(space: SearchSpace, args: argparse.Namespace) -> SearchSpac
         ("gpus_per_trial", args.gpus_per_trial),
         ("cpus_per_trial", args.cpus_per_trial),
         ("time_budget_s", args.time_budget),
+        ("reeval_top", args.reeval_top),
+        ("reeval_seeds", args.reeval_seeds),
     ):
         if value is not None:
             search[field] = value
