@@ -29,6 +29,7 @@ from lobsearch.report import (
     ranked,
     render,
     section_best_model,
+    section_best_trials,
     section_calibration,
     section_failures,
     section_curves,
@@ -361,6 +362,16 @@ def test_the_reeval_section_ranks_by_the_mean_with_intervals_and_the_cost_beside
                  "9 runs, 81 epochs, 95.5 s", "16 trials", "483 s"):
         assert text in html, text
     assert html.count("<tr>") == 1 + 3
+
+
+def test_walk_forward_trials_show_their_folds_and_each_folds_score():
+    results = make_results(n_trials=6, failed=0)
+    for i, trial in enumerate(results["trials"]):
+        trial["best"].update(folds=3, folds_done=3 if i % 2 else 1)
+        trial["fold_scores"] = [0.41, 0.43, 0.45][:trial["best"]["folds_done"]]
+    html = section_best_trials(results)
+    assert "Walk-forward" in html and "3/3" in html and "1/3" in html and "0.41 0.43 0.45" in html
+    assert "Walk-forward" not in section_best_trials(make_results(n_trials=6))
 
 
 def test_the_calibration_section_shows_both_temperatures_and_the_reliability_diagram():

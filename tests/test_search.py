@@ -48,6 +48,56 @@ def test_command_line_overrides_are_validated(capsys: pytest.CaptureFixture[str]
     assert "search.num_samples" in capsys.readouterr().err
 
 
+def _walk_forward_space(tmp_path: Path, **objective: object) -> Path:
+    body = yaml.safe_load(SMOKE.read_text())
+    body["objective"] = {"metric": "val_macro_f1", "protocol": "walk_forward", **objective}
+    path = tmp_path / "wf.yaml"
+    path.write_text(yaml.safe_dump(body))
+    return path
+
+
+@pytest.mark.parametrize("objective, argv, words", [
+    ({"folds": 3, "embargo_days": 2}, [], ["objective.folds / objective.embargo_days", "3 folds", "embargo of 2",
+                                          "at least 6 training days", "has 4 training day(s)"]),
+    ({"folds": 1}, [], ["objective.folds", "greater than or equal to 2", "1"]),
+    ({"embargo_days": -1}, [], ["objective.embargo_days", "-1"]),
+    ({}, ["--reeval-top", "0"], ["search.reeval_top", "walk_forward needs it >= 1", "got 0"]),
+])
+def test_bad_walk_forward_settings_exit_2_before_ray_naming_the_key_and_the_value(
+        objective, argv, words, small_export: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import ray
+
+    monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("Ray started"))
+    space = _walk_forward_space(tmp_path, **objective)
+    assert main([str(space), "--data", str(small_export), "--storage", str(tmp_path / "runs"), *argv]) == 2
+    err = capsys.readouterr().err
+    assert all(word in err for word in words), err
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_a_walk_forward_search_scores_each_trial_by_the_mean_over_its_folds(ray_session, small_export: Path,
+                                                                           tmp_path: Path) -> None:
+    """4 training days, 2 folds: fold 1 trains on days 1-2 and validates on day 3, fold 2 trains
+    on days 1-3 and validates on day 4; the winner is trained again on all 4 and chosen on val."""
+    space = _walk_forward_space(tmp_path, folds=2)
+    code = main([str(space), "--data", str(small_export), "--storage", str(tmp_path / "runs"), "--name", "wf",
+                 "--quiet"])
+    assert code == 0
+    results = json.loads((tmp_path / "runs" / "wf" / "results.json").read_text())
+    complete = [t for t in results["trials"] if t["best"] and t["best"]["folds_done"] == 2]
+    assert complete
+    for trial in complete:
+        assert len(trial["fold_scores"]) == 2 and trial["best"]["folds"] == 2
+        assert trial["best"]["val_macro_f1"] == pytest.approx(sum(trial["fold_scores"]) / 2)
+        assert [h["epoch"] for h in trial["history"]] == list(range(1, len(trial["history"]) + 1))
+        assert len(trial["history"]) > 3, "epochs count on across the folds (3 per fold)"
+    best = results["best"]
+    assert best["chosen_by"] == "reeval" and best["trial_id"] in {t["trial_id"] for t in complete}
+    assert best["test"]["macro_f1"] > 0 and results["reeval"]["rows"][0]["rank"] == 1
+
+
 def test_resume_needs_a_name(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main([str(SMOKE), "--resume", "--storage", str(tmp_path)]) == 2
     assert "--resume needs --name" in capsys.readouterr().err

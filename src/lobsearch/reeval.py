@@ -68,6 +68,11 @@ class Reevaluation:
                       "cost": self.cost, "interrupted": self.interrupted, "notes": self.notes}, finite=True)
 
     @property
+    def winner_run(self) -> RunConfig | None:
+        """The winner's run config with its first scored seed (what ``best_config.yaml`` holds)."""
+        return None if self.winner is None else with_seed(self.winner.run, self.winner_seeds[0])
+
+    @property
     def winner_row(self) -> dict[str, Any] | None:
         """The winner's row of ``rows``, None without a winner."""
         return next((row for row in self.rows if row["rank"] == 1), None)
@@ -75,9 +80,12 @@ class Reevaluation:
 
 def candidates(trials: list[dict[str, Any]], plan: Plan, top: int) -> list[Candidate]:
     """The ``top`` best trials of the search by the objective of their best epoch, one per
-    distinct configuration (an enqueued point sampled again counts once); failed trials and
-    trials with no scored epoch are not candidates."""
-    scored = [t for t in trials if t["status"] != "failed" and (t["best"] or {}).get(plan.metric) is not None]
+    distinct configuration (an enqueued point sampled again counts once); failed trials, trials
+    with no scored epoch and walk-forward trials stopped between folds are not candidates."""
+    from lobsearch.results import every_fold
+
+    scored = [t for t in trials if t["status"] != "failed" and (t["best"] or {}).get(plan.metric) is not None
+              and every_fold(t)]
     scored.sort(key=lambda t: -plan.sign * t["best"][plan.metric])
     chosen, seen = [], set()
     for trial in scored:
@@ -130,7 +138,8 @@ def _run_all(plan: Plan, chosen: list[Candidate], seeds: list[int], prepared: di
     settings = plan.space.spec.search
     task = _remote().options(num_cpus=settings.cpus_per_trial, num_gpus=plan.gpus_per_trial)
     threads = max(1, int(settings.cpus_per_trial))
-    refs = {digest: ray.put(data) for digest, data in prepared.items()}
+    needed = {c.run.data.prep().digest() for c in chosen}  # every training day: not a fold's
+    refs = {digest: ray.put(prepared[digest]) for digest in needed}
     pending = {}
     for index, candidate in enumerate(chosen):
         for seed in seeds:

@@ -381,14 +381,26 @@ def section_best_trials(results: dict) -> str:
     metric, _ = objective(results)
     top = scored[:TOP_TRIALS]
     names = param_names([t for t, _ in top])
-    header = ["#", "trial", "status", metric, "best epoch", "epochs", "duration"] + names
+    folds = any((t.get("best") or {}).get("folds") for t, _ in top)
+    header = ["#", "trial", "status", metric, "best epoch", "epochs", "duration"] + (["folds", "fold scores"] if folds
+                                                                                    else []) + names
     rows = [
         [rank, t.get("trial_id"), t.get("status"), value, (t.get("best") or {}).get("epoch"), t.get("epochs"),
-         duration(t.get("duration_s"))] + [(t.get("params") or {}).get(n) for n in names]
+         duration(t.get("duration_s"))] + (_fold_cells(t) if folds else [])
+        + [(t.get("params") or {}).get(n) for n in names]
         for rank, (t, value) in enumerate(top, start=1)
     ]
     shown = f"top {len(top)} of {len(scored)}" if len(scored) > len(top) else f"all {len(scored)}"
-    return f"<p>Trials with a value, {shown}, best first.</p>" + table(header, rows, left=3)
+    protocol = (" Walk-forward: a trial's value is the mean over its folds done of each fold's best epoch; only "
+                "trials that ran every fold can win." if folds else "")
+    return f"<p>Trials with a value, {shown}, best first.{protocol}</p>" + table(header, rows, left=3)
+
+
+def _fold_cells(trial: dict) -> list[Any]:
+    """[folds done / folds, each done fold's score] of a walk-forward trial."""
+    best = trial.get("best") or {}
+    scores = " ".join(fmt(v) for v in trial.get("fold_scores") or [])
+    return [f"{best.get('folds_done', 0)}/{best.get('folds', 0)}", scores]
 
 
 def _no_values(results: dict) -> str:

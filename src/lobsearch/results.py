@@ -104,10 +104,12 @@ def _trial_record(number: int, result: Any, plan: Plan, t0: float | None,
                   tune_trials: dict[str, tuple[str, int]]) -> dict[str, Any]:
     metric = plan.metric
     history = _history(result)
+    last = result.metrics or {}
     best_row = max(
         (row for row in history if row.get(metric) is not None), key=lambda r: plan.sign * r[metric], default=None
     )
-    last = result.metrics or {}
+    if last.get("folds") and history:  # walk-forward: the mean over the folds done, as last reported
+        best_row = {**history[-1], "folds_done": last.get("folds_done", 0), "folds": last["folds"]}
     params = {k: plain(v, finite=True) for k, v in (result.config or {}).items()}
     end = last.get("timestamp")
     duration = last.get("time_total_s")
@@ -120,8 +122,10 @@ def _trial_record(number: int, result: Any, plan: Plan, t0: float | None,
         "status": _status(result, plan.max_epochs, tune_status),
         "retries": retries,
         "params": params,
-        "best": ({"epoch": best_row.get("epoch"), **{k: v for k, v in best_row.items() if k.startswith("val_")}}
+        "best": ({"epoch": best_row.get("epoch"), **{k: v for k, v in best_row.items()
+                                                     if k.startswith("val_") or k in ("folds_done", "folds")}}
                  if best_row else None),
+        "fold_scores": [plain(v, finite=True) for v in last.get("fold_scores") or []] or None,
         "epochs": len(history),
         "duration_s": plain(duration, finite=True),
         "start_s": None if start is None or t0 is None else round(start - t0, 3),
@@ -185,9 +189,16 @@ def _stopped_by(trials: list[dict[str, Any]], plan: Plan) -> str:
     return "time_budget" if settings.time_budget_s else "interrupted"
 
 
+def every_fold(trial: dict[str, Any]) -> bool:
+    """Whether a trial's score covers all its folds (always, under holdout): a walk-forward
+    trial stopped between folds has a mean over fewer folds and cannot be the winner."""
+    best = trial.get("best") or {}
+    return best.get("folds_done", 0) == best.get("folds", 0)
+
+
 def _pick_best(summary: Summary, plan: Plan) -> None:
     metric = plan.metric
-    scored = [t for t in summary.trials if t["best"] and t["best"].get(metric) is not None]
+    scored = [t for t in summary.trials if t["best"] and t["best"].get(metric) is not None and every_fold(t)]
     if not scored:
         return
     best = max(scored, key=lambda t: plan.sign * t["best"][metric])
@@ -238,14 +249,12 @@ def adopt_winner(summary: Summary, found: Any) -> None:
     """Make the re-evaluation's winner (``reeval.Reevaluation``) the search's best: its
     configuration with its first fresh seed (the one ``best_config.yaml`` trains again), its
     row of the re-evaluation table, and the search trial it came from."""
-    from lobsearch.reeval import with_seed
-
     winner = found.winner
     trial = next((t for t in summary.trials if t["trial_id"] == winner.trial_id), {})
     summary.best = {"trial_id": winner.trial_id, "params": winner.params, "search_val": dict(trial.get("best") or {}),
                     "chosen_by": "reeval", "seed": found.winner_seeds[0], "reeval": found.winner_row}
     summary.best_checkpoint = None
-    summary.best_run_config = with_seed(winner.run, found.winner_seeds[0])
+    summary.best_run_config = found.winner_run
 
 
 def evaluate_winner(summary: Summary, found: Any, prepared: dict[str, Any], run_dir: Path) -> None:
@@ -304,6 +313,13 @@ def _csv(trials: list[dict[str, Any]]) -> str:
     return buffer.getvalue()
 
 
+def _fold_text(trial: dict[str, Any]) -> str:
+    """``2/3: 0.41 0.44``: folds done of all, and each done fold's score."""
+    best = trial.get("best") or {}
+    scores = " ".join(f"{v:.2f}" for v in trial.get("fold_scores") or [])
+    return f"{best.get('folds_done', 0)}/{best.get('folds', 0)}: {scores}".rstrip(": ")
+
+
 def format_reeval(reeval: dict[str, Any] | None, search_cost: dict[str, Any] | None) -> list[str]:
     """The re-evaluation table as printable lines ([] when there was none)."""
     if not reeval:
@@ -347,10 +363,14 @@ def print_summary(summary: Summary, run_dir: Path, *, quiet: bool = False) -> No
         reverse=summary.objective["mode"] == "max",
     )[:5]
     if ranked:
-        print(f"\n  {'trial':<14} {metric:>13} {'epochs':>6} {'status':<13} params")
+        folds = any(t["best"].get("folds") for t in ranked)  # walk-forward: the mean over the folds done
+        print(f"\n  {'trial':<14} {metric:>13} {'epochs':>6} {'status':<13} " + ("folds (each fold's score)  " if folds else "")
+              + "params")
         for trial in ranked:
             params = ", ".join(f"{k}={fmt(v)}" for k, v in trial["params"].items())
-            print(f"  {trial['trial_id']:<14} {trial['best'][metric]:>13.4f} {trial['epochs']:>6} {trial['status']:<13} {params}")
+            shown = f"{_fold_text(trial):<26} " if folds else ""
+            print(f"  {trial['trial_id']:<14} {trial['best'][metric]:>13.4f} {trial['epochs']:>6} {trial['status']:<13} "
+                  f"{shown}{params}")
     for line in format_reeval(summary.extra.get("reeval"), summary.extra.get("search_cost")):
         print(line)
     best = summary.best

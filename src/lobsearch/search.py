@@ -86,7 +86,7 @@ def run_search(
                 space=space, export=Path(export).resolve(), name=name, storage=storage,
                 run_dir=run_dir, resume=recorded is not None, address=joined,
                 metric=space.spec.objective.metric, mode=space.spec.objective.direction,
-                sign=space.spec.objective.sign, max_epochs=space.max_epochs,
+                sign=space.spec.objective.sign, max_epochs=space.max_trial_epochs,
                 gpus_per_trial=_gpus_per_trial(space, prepared, autoscaling=bool(joined), say=say),
                 started=started, started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 say=say, quiet=quiet,
@@ -136,6 +136,19 @@ def _check_export_fits(space: SearchSpace, report: Any) -> None:
     for choice in searched.choices if searched is not None else (fixed,):
         feature_columns(choice, report.n_features)
     _check_trading(space, report.n_features)
+    _folds(space, report.days["train"])
+
+
+def _folds(space: SearchSpace, train_dates: Any) -> list[Any]:
+    """The walk-forward folds of the training days ([] under holdout); ConfigError naming
+    objective.folds and embargo_days when a fold would have no day to train or validate on."""
+    from lobsearch.data.folds import walk_forward
+
+    objective = space.spec.objective
+    if objective.protocol != "walk_forward":
+        return []
+    return walk_forward(sorted(train_dates), folds=objective.folds, embargo_days=objective.embargo_days,
+                        source=space.source)
 
 
 def _check_trading(space: SearchSpace, n_features: int, quotes_note: str | None = None) -> None:
@@ -209,16 +222,24 @@ def _say_start(space: SearchSpace, name: str, say: Callable[[str], None]) -> Non
 
 
 def _prepare(space: SearchSpace, export: Any, say: Callable[[str], None]) -> dict[str, Any]:
-    """Each data config of the space prepared once with Ray Data: {prep digest: Prepared}."""
+    """Each data config of the space prepared once with Ray Data: {prep digest: Prepared}, and
+    under walk_forward each fold of each too ({``folds.fold_key(digest, k)``: Prepared})."""
+    from lobsearch.data.folds import fold_export, fold_key
     from lobsearch.data.pipeline import prepare
 
+    folds = _folds(space, [day.date for day in export.splits.get("train", ())])
+    for fold in folds:
+        say(fold.describe())
     prepared = {}
     for prep in space.prep_configs():
-        started = time.monotonic()
-        result = prepare(export, prep, engine="ray")
-        origin = "from cache" if result.from_cache else f"in {time.monotonic() - started:.1f} s"
-        say(f"data config {prep.digest()}: {result.summary()} ({origin})")
-        prepared[prep.digest()] = result
+        views = [(prep.digest(), export, "")] + [(fold_key(prep.digest(), f.index), fold_export(export, f),
+                                                   f" fold {f.index}") for f in folds]
+        for key, view, label in views:
+            started = time.monotonic()
+            result = prepare(view, prep, engine="ray")
+            origin = "from cache" if result.from_cache else f"in {time.monotonic() - started:.1f} s"
+            say(f"data config {prep.digest()}{label}: {result.summary()} ({origin})")
+            prepared[key] = result
     return prepared
 
 

@@ -111,11 +111,24 @@ class ObjectiveTerm(Frozen):
 
 
 class Objective(Frozen):
-    """What the search optimizes: one metric (ASHA stops on it), plus optional extra objectives."""
+    """What the search optimizes: one metric (ASHA stops on it), plus optional extra objectives,
+    and on which days it is measured.
+
+    ``protocol: holdout`` (the default) trains on the training days and validates on the
+    export's val days. ``walk_forward`` cuts the training days into ``folds`` chronological
+    validation blocks (``data.folds``): fold k trains on the days before its block, less
+    ``embargo_days``, with that fold's own normalization statistics, and the metric a trial
+    reports is the mean over its folds so far of each fold's best epoch. A trial weak at the end
+    of a fold does not start the next (``tuner.FoldGate``); the winner is then trained again on
+    every training day and chosen on the val days (``reeval``, so ``search.reeval_top`` >= 1).
+    """
 
     metric: StrictStr = "val_macro_f1"
     mode: Literal["max", "min"] | None = None
     also: tuple[ObjectiveTerm, ...] = ()
+    protocol: Literal["holdout", "walk_forward"] = "holdout"
+    folds: StrictInt = Field(3, ge=2, le=20)
+    embargo_days: StrictInt = Field(0, ge=0)
 
     @model_validator(mode="after")
     def _known_metric(self) -> Objective:
@@ -216,6 +229,13 @@ class SpaceFile(Frozen):
     search: SearchSettings = SearchSettings()
     tracking: Tracking = Tracking()
 
+    @model_validator(mode="after")
+    def _walk_forward_is_reevaluated(self) -> SpaceFile:
+        if self.objective.protocol == "walk_forward" and self.search.top_to_reevaluate == 0:
+            raise ValueError("search.reeval_top: walk_forward needs it >= 1 (the folds' models never trained on every "
+                             "training day; the winner is trained again on them), got 0")
+        return self
+
 
 PREP_SECTIONS = ("gates", "normalization", "labels")
 """DataConfig sections that decide preprocessing; searching them multiplies the data to prepare."""
@@ -242,6 +262,12 @@ class SearchSpace:
             return max(searched.extremes())
         fixed = _mapping(self.spec.fixed.get("train")).get("epochs")
         return TrainConfig.model_fields["epochs"].default if fixed is None else fixed
+
+    @property
+    def max_trial_epochs(self) -> int:
+        """The most epochs one trial can run in all: ``max_epochs`` per fold under walk_forward."""
+        objective = self.spec.objective
+        return self.max_epochs * (objective.folds if objective.protocol == "walk_forward" else 1)
 
     def define_by_run(self, trial: Any) -> dict[str, Any]:
         """Sample one configuration into ``trial``; returns the constants Tune should add."""

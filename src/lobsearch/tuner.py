@@ -7,6 +7,7 @@ Tune retries failed trials and keeps checkpoints, W&B only observes (a driver-si
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from typing import Any
 
@@ -82,6 +83,34 @@ def _scheduler(plan: Plan) -> Any:
     )
 
 
+class FoldGate(tune.Stopper):
+    """Fold-level early stopping for walk-forward trials, on top of ASHA's epochs: at the end of
+    fold k < K a trial goes on only if its mean over folds 1..k is at least the median of the
+    trials that ended fold k before it (itself included), once ``min_seen`` others have; so weak
+    trials stop after their first fold and the protocol costs far less than K times holdout.
+
+    The median (not ASHA's top 1/reduction_factor) because the folds are few and each score is one
+    noisy block of days: a trial is dropped only for being worse than half its peers.
+    """
+
+    def __init__(self, metric: str, sign: int, folds: int, min_seen: int = 2):
+        self.metric, self.sign, self.folds, self.min_seen = metric, sign, folds, min_seen
+        self.seen: dict[int, list[float]] = {}
+
+    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+        done = result.get("folds_done", 0)
+        if not result.get("fold_end") or not 0 < done < self.folds:
+            return False
+        peers = self.seen.setdefault(done, [])
+        peers.append(self.sign * float(result[self.metric]))
+        if len(peers) <= self.min_seen:
+            return False
+        return peers[-1] < statistics.median(peers)
+
+    def stop_all(self) -> bool:
+        return False
+
+
 def build_tuner(plan: Plan, prepared: dict[str, Any]) -> tune.Tuner:
     """A new Tuner for ``plan``, or the restored one when its storage already holds the experiment."""
     import ray
@@ -121,6 +150,8 @@ def build_tuner(plan: Plan, prepared: dict[str, Any]) -> tune.Tuner:
             verbose=0,
             callbacks=_callbacks(plan),
             failure_config=tune.FailureConfig(max_failures=spec.search.max_failures),
+            stop=(FoldGate(objective.metric, objective.sign, objective.folds)
+                  if objective.protocol == "walk_forward" else None),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         ),
     )
@@ -160,6 +191,8 @@ class Progress(tune.Callback):
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         value = result.get(self.plan.metric)
+        if result.get("folds_done", 0) != result.get("folds", 0):  # a walk-forward trial between folds
+            return
         if isinstance(value, (int, float)) and math.isfinite(value) and self.plan.better(value, self.best):
             self.best, self.best_trial = value, trial.trial_id
 

@@ -211,7 +211,10 @@ def _folder_problem(path: Path) -> str | None:
 
 
 def cache_key(export: Export, prep: PrepConfig) -> str:
-    text = f"{PIPELINE_VERSION}|{export.fingerprint()}|{prep.digest()}"
+    """Hash of the pipeline version, the export's files, which split each day is in (a
+    walk-forward fold moves days between splits, ``folds.fold_export``) and the prep config."""
+    assignment = ",".join(f"{day.split}:{day.date}" for day in export.days())
+    text = f"{PIPELINE_VERSION}|{export.fingerprint()}|{assignment}|{prep.digest()}"
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
