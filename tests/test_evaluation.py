@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import yaml
 from lobsearch.config import DataConfig, EvalConfig, trading_problems, validate_run
 from lobsearch.errors import ConfigError
 from lobsearch.evaluation import (
+    net_bps_per_day,
     PREDICTORS,
     Seen,
     calibration_report,
@@ -24,7 +26,7 @@ from lobsearch.evaluation import (
     verdict_line,
     verdict_report,
 )
-from lobsearch.recipe import build_run, evaluate_model, fit_run, predict_split, split_quotes
+from lobsearch.recipe import build_run, evaluate_model, fit_run, predict_split, split_quotes, val_trading
 from lobsearch.selection import NEGATIVE, POSITIVE
 from lobsearch.trading import Quotes, tune_threshold
 
@@ -321,3 +323,45 @@ def test_the_report_renders_a_real_evaluation(trained):
     assert "reliability diagram" in calibration and "T = <b>" in calibration
     html = render(results)
     assert "could not be drawn" not in html and results["verdict"]["line"].split(":")[1].strip() in html
+
+
+# ------------------------------------------------------------------ the trading objective
+
+
+def test_net_bps_per_day_is_the_trading_tables_model_row(trained, seen):
+    """What a trial reports every epoch as val_net_bps_per_day is what the final table says."""
+    built, _, outcome = trained
+    view = seen["val"]
+    quotes = split_quotes(built.prepared, "val")
+    value = net_bps_per_day(view.y_pred, view.ends, quotes, built.config.data.horizon, 0.5)
+    assert value == pytest.approx(outcome["trading"]["val"]["model"]["net_bps_per_day"])
+    assert net_bps_per_day(view.y_pred, view.ends, quotes, built.config.data.horizon, 50.0) < value
+
+
+def test_every_epoch_reports_validation_net_bps_per_day_unless_trading_is_off(trained):
+    built = trained[0]
+    assert val_trading(built) is not None
+    result = fit_run(build_run(run_config(), built.prepared, device="cpu"))
+    assert all(math.isfinite(row["val"]["net_bps_per_day"]) for row in result.history)
+    off = build_run(run_config(trading="off"), built.prepared, device="cpu")
+    assert val_trading(off) is None and "net_bps_per_day" not in fit_run(off).history[0]["val"]
+
+
+@pytest.mark.parametrize("fixed, words", [
+    ({"eval": {"trading": "off"}}, ["objective.metric: val_net_bps_per_day trades", "eval.trading is off"]),
+    ({}, ["eval.trading: 'on' asks for trading metrics", "40 columns", "objective.metric val_net_bps_per_day needs"]),
+])
+def test_a_trading_objective_the_export_or_the_config_cannot_serve_is_refused_before_ray(
+        fixed, words, narrow_export, tmp_path, capsys, monkeypatch):
+    import ray
+
+    from lobsearch.tune import main
+
+    monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("Ray started"))
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump({"objective": {"metric": "val_net_bps_per_day"},
+                                     "fixed": {"data": {"features": "lob_only"}, **fixed},
+                                     "models": {"lstm_tiny": {}}}))
+    assert main([str(space), "--data", str(narrow_export), "--storage", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err
+    assert all(word in err for word in words), err

@@ -98,6 +98,25 @@ def test_a_walk_forward_search_scores_each_trial_by_the_mean_over_its_folds(ray_
     assert best["test"]["macro_f1"] > 0 and results["reeval"]["rows"][0]["rank"] == 1
 
 
+@pytest.mark.ray
+@pytest.mark.slow
+def test_a_search_can_optimize_validation_net_bps_per_day(ray_session, small_export: Path, tmp_path: Path) -> None:
+    body = yaml.safe_load(SMOKE.read_text())
+    body["objective"] = {"metric": "val_net_bps_per_day"}
+    body["search"].update(num_samples=3, reeval_top=2)
+    path = tmp_path / "bps.yaml"
+    path.write_text(yaml.safe_dump(body))
+    assert main([str(path), "--data", str(small_export), "--storage", str(tmp_path / "runs"), "--name", "bps",
+                 "--quiet"]) == 0
+    results = json.loads((tmp_path / "runs" / "bps" / "results.json").read_text())
+    assert results["objective"] == {"metric": "val_net_bps_per_day", "mode": "max"}
+    for trial in results["trials"]:
+        assert trial["best"]["val_net_bps_per_day"] == max(h["val_net_bps_per_day"] for h in trial["history"])
+    rows = results["reeval"]["rows"]
+    assert results["reeval"]["metric"] == "val_net_bps_per_day" and rows[0]["mean"] >= rows[-1]["mean"]
+    assert results["best"]["trading"]["val"]["model"]["net_bps_per_day"] == pytest.approx(rows[0]["scores"][0])
+
+
 def test_resume_needs_a_name(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main([str(SMOKE), "--resume", "--storage", str(tmp_path)]) == 2
     assert "--resume needs --name" in capsys.readouterr().err

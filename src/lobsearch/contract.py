@@ -250,6 +250,12 @@ OBJECTIVES = MappingProxyType(
         "val_kappa": "max",
         "val_log_loss": "min",
         "val_loss": "min",
+        "val_net_bps_per_day": "max",
     }
 )
-"""Metric names a search may optimize, each with its direction."""
+"""Metric names a search may optimize, each with its direction. ``val_net_bps_per_day``: the
+model traded on the validation days net of costs (``evaluation.net_bps_per_day``); it needs raw
+MID_PRICE and SPREAD and ``eval.trading`` not ``off``."""
+
+TRADING_OBJECTIVES = ("val_net_bps_per_day",)
+"""Objectives that trade, so need what ``eval.trading: on`` needs."""

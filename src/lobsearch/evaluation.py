@@ -138,6 +138,15 @@ def _tune(probs, ends, quotes, horizon, fee_bps, grid) -> tuple[Any, str | None]
         return None, f"no threshold: {error}"
 
 
+def net_bps_per_day(pred: np.ndarray, ends: np.ndarray, quotes: Quotes, horizon: int, fee_bps: float) -> float:
+    """Net basis points per day of trading the predictions ``pred`` (M,) of windows ending at
+    ``ends`` (M,) as ``trading_report``'s "model" row does (argmax, no threshold, flat where a
+    window has no usable quote): the ``val_net_bps_per_day`` a trial reports every epoch."""
+    priced = _priced(ends, quotes, horizon)
+    flat = np.where(priced, pred, int(Label.STABLE))
+    return float(backtest(flat, ends, quotes, horizon, fee_bps=fee_bps).summary()["net_bps_per_day"])
+
+
 def _priced(ends: np.ndarray, quotes: Quotes, horizon: int) -> np.ndarray:
     """(M,) bool: the window's entry row has a usable quote, and so has its exit row when that
     lies in the same day (an exit past the day's end opens no position anyway)."""

@@ -165,6 +165,7 @@ def fit(
     resume: str | Path | None = None,
     data_hash: str = "",
     backend: Backend | None = None,
+    val_extra: Callable[[np.ndarray, np.ndarray], dict[str, float]] | None = None,
 ) -> FitResult:
     """Train ``model`` on ``train``, select the epoch with the best validation macro-F1.
 
@@ -174,6 +175,8 @@ def fit(
     run to the same result as an uninterrupted one. ``data_hash`` identifies the data (config and
     normalization statistics); resuming with another one raises DataError naming both.
     ``backend`` defaults to plain fp32 on ``device`` (``backend.device_setup`` decides more).
+    ``val_extra(ends, y_pred)`` adds metrics of each epoch's validation predictions (M,) at the
+    windows' global end rows (M,) to its ``val`` (e.g. ``net_bps_per_day``).
     Raises DataError when ``train`` or ``val`` has no windows. Seeds python, numpy and torch with ``cfg.seed``.
     """
     _require_windows(train, val)
@@ -189,7 +192,7 @@ def fit(
     if resume is not None:
         _restore(load_checkpoint(resume, data_hash), model, step, progress)
     while progress.status is None and progress.epoch < cfg.epochs:
-        result = _run_epoch(model, step, train, val, cfg, steps, progress)
+        result = _run_epoch(model, step, train, val, cfg, steps, progress, val_extra)
         if result is None:
             break
         ending = "completed" if progress.epoch >= cfg.epochs else "running"
@@ -203,7 +206,7 @@ def fit(
 
 def _run_epoch(
     model: nn.Module, step: TrainStep, train: WindowSet, val: WindowSet, cfg: FitSettings,
-    steps: int, progress: _Progress,
+    steps: int, progress: _Progress, val_extra: Callable[[np.ndarray, np.ndarray], dict[str, float]] | None = None,
 ) -> EpochResult | None:
     """Train one epoch, evaluate, update best and patience; None when the loss went NaN/inf."""
     epoch = progress.epoch + 1
@@ -221,10 +224,12 @@ def _run_epoch(
             f"the best epoch so far ({progress.best_epoch}) is kept"
         )
         return None
-    val_metrics = evaluate(
+    val_metrics, _, y_pred, _ = evaluate(
         model, val, device=train.x.device, batch_size=cfg.eval_batch_size,
         backend=step.backend, loss_fn=step.loss_fn,
-    )[0]
+    )
+    if val_extra is not None:
+        val_metrics |= val_extra(val.ends.cpu().numpy(), y_pred)
     result = EpochResult(epoch, train_loss, val_metrics, n_samples / train_seconds, lr,
                          time.perf_counter() - started, train_samples=n_samples)
     _record(progress, result, model, cfg, n_samples, train_seconds)

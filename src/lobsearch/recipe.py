@@ -34,7 +34,7 @@ from lobsearch.contract import MISSING_LABEL, N_CLASSES, STRATEGY_CLASS_NAMES
 from lobsearch.data.features import feature_columns, n_selected
 from lobsearch.data.windows import WindowSet, build_window_set
 from lobsearch.errors import ConfigError, DataError
-from lobsearch.evaluation import Seen, calibration_report, trading_report, verdict_report
+from lobsearch.evaluation import Seen, calibration_report, net_bps_per_day, trading_report, verdict_report
 from lobsearch.files import plain
 from lobsearch.inference import evaluate
 from lobsearch.loop import EpochResult, FitResult, FitSettings, fit, seed_everything, subsample
@@ -141,8 +141,18 @@ def fit_run(
     return fit(
         built.model, built.train, built.val, fit_settings(built.config.train),
         device=built.backend.device, on_epoch=on_epoch, checkpoint_dir=checkpoint_dir,
-        resume=resume, data_hash=built.data_hash, backend=built.backend,
+        resume=resume, data_hash=built.data_hash, backend=built.backend, val_extra=val_trading(built),
     )
+
+
+def val_trading(built: BuiltRun) -> Callable[[np.ndarray, np.ndarray], dict[str, float]] | None:
+    """Each epoch's ``net_bps_per_day`` on the validation days' raw quotes (``eval.fee_bps``,
+    held ``data.horizon`` rows); None when trading is off or the days have no raw quotes."""
+    settings, prepared = built.config.eval, built.prepared
+    if settings.trading == "off" or prepared is None or prepared.quotes_note:
+        return None
+    quotes, horizon, fee = split_quotes(prepared, "val"), built.config.data.horizon, float(settings.fee_bps)
+    return lambda ends, pred: {"net_bps_per_day": net_bps_per_day(pred, ends, quotes, horizon, fee)}
 
 
 def train_once(config: RunConfig, prepared: Prepared, *, device: str | torch.device | None = None) -> dict[str, Any]:

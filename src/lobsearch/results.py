@@ -29,7 +29,8 @@ from lobsearch.files import dump_json, plain, write_text
 from lobsearch.plan import Plan
 from lobsearch.provenance import KEYS as PROVENANCE_KEYS
 
-EPOCH_KEYS = ("epoch", "train_loss", "val_loss", "val_macro_f1", "val_accuracy", "val_mcc", "samples_per_s", "lr")
+EPOCH_KEYS = ("epoch", "train_loss", "val_loss", "val_macro_f1", "val_accuracy", "val_mcc", "val_net_bps_per_day",
+              "samples_per_s", "lr")
 
 
 @dataclass

@@ -152,13 +152,23 @@ def _folds(space: SearchSpace, train_dates: Any) -> list[Any]:
 
 
 def _check_trading(space: SearchSpace, n_features: int, quotes_note: str | None = None) -> None:
-    """ConfigError when ``eval.trading: on`` asks for trading metrics the data cannot give."""
+    """ConfigError when ``eval.trading: on``, or an objective that trades, asks for trading
+    metrics the data cannot give (or that ``eval.trading: off`` turns off)."""
     from lobsearch.config import EvalConfig, trading_problems
+    from lobsearch.contract import TRADING_OBJECTIVES
     from lobsearch.errors import ConfigError
 
-    problems = trading_problems(EvalConfig.model_validate(space.spec.fixed.get("eval", {})), n_features, quotes_note)
+    evaluation = EvalConfig.model_validate(space.spec.fixed.get("eval", {}))
+    metric = space.spec.objective.metric
+    if metric in TRADING_OBJECTIVES and evaluation.trading == "off":
+        raise ConfigError(space.source, [f"objective.metric: {metric} trades on the validation days, but "
+                                         "eval.trading is off; set eval.trading to auto or on, or optimize another metric"])
+    if metric in TRADING_OBJECTIVES:
+        evaluation = evaluation.model_copy(update={"trading": "on"})
+    problems = trading_problems(evaluation, n_features, quotes_note)
     if problems:
-        raise ConfigError(space.source, problems)
+        where = f" (objective.metric {metric} needs them)" if metric in TRADING_OBJECTIVES else ""
+        raise ConfigError(space.source, [problem + where for problem in problems])
 
 
 def _check_resources(plan: Plan) -> None:
