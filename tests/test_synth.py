@@ -143,6 +143,33 @@ def test_planted_lag_is_the_look_back_that_predicts_on_held_out_days(days):
     assert ic[LAG] > ic[2] + 0.1 and ic[LAG] > ic[8 * LAG] + 0.1, ic
 
 
+def _past_move_ic(days, horizon_index=0):
+    """Rank correlation of the mid's move over the previous 10 rows with the label: what a
+    smoothed-return label leans on even when the mid is a random walk."""
+    move, label = [], []
+    for day in days:
+        mid = day.features[:, FI.MID_PRICE]
+        move.append(mid[10:] - mid[:-10])
+        label.append(day.labels[10:, horizon_index])
+    return np.corrcoef(average_ranks(np.concatenate(move)), average_ranks(np.concatenate(label)))[0, 1]
+
+
+def test_signal_zero_leaves_nothing_to_learn_in_the_same_layout(tmp_path, days):
+    null = synth.write_synthetic_export(tmp_path / "null", days=5, rows=ROWS, seed=3, lag=LAG, signal=0.0)
+    null_days = {split: load_split_data(null, split) for split in ("train", "val", "test")}
+    assert [len(d) for d in null_days.values()] == [len(d) for d in days.values()]
+    held_out = null_days["val"] + null_days["test"]
+    # sums over overlapping rows leave ~8,000 / look-back independent samples: a sampling error near 0.05
+    for look_back in (2, LAG, 8 * LAG):
+        assert abs(rank_ic(held_out, look_back)) < 0.1, look_back
+    assert abs(_past_move_ic(held_out)) < 0.1 < 0.2 < _past_move_ic(days["val"] + days["test"])
+    labels = np.concatenate([d.labels[:, 0] for d in held_out]).astype(int)
+    assert abs(np.corrcoef(labels[1:], labels[:-1])[0, 1]) < 0.04, "labels carry no memory of their own"
+    assert min(np.bincount(labels, minlength=3)) > 0.1 * labels.size, "every class is still there"
+    manifest = json.loads((null / "dataset_manifest.json").read_text())
+    assert manifest["planted_signal"] == 0.0 and max(manifest["oracle_macro_f1"].values()) < 0.4
+
+
 def test_oracle_macro_f1_is_recorded_and_falls_with_the_horizon(export):
     oracle = json.loads((export / "dataset_manifest.json").read_text())["oracle_macro_f1"]
     assert 0.55 < oracle["10"] < 0.9 and 0.34 < oracle["100"] < oracle["10"]
@@ -225,8 +252,8 @@ def test_nan_in_gated_rows_still_validates(tmp_path):
 def test_bad_arguments_are_listed_together(tmp_path):
     with pytest.raises(ConfigError) as info:
         synth.write_synthetic_export(tmp_path / "x", days=0, rows=100, lag=0, splits=(0.5, 0.2, 0.2),
-                                     fmt="csv", schema="4.0", stride=2)
-    assert len(info.value.problems) == 7 and "stride: 2" in str(info.value)
+                                     fmt="csv", schema="4.0", stride=2, signal=1.0)
+    assert len(info.value.problems) == 8 and "stride: 2" in str(info.value) and "signal: 1.0" in str(info.value)
     assert "rows: 100 (rule: at least 240" in str(info.value) and "fmt: 'csv'" in str(info.value)
 
 

@@ -120,6 +120,7 @@ class _Spec:
     nan_in_gated: bool
     symbol: str
     stride: int = 1
+    signal: float = SIGNAL_SHARE
 
     @property
     def margin(self) -> int:
@@ -141,7 +142,7 @@ def write_synthetic_export(out_dir: str | Path, *, days: int = 20, rows: int = 2
                            horizons: tuple[int, ...] = DEFAULT_HORIZONS, smoothing: int = DEFAULT_SMOOTHING,
                            threshold: float = DEFAULT_THRESHOLD, fmt: str = "flat", window: int = 100,
                            schema: str = "2.2", nan_in_gated: bool = False, symbol: str = "SYNTH",
-                           stride: int = 1) -> Path:
+                           stride: int = 1, signal: float = SIGNAL_SHARE) -> Path:
     """Write a synthetic export into ``out_dir`` (new or empty) and return its absolute path.
 
     ``days`` weekdays from 2024-01-02 of ``rows`` rows each, split chronologically by whole days in
@@ -150,11 +151,15 @@ def write_synthetic_export(out_dir: str | Path, *, days: int = 20, rows: int = 2
     ((rows - window) // stride + 1, window, 98) float32 with one label per window (large: about
     window / stride times the flat size) and the exporter's other files (see the module
     docstring). ``schema`` "2.0" stores NET_CANCEL_FLOW and NET_TRADE_FLOW with the old sign.
-    ``nan_in_gated`` writes NaN into some columns of the rows that fail BOOK_VALID.
+    ``nan_in_gated`` writes NaN into some columns of the rows that fail BOOK_VALID. ``signal`` is
+    the share of a row's return standard deviation the planted drift carries; 0 writes an export
+    with nothing to learn: no drift, and each day's label rows shuffled (smoothed-return labels
+    of a random walk still lean on the past mids through their past mean), so that labels are
+    independent of every row a model sees.
     Deterministic for a seed. Raises ConfigError listing every bad argument.
     """
     spec = _Spec(days, rows, seed, lag, tuple(splits), tuple(horizons), smoothing, threshold, fmt,
-                 window, schema, nan_in_gated, symbol, stride)
+                 window, schema, nan_in_gated, symbol, stride, float(signal))
     out = Path(out_dir).expanduser().resolve()
     _check_spec(spec, out)
     dates = _trading_dates(days)
@@ -184,6 +189,8 @@ def _check_spec(spec: _Spec, out: Path) -> None:
         problems.append(f"seed: {spec.seed} (rule: a non-negative integer)")
     if spec.lag < 1:
         problems.append(f"lag: {spec.lag} (rule: at least 1 row)")
+    if not 0 <= spec.signal < 1:
+        problems.append(f"signal: {spec.signal} (rule: a share of the return's standard deviation in [0, 1))")
     if len(spec.splits) != 3 or min(spec.splits) < 0 or abs(sum(spec.splits) - 1) > 1e-6 or spec.splits[0] <= 0:
         problems.append(f"splits: {spec.splits} (rule: three shares (train, val, test) >= 0 summing to 1, "
                         f"train > 0)")
@@ -271,18 +278,18 @@ def _session_clock(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.nda
 
 
 def _latent(rng: np.random.Generator, n: int, lag: int, regime: np.ndarray,
-            price: float) -> tuple[np.ndarray, np.ndarray, float]:
+            price: float, signal: float) -> tuple[np.ndarray, np.ndarray, float]:
     """Flow (n + lag,) with ``lag`` rows of history first, latent log-mid (n,), and the drift scale.
 
-    log-return_t = scale * mean(flow over the previous ``lag`` rows) + noise; the noise is
-    larger at the open and the close.
+    log-return_t = scale * mean(flow over the previous ``lag`` rows) + noise, the drift a share
+    ``signal`` of the return's standard deviation; the noise is larger at the open and the close.
     """
     phi = FLOW_PERSISTENCE
     flow = _ar1(rng.standard_normal(n + lag) * np.sqrt(1 - phi**2), phi, rng.standard_normal())
     sums = np.concatenate([[0.0], np.cumsum(flow)])
     mean_flow = (sums[lag + 1:] - sums[1:-lag]) / lag
-    scale = ROW_VOLATILITY * SIGNAL_SHARE / _mean_flow_std(lag, phi)
-    noise = ROW_VOLATILITY * np.sqrt(1 - SIGNAL_SHARE**2) * rng.standard_normal(n)
+    scale = ROW_VOLATILITY * signal / _mean_flow_std(lag, phi)
+    noise = ROW_VOLATILITY * np.sqrt(1 - signal**2) * rng.standard_normal(n)
     noise *= _REGIME_VOLATILITY[regime.astype(int)]
     return flow, np.log(price) + np.cumsum(scale * mean_flow + noise), scale
 
@@ -403,7 +410,7 @@ def _simulate_day(rng: np.random.Generator, spec: _Spec, price: float) -> tuple[
     day's opening price too (the close with a small overnight gap)."""
     n = spec.rows + spec.margin
     dt, regime = _session_clock(rng, n)
-    flow_all, log_mid, scale = _latent(rng, n, spec.lag, regime, price)
+    flow_all, log_mid, scale = _latent(rng, n, spec.lag, regime, price, spec.signal)
     flow = flow_all[spec.lag:]
     locked = rng.random(n) < 0.003
     x = np.zeros((n, FEATURE_COUNT), order="F")  # built column by column
@@ -420,7 +427,8 @@ def _simulate_day(rng: np.random.Generator, spec: _Spec, price: float) -> tuple[
     expected = _expected_returns(flow_all, log_mid, x[:, FI.MID_PRICE], scale, spec)
     keep = slice(spec.smoothing, spec.smoothing + spec.rows)
     features = np.ascontiguousarray(_finish_rows(rng, x[keep], spec))
-    sim = _SimDay(features, labels[keep], expected[keep], gate_rows(features).row_ok, x[:, FI.MID_PRICE].copy())
+    kept = labels[keep] if spec.signal else labels[keep][rng.permutation(spec.rows)]  # no signal: no past in the labels
+    sim = _SimDay(features, kept, expected[keep], gate_rows(features).row_ok, x[:, FI.MID_PRICE].copy())
     return sim, float(np.exp(log_mid[-1] + rng.normal(0, 0.005)))
 
 
@@ -595,7 +603,7 @@ def _manifest(spec: _Spec, dates: list[str], split_of: list[str], oracle: list[f
     return {
         "symbol": spec.symbol, "feature_count": FEATURE_COUNT, "schema_version": spec.schema,
         "horizons": list(spec.horizons), "label_strategy": "tlob", "labeling": _labeling(spec),
-        "format": spec.fmt, "splits": splits, "planted_lag": spec.lag,
+        "format": spec.fmt, "splits": splits, "planted_lag": spec.lag, "planted_signal": spec.signal,
         **({"sequence_length": spec.window, "stride": spec.stride, "labeling_strategy": "tlob"}
            if spec.fmt == "windowed" else {}),
         **({"skipped_days": []} if spec.schema == "3.0" else {}),
@@ -655,6 +663,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--rows", type=int, default=20000, help="rows per day (default: 20000)")
     parser.add_argument("--seed", type=int, default=0, help="random seed; same seed, same files (default: 0)")
     parser.add_argument("--lag", type=int, default=20, help="planted look-back in rows (default: 20)")
+    parser.add_argument("--signal", type=float, default=SIGNAL_SHARE, metavar="SHARE",
+                        help="share of a row's return standard deviation the planted drift carries, in [0, 1) "
+                             f"(default: {SIGNAL_SHARE}); 0: nothing to learn, labels independent of the rows "
+                             "(each day's labels shuffled)")
     parser.add_argument("--splits", type=float, nargs=3, default=(0.6, 0.2, 0.2), metavar=("TRAIN", "VAL", "TEST"),
                         help="shares of whole days per split, chronological (default: 0.6 0.2 0.2)")
     parser.add_argument("--format", choices=_FORMATS, default="flat", dest="fmt",
@@ -686,7 +698,7 @@ def main(argv: list[str] | None = None) -> int:
         out = demo_export() if args.demo else write_synthetic_export(
             args.out_dir, days=args.days, rows=args.rows, seed=args.seed, lag=args.lag,
             splits=tuple(args.splits), fmt=args.fmt, window=args.window, schema=args.schema,
-            nan_in_gated=args.nan_in_gated, stride=args.stride)
+            nan_in_gated=args.nan_in_gated, stride=args.stride, signal=args.signal)
     except (ConfigError, DataError) as exc:
         parser.error(str(exc))
     manifest = json.loads((out / MANIFEST_NAME).read_text())
