@@ -240,6 +240,8 @@ def test_wandb_offline_records_what_the_trials_reported(ray_session, small_expor
     best = by_name["wb-best"]
     assert best["job_type"] == "best" and best["summary"]["trial_id"] == results["best"]["trial_id"]
     assert best["summary"]["test_macro_f1"] == results["best"]["test"]["macro_f1"]
+    assert best["summary"]["reeval_mean"] == pytest.approx(results["reeval"]["rows"][0]["mean"])
+    assert best["summary"]["seed"] == results["best"]["seed"]
     assert [a["type"] for a in best["artifacts"]] == ["model"]
 
 

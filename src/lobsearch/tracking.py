@@ -387,8 +387,8 @@ def settings_for_search(plan: Any) -> WandbSettings | None:
 
 def record_best(settings: WandbSettings, *, group: str, best: dict, config: dict, checkpoint: Path | None) -> None:
     """One more run in the search's group (job type "best"): the chosen configuration, its
-    validation and test metrics with lift over the naive baselines, and its checkpoint as a
-    "model" artifact. Like every W&B call here, a failure is a warning, never an error."""
+    validation and test metrics with lift over the naive baselines, its re-evaluation (mean and
+    interval over fresh seeds) when it won one, and its checkpoint as a "model" artifact. Like every W&B call here, a failure is a warning, never an error."""
     summary: dict[str, Any] = {"trial_id": best.get("trial_id")}
     for split in ("val", "test"):
         for key, value in (best.get(split) or {}).items():
@@ -396,6 +396,10 @@ def record_best(settings: WandbSettings, *, group: str, best: dict, config: dict
                 summary[f"{split}_{key}"] = value
         if split in (best.get("lift") or {}):
             summary[f"{split}_lift_macro_f1"] = best["lift"][split]
+    row = best.get("reeval") or {}  # the winner of the re-evaluation: its mean over fresh seeds
+    summary.update({f"reeval_{key}": row[key] for key in ("mean", "low", "high", "p_beats_rival") if row.get(key) is not None})
+    if best.get("seed") is not None:
+        summary["seed"] = best["seed"]
     tracker = TrialTracker.start(settings, group=group, job_type="best", name=f"{group}-best", config=config)
     tracker.finish(summary, artifact=checkpoint)
 
