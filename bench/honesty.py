@@ -22,16 +22,12 @@ import argparse
 import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import yaml
+from searches import ROOT, local_ray, run
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
-
-from lobsearch.synth import DEMO_DAYS, DEMO_LAG, DEMO_ROWS, demo_export, write_synthetic_export  # noqa: E402
-from lobsearch.tune import main as tune_main  # noqa: E402
+from lobsearch.synth import DEMO_DAYS, DEMO_LAG, DEMO_ROWS, demo_export, write_synthetic_export
 
 SPACE = ROOT / "search_spaces" / "lstm.yaml"
 
@@ -47,15 +43,11 @@ def _space(folder: Path, seed: int) -> Path:
 
 
 def _search(space: Path, export: Path, storage: Path, name: str, args: argparse.Namespace) -> dict:
-    started = time.perf_counter()
-    code = tune_main([str(space), "--data", str(export), "--storage", str(storage), "--name", name,
-                      "--num-samples", str(args.num_samples), "--time-budget", str(args.time_budget),
-                      "--reeval-top", str(args.reeval_top), "--reeval-seeds", str(args.reeval_seeds),
-                      "--wandb", "disabled", "--quiet"])
-    wall = time.perf_counter() - started
-    if code != 0:
+    results, code, wall = run(space, storage, name, "--data", str(export), "--num-samples", str(args.num_samples),
+                              "--time-budget", str(args.time_budget), "--reeval-top", str(args.reeval_top),
+                              "--reeval-seeds", str(args.reeval_seeds))
+    if results is None:
         return {"name": name, "exit_code": code, "wall_s": round(wall, 1)}
-    results = json.loads((storage / name / "results.json").read_text())
     verdict = results["best"]["verdict"]
     return {
         "name": name, "exit_code": code, "wall_s": round(wall, 1), "trials": len(results["trials"]),
@@ -75,18 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reeval-seeds", type=int, default=3)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
-    import os
-
-    import ray
-
-    from lobsearch.search import RAY_ENVIRONMENT
-
-    for key, value in RAY_ENVIRONMENT.items():
-        os.environ.setdefault(key, value)
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     demo = demo_export()
     runs: dict[str, list[dict]] = {"null": [], "demo": []}
-    with tempfile.TemporaryDirectory(prefix="lobsearch-honesty-") as scratch:
+    with local_ray(), tempfile.TemporaryDirectory(prefix="lobsearch-honesty-") as scratch:
         folder = Path(scratch)
         for seed in range(args.seeds):
             space = _space(folder, seed)
@@ -97,7 +80,6 @@ def main(argv: list[str] | None = None) -> int:
                 runs[kind].append(found)
                 print(f"{kind} seed {seed}: {found.get('line', 'exit code ' + str(found['exit_code']))} "
                       f"[{found['wall_s']:.0f} s]", flush=True)
-    ray.shutdown()
     null_negative = sum(not r.get("distinguishable", True) for r in runs["null"])
     demo_positive = sum(bool(r.get("distinguishable")) for r in runs["demo"])
     summary = {
