@@ -39,6 +39,10 @@ def test_candidates_are_the_best_distinct_configurations_of_finished_trials() ->
     assert chosen[0].run.data.window == 20 and chosen[0].search_score == 0.55
 
 
+def test_no_candidates_when_the_reevaluation_is_off() -> None:
+    assert candidates([_trial("a", 0.40, 10), _trial("b", 0.55, 20)], _plan(), top=0) == []
+
+
 def test_candidates_follow_the_objective_direction() -> None:
     trials = [_trial("a", 0.40, 10), _trial("b", 0.55, 20)]
     assert [c.trial_id for c in candidates(trials, _plan(mode="min", metric="val_loss"), top=2)] == ["b", "a"]

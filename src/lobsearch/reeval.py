@@ -84,6 +84,8 @@ def candidates(trials: list[dict[str, Any]], plan: Plan, top: int) -> list[Candi
     with no scored epoch and walk-forward trials stopped between folds are not candidates."""
     from lobsearch.results import every_fold
 
+    if top < 1:
+        return []
     scored = [t for t in trials if t["status"] != "failed" and (t["best"] or {}).get(plan.metric) is not None
               and every_fold(t)]
     scored.sort(key=lambda t: -plan.sign * t["best"][plan.metric])
