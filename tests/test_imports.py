@@ -106,6 +106,12 @@ def test_the_command_line_help_and_the_plan_do_not_load_torch():
     assert _loads_torch("import lobsearch.recipe"), "the probe must see torch where it is loaded"
 
 
+@pytest.mark.integration
+def test_the_replay_trial_does_not_load_torch():
+    """What a replayed trial's process imports: the replay module, with Ray Tune's reporting."""
+    assert not _loads_torch("import lobsearch.replay\nfrom ray import tune\nfrom lobsearch.replay import replay_trial")
+
+
 def test_provenance_names_the_code_and_the_libraries():
     from lobsearch import __version__
     from lobsearch.provenance import KEYS, trial_provenance

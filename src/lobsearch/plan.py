@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from lobsearch.space import SearchSpace
 
@@ -26,7 +27,8 @@ class Plan:
     larger is better, else -1; max_epochs: the most epochs any trial can run; gpus_per_trial:
     the resolved share of a GPU each trial holds; started and started_at: the driver's start
     (``time.monotonic()`` and ISO-8601 UTC); say: prints one progress line (a no-op when
-    ``quiet``, which also shortens the final summary to one line).
+    ``quiet``, which also shortens the final summary to one line); replay: the recorded curves
+    trials replay instead of training (a ``lobsearch.replay.Replay``; None for a real search).
     """
 
     space: SearchSpace
@@ -45,6 +47,7 @@ class Plan:
     started_at: str
     say: Callable[[str], None]
     quiet: bool = False
+    replay: Any = None
 
     @property
     def experiment_path(self) -> str:

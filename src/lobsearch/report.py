@@ -45,6 +45,8 @@ TOP_TRIALS = 10
 NOT_APPLICABLE = -0.15
 """Where a parallel-coordinates line crosses the axis of a parameter its trial does not have."""
 CURVE_TRIALS = 5
+PARALLEL_COLORED = 100
+"""Trials a parallel-coordinates figure colors by objective; the others are drawn gray beneath them."""
 STATUS_COLORS = {
     "completed": "#2a9d8f",
     "early_stopped": "#8ab17d",
@@ -486,9 +488,11 @@ def section_parallel(results: dict) -> str:
     names = param_names([t for t, _ in scored])
     if len(scored) < 2 or not names:
         return note("Not enough trials with a value to compare parameters (need 2).")
+    shown = (f"The best {PARALLEL_COLORED} of the {len(scored)} trials are colored by the objective, the others "
+             "drawn thin and gray beneath them; " if len(scored) > PARALLEL_COLORED else "Lines are colored by the objective; ")
     return (
         "<p>One line per trial with a value; each axis spans the values tried (log scale where they span "
-        "20x or more), and a parameter of another model family is n/a. Lines are colored by the objective; "
+        f"20x or more), and a parameter of another model family is n/a. {shown}"
         "the best trial is drawn in red.</p>"
         + image(fig_parallel(results), "parallel coordinates of parameters and objective")
     )
@@ -498,6 +502,7 @@ def fig_parallel(results: dict) -> Any:
     """Parallel coordinates: one normalized axis per parameter plus the objective, lines by objective."""
     import matplotlib
     from matplotlib.cm import ScalarMappable
+    from matplotlib.collections import LineCollection
     from matplotlib.colors import Normalize
 
     metric, mode = objective(results)
@@ -506,13 +511,19 @@ def fig_parallel(results: dict) -> Any:
     columns = [[(t.get("params") or {}).get(n) for t, _ in scored] for n in names] + [[v for _, v in scored]]
     axes = [axis_positions(values) for values in columns]
     values = np.array([v for _, v in scored])
-    norm = Normalize(values.min(), values.max()) if np.ptp(values) > 0 else Normalize(values.min() - 1, values.max() + 1)
+    shown = values[:PARALLEL_COLORED]  # the color scale spans the colored lines only
+    norm = Normalize(shown.min(), shown.max()) if np.ptp(shown) > 0 else Normalize(shown.min() - 1, shown.max() + 1)
     cmap = matplotlib.colormaps["viridis" if mode == "max" else "viridis_r"]
     fig, (ax,) = figure(max(7.0, 1.3 * len(axes) + 1), 4.2)
     xs = np.arange(len(axes))
-    for i in reversed(range(len(scored))):
-        ys = [positions[i] for positions, _ in axes]
-        ax.plot(xs, ys, color="#d62828" if i == 0 else cmap(norm(values[i])), lw=2.4 if i == 0 else 1.1, alpha=0.85, zorder=3 if i == 0 else 2)
+    lines = np.stack([np.broadcast_to(xs, (len(scored), len(xs))), np.column_stack([p for p, _ in axes])], axis=-1)
+    # one collection per layer (a thousand ax.plot calls take seconds and draw noise): the rest gray,
+    # the best PARALLEL_COLORED by objective (worst first, so better lines lie on top), the best in red
+    rest, top = lines[PARALLEL_COLORED:], lines[1:PARALLEL_COLORED][::-1]
+    ax.add_collection(LineCollection(rest, colors="#b8bec4", linewidths=0.5, alpha=0.35, zorder=1))
+    ax.add_collection(LineCollection(top, colors=cmap(norm(values[1:PARALLEL_COLORED][::-1])), linewidths=1.1,
+                                     alpha=0.85, zorder=2))
+    ax.plot(xs, lines[0, :, 1], color="#d62828", lw=2.4, alpha=0.85, zorder=3)
     _draw_axes(ax, xs, [ticks for _, ticks in axes], names + [metric])
     fig.colorbar(ScalarMappable(norm, cmap), ax=ax, label=metric, shrink=0.85)
     return fig

@@ -63,8 +63,9 @@ def has_tune_state(run_dir: Path) -> bool:
 
 
 def write_record(run_dir: Path, *, name: str, space_source: str, space_name: str, space: dict[str, Any],
-                 export: Path, storage: str) -> Path:
-    """Record what the search in ``run_dir`` starts with (atomically); returns the file."""
+                 export: Path, storage: str, replay: dict[str, Any] | None = None) -> Path:
+    """Record what the search in ``run_dir`` starts with (atomically); returns the file.
+    ``replay``: what a replay replays (``lobsearch.replay.Replay.record``), for its resume."""
     return dump_json(run_dir / RECORD, {
         "written_by": "lobsearch",
         "version": __version__,
@@ -74,6 +75,7 @@ def write_record(run_dir: Path, *, name: str, space_source: str, space_name: str
         "space": space,
         "export": str(export),
         "storage": storage,
+        **({"replay": replay} if replay is not None else {}),
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     })
 

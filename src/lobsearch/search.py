@@ -44,8 +44,12 @@ def run_search(
     resume: bool = False,
     address: str | None = None,
     quiet: bool = False,
+    replay: Any = None,
 ) -> Outcome:
     """Run (or resume) the search of ``space`` on ``export`` (None: the built-in demo export).
+
+    With ``replay`` (a ``lobsearch.replay.Replay``; a resumed replay takes the one it recorded)
+    trials replay recorded learning curves instead of training, and no export is read.
 
     ``name`` defaults to ``<space name>-<timestamp>``, ``storage`` to ``$LOBSEARCH_STORAGE`` or
     ./runs, ``address`` to ``$RAY_ADDRESS`` (else a local Ray). A name whose run folder holds a
@@ -67,8 +71,12 @@ def run_search(
         recorded = runfolder.read_record(run_dir)
         if recorded is not None:
             space, export = _recorded(recorded, space, export, say)
+            replay = _recorded_replay(recorded, space, replay)
         elif resume:
             raise DataError(f"--resume: no search named {name!r} under {storage} (nothing to continue)")
+        if replay is not None:
+            return _run_replay(space, replay, name=name, storage=storage, run_dir=run_dir, recorded=recorded,
+                               address=address, started=started, say=say, quiet=quiet)
         if export is None:
             from lobsearch.synth import demo_export
 
@@ -119,6 +127,49 @@ def _recorded(record: dict[str, Any], given: SearchSpace, export: Path | None,
         say("resuming with the space and options recorded when this search started; "
             "the space file and options given now differ and are not used")
     return space, recorded_export
+
+
+def _recorded_replay(record: dict[str, Any], space: SearchSpace, given: Any) -> Any:
+    """The replay a resumed search recorded (None for a search that trained); DataError when
+    ``given`` asks another replay than the one recorded, or a replay of a search that trained."""
+    from lobsearch.replay import from_record, searched_names
+
+    if record.get("replay") is None:
+        if given is not None:
+            raise DataError(f"--replay {given.source}: search {record['name']!r} trained its trials (recorded in "
+                            f"{runfolder.RECORD}); start a replay with another --name")
+        return None
+    replay = from_record(record["replay"], metric=space.spec.objective.metric, searched=searched_names(space))
+    if given is not None and given.record() != replay.record():
+        raise DataError(f"--replay {given.source}: search {record['name']!r} replays {replay.describe()} (recorded "
+                        f"in {runfolder.RECORD}); resume without --replay, or start a new search with another --name")
+    return replay
+
+
+def _run_replay(space: SearchSpace, replay: Any, *, name: str, storage: str, run_dir: Path,
+                recorded: dict[str, Any] | None, address: str | None, started: float,
+                say: Callable[[str], None], quiet: bool) -> Outcome:
+    """``run_search`` for a replay: no export to check and no data to prepare; trials hold
+    ``search.gpus_per_trial`` GPUs (``auto``: none, a replayed trial uses no device)."""
+    _say_start(space, name, say)
+    say(replay.describe())
+    gpus = space.spec.search.gpus_per_trial
+    with _ray_session(address or os.environ.get("RAY_ADDRESS")) as joined:
+        plan = Plan(
+            space=space, export=replay.source, name=name, storage=storage, run_dir=run_dir,
+            resume=recorded is not None, address=joined, metric=space.spec.objective.metric,
+            mode=space.spec.objective.direction, sign=space.spec.objective.sign, max_epochs=space.max_epochs,
+            gpus_per_trial=0.0 if gpus == "auto" else float(gpus), started=started,
+            started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), say=say, quiet=quiet,
+            replay=replay,
+        )
+        _check_resources(plan)
+        if recorded is None:
+            runfolder.write_record(run_dir, name=name, space_source=space.source, space_name=space.name,
+                                   space=space.spec.model_dump(mode="json"), export=replay.source,
+                                   storage=storage, replay=replay.record())
+        grid, interrupted = _fit(plan, {})
+        return _finish(plan, grid, {}, replay, interrupted)
 
 
 def _check_export_fits(space: SearchSpace, report: Any) -> None:
@@ -311,7 +362,10 @@ def _finish(plan: Plan, grid: Any, prepared: dict[str, Any], export: Any, interr
         summary.stopped_by = "interrupted"
     summary.extra.update(export_fingerprint=export.fingerprint(), code=code_versions(),
                          search_cost=_search_cost(plan, summary.trials))
-    found = None if interrupted or summary.best is None else reevaluate(plan, summary.trials, prepared)
+    if plan.replay is not None:
+        summary.extra["replay"] = plan.replay.record()
+    trained = plan.replay is None  # replayed curves have no model to re-evaluate or test
+    found = None if interrupted or summary.best is None or not trained else reevaluate(plan, summary.trials, prepared)
     if found is not None:
         summary.extra["reeval"] = found.table()
         interrupted = found.interrupted
@@ -319,7 +373,7 @@ def _finish(plan: Plan, grid: Any, prepared: dict[str, Any], export: Any, interr
         adopt_winner(summary, found)
         plan.say(f"evaluating the winner once on the test split (each of its {len(found.winner_runs)} seeds)")
         evaluate_winner(summary, found, prepared, plan.run_dir)
-    elif summary.best is not None:
+    elif summary.best is not None and trained:
         plan.say("evaluating the best configuration once on the test split")
         evaluate_best(summary, prepared)
     if interrupted:
@@ -336,6 +390,9 @@ def _finish(plan: Plan, grid: Any, prepared: dict[str, Any], export: Any, interr
     if plan.remote_storage:
         upload_results(plan.run_dir, plan.experiment_path)
     print_summary(summary, plan.run_dir, quiet=plan.quiet)
+    if plan.replay is not None and not plan.quiet:
+        print(f"  replay of {plan.replay.source}: curves replayed, no data prepared, no model trained, "
+              "no test-split evaluation")
     if interrupted:
         print(f"interrupted; finished trials are kept. Resume with:\n  {resume_hint}")
         return Outcome.INTERRUPTED
@@ -388,9 +445,12 @@ RAY_ENVIRONMENT = {
     "RAY_AUTH_MODE": "disabled",
     "RAY_AIR_NEW_OUTPUT": "0",
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
 }
 """Set (unless already set) before Ray starts: no usage reporting, no auth prompt, Tune's own
-console output off (lobsearch prints its status line), no checkpoint-sync warning."""
+console output off (lobsearch prints its status line), no checkpoint-sync warning, and only the
+result loggers lobsearch reads (``tuner._callbacks``: no TensorBoard files, 4 ms of the driver
+per epoch in bench/scale.py)."""
 
 
 class _ray_session:

@@ -13,7 +13,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from lobsearch.errors import LobsearchError
+from lobsearch.errors import DataError, LobsearchError
+from lobsearch.replay import DEFAULT_EPOCH_S, DRAWS, Replay
 from lobsearch.space import SearchSpace, load_space
 
 EXIT_OK = 0
@@ -63,6 +64,19 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["auto", "online", "offline", "disabled"],
         help="W&B mode (default: tracking.wandb of the space; auto = online with an API key, else offline)",
     )
+    parser.add_argument(
+        "--replay", type=Path, metavar="RESULTS.json",
+        help="replay the learning curves a search recorded in its results.json instead of training: each "
+        "trial waits --replay-epoch-s per epoch and reports a recorded curve (see --replay-curves), "
+        "through the same Tuner, searcher, scheduler, W&B, checkpoints, results and report; no data is "
+        "prepared, trials never load torch, the best trial is not evaluated on test and not re-evaluated; "
+        "--gpus-per-trial auto means 0 (give a number to place trials on GPUs)",
+    )
+    parser.add_argument("--replay-epoch-s", type=float, metavar="S",
+                        help=f"seconds each replayed epoch takes (default {DEFAULT_EPOCH_S:g}); needs --replay")
+    parser.add_argument("--replay-curves", choices=DRAWS,
+                        help="recorded: the nearest recorded curve as recorded (the default); model: a curve drawn "
+                        "from a model fitted to the recorded ones (a blend of the 3 nearest, plus noise); needs --replay")
     parser.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
     parser.add_argument("--quiet", action="store_true", help="print only the final summary")
     return parser
@@ -84,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         outcome = run_search(
             space, export=args.data.resolve() if args.data else None, name=args.name,
             storage=args.storage, resume=args.resume, address=args.address, quiet=args.quiet,
+            replay=_replay(space, args),
         )
     except LobsearchError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -127,6 +142,22 @@ def _apply_overrides(space: SearchSpace, args: argparse.Namespace) -> SearchSpac
 
     spec = validate(SpaceFile, raw, f"{space.source} (with command-line options)")
     return SearchSpace(name=space.name, source=space.source, spec=spec)
+
+
+def _replay(space: SearchSpace, args: argparse.Namespace) -> Replay | None:
+    """The validated ``--replay`` (DataError naming the file and the rule), or None without it."""
+    from lobsearch.replay import load_replay, searched_names
+
+    if args.replay is None:
+        for flag, value in (("--replay-epoch-s", args.replay_epoch_s), ("--replay-curves", args.replay_curves)):
+            if value is not None:
+                raise DataError(f"{flag}: only applies to a replay; add --replay RESULTS.json")
+        return None
+    if args.data is not None:
+        raise DataError(f"--data {args.data}: a replay reads no export (its curves come from --replay {args.replay})")
+    return load_replay(args.replay, metric=space.spec.objective.metric, searched=searched_names(space),
+                       epoch_s=DEFAULT_EPOCH_S if args.replay_epoch_s is None else args.replay_epoch_s,
+                       draw=args.replay_curves or "recorded", seed=space.spec.search.seed)
 
 
 def _gpus(text: str) -> float | str:

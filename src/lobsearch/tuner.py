@@ -58,7 +58,10 @@ def _searcher(plan: Plan) -> Any:
     elif objective.multi:
         sampler = optuna.samplers.NSGAIISampler(seed=seed)
     else:
-        sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(5, max(2, spec.search.num_samples // 4)))
+        # constant_liar (Optuna 5's default, stated so it stays): trials still running count as bad
+        # results, so the concurrent trials a wide cluster asks for at once are not suggested alike
+        sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(5, max(2, spec.search.num_samples // 4)),
+                                             constant_liar=True)
     metrics = [objective.metric] + [t.metric for t in objective.also]
     modes = [objective.direction] + [t.mode for t in objective.also]
     searcher = OptunaSearch(
@@ -115,10 +118,12 @@ def build_tuner(plan: Plan, prepared: dict[str, Any]) -> tune.Tuner:
     """A new Tuner for ``plan``, or the restored one when its storage already holds the experiment."""
     import ray
 
+    from lobsearch import snapshots
+
+    snapshots.install()  # experiment state saved after each trial checkpoint, within 5 % of the driver
     spec = plan.space.spec
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, data=prepared, space=plan.space),
-        trial_resources(spec.search.cpus_per_trial, plan.gpus_per_trial),
+        _trainable(plan, prepared), trial_resources(spec.search.cpus_per_trial, plan.gpus_per_trial),
     )
     path = plan.experiment_path
     ACTIVE_PLANS[plan.name] = plan
@@ -152,15 +157,33 @@ def build_tuner(plan: Plan, prepared: dict[str, Any]) -> tune.Tuner:
             failure_config=tune.FailureConfig(max_failures=spec.search.max_failures),
             stop=(FoldGate(objective.metric, objective.sign, objective.folds)
                   if objective.protocol == "walk_forward" else None),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            # every checkpoint kept: Tune deletes an old one before the experiment state stops
+            # pointing at it, and a driver killed in between resumes that trial from nothing
+            # (lobsearch.snapshots)
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
         ),
     )
 
 
+def _trainable(plan: Plan, prepared: dict[str, Any]) -> Any:
+    """``trial.run_trial`` with the prepared data, or for a replay ``replay.replay_trial`` with
+    the recorded curves (its trial processes never import torch)."""
+    if plan.replay is None:
+        return tune.with_parameters(run_trial, data=prepared, space=plan.space)
+    from lobsearch.replay import replay_trial
+
+    return tune.with_parameters(replay_trial, replay=plan.replay, epochs=plan.max_epochs,
+                                family=plan.space.families[0])
+
+
 def _callbacks(plan: Plan) -> list[Any]:
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+
     from lobsearch.tracking import WandbCallback
 
-    callbacks: list[Any] = [Progress(plan)]
+    # result.json and progress.csv (what the results and resume read); Tune adds a TensorBoard
+    # logger too unless told not to (search.RAY_ENVIRONMENT)
+    callbacks: list[Any] = [Progress(plan), JsonLoggerCallback(), CSVLoggerCallback()]
     wandb = WandbCallback.for_search(plan)
     if wandb is not None:
         callbacks.append(wandb)

@@ -1,0 +1,67 @@
+"""When Tune saves the experiment state a resume starts from: after each trial checkpoint, within
+5 % of the driver's time.
+
+Ray Tune 2.60 saves the experiment state (every trial's status and latest checkpoint, the
+searcher, the callbacks; O(trials) bytes) at most every 10 s, and with
+``CheckpointConfig(num_to_keep=K)`` also after every K checkpoints of one trial. Both break at
+scale (``bench/scale.py``, docs/benchmarks.md "Scale"):
+
+- with K = 1 every trial checkpoint forces a save: 64 trials reporting each second ask for 64
+  saves a second of a state that grows with every trial, so the driver's work is quadratic in
+  the trial count;
+- Tune deletes a trial's older checkpoint when it registers a newer one, before the save that
+  stops referencing it: a driver killed in between resumes that trial from a checkpoint that no
+  longer exists, and the trial fails every retry;
+- with no forced save, trials that end in the 10 s before a driver is killed are run again
+  after the resume, or lost from the results when they started in that window too.
+
+lobsearch keeps every checkpoint (nothing is deleted before a save) and patches Tune's
+experiment checkpoint manager, a private class of Ray 2.60 (hence this module, its tests, and
+the pinned Ray): every trial checkpoint asks for a save, and an asked-for save waits until the
+last save is ``BUDGET`` times its own duration old (Tune's rule for its periodic saves: 5 % of
+the driver's time). A small search so saves after every epoch; a 1,000-trial one every few
+seconds, with the driver's share of saving bounded.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+BUDGET = 19.0
+"""Seconds between saves per second a save takes: 19 keeps saving to 5 % of the driver's time."""
+
+_PATCHED = "_lobsearch_snapshots"
+
+
+def install() -> None:
+    """Patch ``ray.tune.execution.experiment_state._ExperimentCheckpointManager`` (idempotent).
+
+    Applies to Tune's automatic period only; ``TUNE_GLOBAL_CHECKPOINT_S`` set to a number keeps
+    Tune's fixed period and its own forced saves.
+    """
+    from ray.tune.execution.experiment_state import _ExperimentCheckpointManager as manager
+
+    if getattr(manager, _PATCHED, False):
+        return
+    on_trial_checkpoint, sync_up = manager.on_trial_checkpoint, manager.sync_up_experiment_state
+
+    def ask_for_a_save(self: Any, trial: Any) -> None:
+        if not self.auto_checkpoint_enabled:
+            return on_trial_checkpoint(self, trial)
+        self._should_force_sync_up = True
+
+    def save_within_budget(self: Any, save_fn: Any, force: bool = False, wait: bool = False) -> None:
+        if not self.auto_checkpoint_enabled:
+            return sync_up(self, save_fn, force=force, wait=wait)
+        wait_s = getattr(self, "_lobsearch_wait_s", 0.0)
+        if not force and time.monotonic() - self._last_save_time < wait_s:
+            return  # too soon after the last save: the request stands until the budget allows it
+        last, started = self._last_save_time, time.monotonic()
+        sync_up(self, save_fn, force=force, wait=wait)
+        if self._last_save_time != last:  # it saved (Tune's period had not expired otherwise)
+            self._lobsearch_wait_s = BUDGET * (time.monotonic() - started)
+
+    manager.on_trial_checkpoint = ask_for_a_save
+    manager.sync_up_experiment_state = save_within_budget
+    setattr(manager, _PATCHED, True)

@@ -1,0 +1,118 @@
+"""bench/scale.py: its figures computed right from events, and the scale test at reduced size
+(200 trials, 16 at a time, on a simulated 2-node cluster with half a GPU per trial, a node lost
+and the driver killed and resumed) within its targets."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "bench" / "scale.py"
+
+
+@pytest.fixture(scope="module")
+def scale():
+    spec = importlib.util.spec_from_file_location("bench_scale", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def settings(**overrides) -> argparse.Namespace:
+    base = {"trials": 4, "concurrent": 2, "epochs": 10, "epoch_s": 1.0, "gpus_per_trial": 0.5}
+    return argparse.Namespace(**{**base, **overrides})
+
+
+def test_percentile_and_slope(scale):
+    assert scale.percentile([5, 1, 4, 2, 3], 0.5) == 3 and scale.percentile([1, 2, 3, 4], 0.95) == 4
+    assert scale.percentile([], 0.5) is None
+    assert scale.slope([1, 2, 3], [2, 4, 6]) == pytest.approx(2) and scale.slope([1, 1], [0, 1]) is None
+
+
+def test_utilization_is_epochs_times_epoch_time_over_slot_time(scale):
+    events = [{"kind": "start", "t": 0.0}, {"kind": "start", "t": 0.0}]
+    events += [{"kind": "epoch", "t": float(t)} for t in (1, 1, 2, 2, 3)]
+    found = scale.utilization(events, {}, settings())
+    assert found["ratio"] == pytest.approx(5 / (2 * 3), abs=1e-4) and found["span_s"] == 3.0
+    killed = scale.utilization(events, {"driver_killed_at": 2.0}, settings())
+    assert killed["ratio"] == pytest.approx(4 / (2 * 2))
+
+
+def test_placement_counts_trials_sharing_a_logical_gpu_at_one_time(scale):
+    def epochs(trial: str, gpu: str, start: float, end: float, pid: int = 1) -> list[dict]:
+        return [{"kind": "epoch", "trial": trial, "node": "n1", "gpus": gpu, "t": t, "pid": pid} for t in (start, end)]
+
+    events = epochs("a", "0", 0, 10) + epochs("b", "0", 1, 5) + epochs("c", "0", 6, 9) + epochs("d", "1", 0, 10)
+    trials = [{"node_id": "n1"}] * 4
+    found = scale.placement(events, trials, {}, settings())
+    assert found["most_trials_on_one_gpu"] == 2 and found["allowed_per_gpu"] == 2
+    assert found["trials_per_node"] == [4]
+    crowded = events + epochs("e", "0", 2, 3)
+    assert scale.placement(crowded, trials, {}, settings())["most_trials_on_one_gpu"] == 3
+
+
+def test_resume_figures_count_finished_trials_lost_and_rerun(scale):
+    before = [{"kind": "complete", "trial": t} for t in ("a", "b", "c")]
+    after = [{"kind": "suggest", "t": 12.0}, {"kind": "start", "trial": "c", "t": 13.0},
+             {"kind": "epoch", "trial": "c", "t": 14.0}, {"kind": "start", "trial": "a", "t": 13.0}]
+    trials = [{"trial_id": "a", "status": "completed"}, {"trial_id": "c", "status": "pruned"}]
+    found = scale.resume_figures(before, after, {"resume_relaunched_at": 10.0}, trials)
+    assert found == {"finished_before_kill": 3, "lost": 1, "rerun": 1, "restored_without_rerun": 1,
+                     "to_first_suggest_s": 2.0, "to_first_epoch_s": 4.0}
+
+
+def test_the_searcher_probe_asks_pending_trials_with_and_without_the_constant_liar(scale):
+    found = scale.searcher_probe(settings(trials=30, concurrent=8, source=scale.SOURCE))
+    assert found["finished"] == 30 and found["pending"] == 8
+    for liar in ("constant_liar_false", "constant_liar_true"):
+        assert found[liar]["duplicates"] == 0 and 0 <= found[liar]["near_duplicates"] < 8
+        assert 0 < found[liar]["ask_ms_p50"] <= found[liar]["ask_ms_p95"]
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_the_scale_test_at_reduced_size_meets_its_targets(tmp_path: Path):
+    """200 replayed trials of up to 4 epochs, 16 at a time, 2 nodes x 8 logical GPUs at 0.5 GPU
+    per trial, W&B offline; a node lost at 40 % of the trials, the driver SIGKILLed at 90 % and
+    resumed. Timing bounds are loose (CI machines are shared); the counts are exact."""
+    out = tmp_path / "scale.json"
+    command = [sys.executable, str(BENCH), "--trials", "200", "--concurrent", "16", "--epochs", "4", "--epoch-s", "0.1",
+               "--nodes", "2", "--gpus-per-node", "8", "--gpus-per-trial", "0.5", "--wandb", "offline",
+               "--lose-node-at", "0.4", "--kill-driver-at", "0.9", "--no-searcher-probe", "--work", str(tmp_path / "work"),
+               "--out", str(out)]
+    started = time.monotonic()
+    # a session of its own: on a timeout, the simulated cluster's processes go with the bench
+    bench = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                             start_new_session=True)
+    try:
+        stdout, stderr = bench.communicate(timeout=175)
+    except subprocess.TimeoutExpired:
+        os.killpg(bench.pid, signal.SIGKILL)
+        bench.communicate()
+        pytest.fail("the reduced scale test took over 175 s")
+    assert bench.returncode == 0, stdout[-3000:] + stderr[-3000:]
+    assert time.monotonic() - started < 180
+    found = json.loads(out.read_text())
+    assert found["trials"] == 200 and set(found["status"]) <= {"completed", "pruned", "early_stopped"}
+    assert found["torch_in_trial"].get("True", 0) == 0 and found["torch_in_trial"]["False"] > 200
+    searcher = found["searcher"]
+    assert searcher["duplicates_first_concurrent"] == 0 and searcher["suggest_ms_p95_last10pct"] < 500
+    assert found["driver_memory"]["peak_mb_per_trial"] < 1.0
+    assert found["processes"]["peak"]["wandb_procs"] <= 1 and found["processes"]["peak"]["driver_procs"] <= 3
+    writes = found["writes"]
+    assert writes["results_and_report_s"] < 10 and writes["report_mb"] < 10
+    placement = found["placement"]
+    assert placement["most_trials_on_one_gpu"] <= placement["allowed_per_gpu"] == 2
+    assert placement["node_loss"]["failed"] == 0 and placement["nodes_used"] >= 2
+    assert found["resume"]["lost"] == 0 and found["resume"]["to_first_epoch_s"] < 90
+    assert found["experiment_save"]["count"] < 100  # periodic, not one per trial checkpoint

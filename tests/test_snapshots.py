@@ -1,0 +1,61 @@
+"""lobsearch.snapshots on Ray 2.60's private experiment checkpoint manager: a save after each trial
+checkpoint, none sooner than 19 x the last save's duration, Tune's fixed period left alone."""
+
+from __future__ import annotations
+
+import time
+from types import SimpleNamespace
+
+from lobsearch import snapshots
+
+
+class Syncer:
+    def sync_up(self, local: str, remote: str, exclude=None) -> bool:
+        return True
+
+    def wait(self) -> None:
+        pass
+
+
+def manager(tmp_path, period="auto"):
+    from ray.tune.execution.experiment_state import _ExperimentCheckpointManager
+
+    snapshots.install()
+    storage = SimpleNamespace(experiment_driver_staging_path=str(tmp_path), experiment_fs_path=str(tmp_path),
+                              syncer=Syncer())
+    return _ExperimentCheckpointManager(storage=storage, checkpoint_period=period, sync_every_n_trial_checkpoints=None)
+
+
+def test_each_trial_checkpoint_asks_for_a_save_that_waits_for_its_budget(tmp_path):
+    saves = []
+
+    def save() -> None:
+        time.sleep(0.01)
+        saves.append(time.monotonic())
+
+    found = manager(tmp_path)
+    found.sync_up_experiment_state(save)  # the first save is due at once
+    assert len(saves) == 1 and found._lobsearch_wait_s >= snapshots.BUDGET * 0.01  # 19 x its duration
+    found.on_trial_checkpoint(SimpleNamespace())
+    found.sync_up_experiment_state(save)
+    assert len(saves) == 1 and found._should_force_sync_up, "too soon: the request waits"
+    time.sleep(found._lobsearch_wait_s)
+    found.sync_up_experiment_state(save)
+    assert len(saves) == 2 and not found._should_force_sync_up
+    found.sync_up_experiment_state(save)
+    assert len(saves) == 2, "no checkpoint since: Tune's own period (10 s or more) applies"
+
+
+def test_a_fixed_period_keeps_tunes_behaviour_and_install_is_idempotent(tmp_path):
+    from ray.tune.execution.experiment_state import _ExperimentCheckpointManager
+
+    snapshots.install()
+    patched = _ExperimentCheckpointManager.sync_up_experiment_state
+    snapshots.install()
+    assert _ExperimentCheckpointManager.sync_up_experiment_state is patched
+    saves = []
+    found = manager(tmp_path, period=3600)
+    found.sync_up_experiment_state(lambda: saves.append(1))
+    found.on_trial_checkpoint(SimpleNamespace())  # Tune's: no forced save without num_to_keep
+    found.sync_up_experiment_state(lambda: saves.append(1))
+    assert saves == [1] and not found._should_force_sync_up
