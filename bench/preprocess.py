@@ -29,7 +29,9 @@ and medians are reported, because this machine is shared. Each measurement's out
 deleted once measured (round 1 keeps numpy's for the comparison; ``cold``'s are deleted before
 ``warm``), and each measured step starts after its predecessors' writes are flushed and their
 freed pages are gone (``_settle``): otherwise a step's cost for writing its 0.8 GB of outputs
-would depend on how recently another step deleted its own (0.15 against 1.5 CPU-s here).
+would depend on how recently another step deleted its own (0.15 against 1.5 CPU-s here). Then
+the export's files are read once, so that every step finds the export in the page cache
+(``PAGE_CACHE``; ``--page-cache as-is`` leaves them as they are).
 
 Targets (2-core machine): lobsearch at 2 CPUs >= 1.0x the reference's rows/s; lobsearch's peak
 RSS <= 1.5 x the float32 size of the largest split + 1.5 GiB.
@@ -216,7 +218,7 @@ def measure(kind: str, export: Path, scratch: Path) -> dict:
     measured step) the tree's memory peaks and CPU seconds."""
     result_file = scratch / f"{kind}.json"
     command = [sys.executable, __file__, "--worker", kind, "--export-dir", str(export), "--scratch", str(scratch),
-               "--result", str(result_file)]
+               "--result", str(result_file), "--page-cache", "warm" if PAGE_CACHE else "as-is"]
     load = os.getloadavg()[0]
     child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     sampler = TreeSampler(child.pid)
@@ -291,6 +293,17 @@ def run_rounds(export: Path, rounds: int) -> tuple[dict[str, list[dict]], dict]:
     return runs, check
 
 
+PAGE_CACHE: Path | None = None
+"""The export whose files ``_settle`` reads once before each measured step (None: left as they
+are), so that every step finds the export in the page cache. This VM pages out files idle for
+about a minute (DAMON reclaim), so otherwise a step's time depended on how long ago another step
+had read the export: the reference once took 27.7 s instead of 9.9 s, reading a 4.7 GB export
+from disk, and 9.5 s instead of 0.45 s on the windowed export. The other fair state, every step
+reading the export from disk, cannot be had here: the files' pages can be dropped from this
+machine's page cache (``posix_fadvise`` DONTNEED), but the host caches the disk too, so a step
+that reads the export soon after another one reads it from the host's memory (0.3 s for 236 MB,
+against 9.5 s for the whole export read cold; measured)."""
+
 SETTLE_S = 10.0
 """Seconds of quiet before each measured step. On this machine (a VM), 3-6 s after files are
 deleted (their pages are, by all appearances, handed back to the host), writing 0.8 GB of files
@@ -300,9 +313,21 @@ cache must newly take, as a first cache on a quiet machine does, whatever ran be
 
 def _settle() -> None:
     """Flush what the previous steps wrote (their outputs are deleted by then) and wait SETTLE_S,
-    so that every measured step starts from the same state of the machine's memory."""
+    so that every measured step starts from the same state of the machine's memory; then read
+    the ``PAGE_CACHE`` export's files once."""
     os.sync()
     time.sleep(SETTLE_S)
+    if PAGE_CACHE is not None:
+        read_into_page_cache(PAGE_CACHE)
+
+
+def read_into_page_cache(folder: Path) -> None:
+    """Every file under ``folder`` read once, through one 16 MiB buffer."""
+    buffer = bytearray(16 << 20)
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        with open(path, "rb", buffering=0) as handle:
+            while handle.readinto(buffer):
+                pass
 
 
 def summarize(runs: dict[str, list[dict]], facts: dict) -> dict:
@@ -342,7 +367,8 @@ def _gib(value: float | None) -> str:
 def print_table(summary: dict, facts: dict, check: dict, rounds: int) -> None:
     print(f"\nexport: {facts['days']} days x {facts['rows_per_day']:,} rows x {facts['columns']} columns, "
           f"{facts['dtype']} on disk ({facts['bytes'] / 1e9:.2f} GB), splits {facts['days_per_split']}; "
-          f"{summary['rows']:,} rows; medians of {rounds} round(s); {os.cpu_count()} CPUs here")
+          f"{summary['rows']:,} rows; medians of {rounds} round(s); {os.cpu_count()} CPUs here; "
+          f"export read into the page cache before each step: {'yes' if PAGE_CACHE else 'no'}")
     header = (f"{'':38} {'seconds':>8} {'rows/s':>10} {'x numpy':>8} {'CPU s':>6} "
               f"{'peak RSS':>9} {'peak PSS':>9} {'procs':>5}")
     print(header + "\n" + "-" * len(header))
@@ -360,6 +386,18 @@ def print_table(summary: dict, facts: dict, check: dict, rounds: int) -> None:
               f"({row['peak_rss_gib']:.2f} GiB RSS)")
 
 
+def add_page_cache_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--page-cache", choices=("warm", "as-is"), default="warm",
+                        help="the export's files before each measured step: read once, so that the step finds "
+                             "them in the page cache (warm, the default), or left as they are (as-is)")
+
+
+def use_page_cache(export: Path, state: str) -> None:
+    """Set ``PAGE_CACHE`` for ``_settle`` (here and, through ``--page-cache``, in the workers)."""
+    global PAGE_CACHE
+    PAGE_CACHE = export if state == "warm" else None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--export-dir", type=Path, default=Path("/tmp/lobsearch-bench-export"))
@@ -368,11 +406,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", type=Path, help="write the figures here as JSON")
+    add_page_cache_option(parser)
     parser.add_argument("--worker", choices=MEASUREMENTS, help=argparse.SUPPRESS)
     parser.add_argument("--scratch", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     export = args.export_dir.expanduser().resolve()
+    use_page_cache(export, args.page_cache)
     if args.worker:
         if args.worker == "numpy":
             run = worker_numpy(export, args.scratch)
@@ -388,6 +428,7 @@ def main(argv: list[str] | None = None) -> int:
     print_table(summary, facts, check, args.rounds)
     if args.out:
         figures = {"export": facts, "summary": summary, "outputs_identical": check, "runs": runs,
+                   "page_cache": args.page_cache,
                    "load_average_before": load_before, "load_average_after": os.getloadavg(),
                    "command": " ".join([Path(sys.executable).name, *sys.argv])}
         args.out.write_text(json.dumps(figures, indent=1))

@@ -34,7 +34,9 @@ and PSS of the worker's whole process tree (for Ray: driver, raylet, GCS, agents
 sampled every 0.1 s and 1 s by ``preprocess.TreeSampler``); the bytes of the export, of the
 prepared cache and their ratio. The reference's output and lobsearch's are compared file by
 file, bit for bit (round 1). Every measured step starts after ``SETTLE_S`` of quiet with the
-previous steps' outputs deleted and flushed (``preprocess._settle``; ``--settle`` changes it).
+previous steps' outputs deleted and flushed (``preprocess._settle``; ``--settle`` changes it),
+and with the export's files read once, so that it finds them in the page cache
+(``preprocess.PAGE_CACHE``; ``--page-cache as-is`` leaves them as they are).
 
 Targets (2-core machine): lobsearch on 2 CPUs >= 1.0x the reference's windows/s, cold and warm;
 the prepared cache <= 0.15x the export's bytes (it holds the recovered rows, about 1/stride of
@@ -211,7 +213,8 @@ def measure(kind: str, export: Path, scratch: Path) -> dict:
     tree's memory peaks and CPU seconds, and the bytes of its output."""
     result_file = scratch / f"{kind}.json"
     command = [sys.executable, str(Path(__file__).resolve()), "--worker", kind, "--export-dir", str(export),
-               "--scratch", str(scratch), "--result", str(result_file), "--settle", str(pre.SETTLE_S)]
+               "--scratch", str(scratch), "--result", str(result_file), "--settle", str(pre.SETTLE_S),
+               "--page-cache", "warm" if pre.PAGE_CACHE else "as-is"]
     load = os.getloadavg()[0]
     child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     sampler = pre.TreeSampler(child.pid)
@@ -374,7 +377,7 @@ def print_tables(summary: dict, facts: dict, checks: dict, rounds: int, smoke: d
           f"{facts['columns']} {facts['dtype']}, stride {facts['stride']} ({facts['sequences_bytes'] / 1e9:.2f} GB of "
           f"sequences, {facts['export_bytes'] / 1e9:.2f} GB in all), splits {facts['days_per_split']}; "
           f"{facts['windows']:,} windows, {facts['rows_recovered']:,} rows recovered; medians of {rounds} round(s); "
-          f"{os.cpu_count()} CPUs here\n")
+          f"{os.cpu_count()} CPUs here; export read into the page cache before each step: {'yes' if pre.PAGE_CACHE else 'no'}\n")
     print("| run | seconds | windows/s | x numpy | CPU s | peak RSS | peak PSS | processes |")
     print("|---|---|---|---|---|---|---|---|")
     for label, row in summary["table"].items():
@@ -447,6 +450,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="Ray CPUs of the lobsearch measurements (default: 2)")
     parser.add_argument("--settle", type=float, default=pre.SETTLE_S,
                         help=f"seconds of quiet before each measured step (default: {pre.SETTLE_S:g})")
+    pre.add_page_cache_option(parser)
     parser.add_argument("--smoke-search", action="store_true",
                         help="also run the lstm.yaml smoke search on the export and report its exit status and time")
     parser.add_argument("--smoke-timeout", type=float, default=1800.0)
@@ -457,6 +461,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     pre.SETTLE_S = args.settle  # read by preprocess._settle, here and in the workers
     export = args.export_dir.expanduser().resolve()
+    pre.use_page_cache(export, args.page_cache)
     if args.worker:
         if args.worker == "numpy":
             run = worker_numpy(export, args.scratch)
@@ -469,7 +474,7 @@ def main(argv: list[str] | None = None) -> int:
     pre._import_psutil()
     facts = ensure_export(export, args.days, args.windows, args.window, args.stride, args.seed)
     figures = {"export": facts, "command": " ".join([Path(sys.executable).name, *sys.argv]),
-               "load_average_before": os.getloadavg()}
+               "page_cache": args.page_cache, "load_average_before": os.getloadavg()}
     if args.rounds > 0:
         kinds = ("numpy", *(f"ray-{c}" for c in sorted(set(args.cpus))))
         runs, checks = run_rounds(export, args.rounds, kinds)

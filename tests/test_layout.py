@@ -91,3 +91,29 @@ def test_windows_that_do_not_overlap_are_a_view_of_the_file(tmp_path):
     layout = WindowLayout(window=5, stride=5, count=4)
     rows = laid_out_rows(sequences, layout)
     assert isinstance(rows, np.memmap) and np.shares_memory(rows, sequences)
+
+
+def test_overlaps_that_differ_only_in_bits_that_compare_equal_fit_the_stride():
+    """All sampled pairs are compared at once on their bits; values whose bits differ but that
+    are equal as numbers (0.0 and -0.0, NaNs of other payloads) still fit, as ``_rows_equal`` says."""
+    rows = np.random.default_rng(1).normal(size=(20 + 59 * 5, 3))  # 60 windows: every pair is sampled
+    rows[55:75, 0], rows[160, 1] = 0.0, np.nan
+    sequences = cut(rows, 20, 5)
+    sequences[11, :15, 0] = -0.0  # rows 55-69 of the day, +0.0 in windows 10 and 12
+    sequences[30, 10, 1] = np.array([0x7FC00001], dtype=np.uint32).view(np.float32)[0]  # row 160: another NaN
+    check_stride("day.npy", "20250203", sequences, 5, "the manifest")
+    sequences[30, 7, 2] += 1.0  # row 157: also in windows 29 and 31
+    with pytest.raises(DataError, match="windows 29 and 30 show no overlap"):
+        check_stride("day.npy", "20250203", sequences, 5, "the manifest")
+
+
+@pytest.mark.parametrize("bad", [1, 40, 70])
+def test_the_first_sampled_pair_that_misfits_is_named_among_many(bad):
+    rows = np.random.default_rng(2).normal(size=(10 + 71 * 10, 2))
+    sequences = cut(rows, 20, 10)  # 72 windows: the 64 sampled pairs skip some
+    sequences[bad:, :, 0] += np.float32(3.0)  # every pair from (bad - 1, bad) on breaks only at bad
+    from lobsearch.data.layout import sampled_pairs
+
+    first = next(int(i) for i in sampled_pairs(len(sequences)) if i + 1 == bad or i == bad - 1)
+    with pytest.raises(DataError, match=f"windows {first} and {first + 1} show"):
+        check_stride("day.npy", "20250203", sequences, 10, "the manifest")

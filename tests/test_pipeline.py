@@ -55,6 +55,14 @@ def rewrite_features(path: Path, change) -> None:
     np.save(path, x)
 
 
+def edit_manifest(export: Path, change) -> None:
+    """Apply ``change(manifest)`` to the export's manifest in place, so that it tells the folders' truth."""
+    path = export / "dataset_manifest.json"
+    manifest = json.loads(path.read_text())
+    change(manifest)
+    path.write_text(json.dumps(manifest))
+
+
 def by_date(prepared) -> dict:
     return {d.date: d for days in prepared.splits.values() for d in days}
 
@@ -220,9 +228,12 @@ def leakage_variants(small_export, tmp_path):
     removed = copy_export(small_export, tmp_path / "removed")
     for path in (removed / "test").iterdir():
         path.unlink()
+    edit_manifest(removed, lambda m: m["splits"].pop("test"))
     added = copy_export(small_export, tmp_path / "added")
     for path in (small_export / "val").iterdir():  # a Saturday: after the last train day, before val's
         shutil.copy(path, added / "val" / path.name.replace(val_day.date, "20240106"))
+    edit_manifest(added, lambda m: m["splits"]["val"].update(days=m["splits"]["val"]["days"] + 1,
+                                                             dates=["20240106", *m["splits"]["val"]["dates"]]))
     rewrite_features(added / "val" / "20240106_features.npy", lambda x: np.add(x[:, 50], 1e3, out=x[:, 50]))
     assert test_day.date not in {f.date for f in day_files(removed)}
     return {"changed": changed, "removed": removed, "added": added}

@@ -498,3 +498,161 @@ def test_a_regression_export_prepares_with_the_configured_threshold(tmp_path):
     day = next(d for d in prepared.splits[first.split] if d.date == first.date)
     labels = np.asarray(day.labels)[day.layout.ends()]
     np.testing.assert_array_equal(labels, np.where(returns > 4, 2, np.where(returns < -4, 0, 1)))
+
+
+# ---------------------------------------------------------------- schema 3.0 manifests: split summary, skipped days
+
+ACCOUNTED = Upstream(window_size=20, stride=5, horizons=(10, 20), rows=300, schema="3.0",
+                     days=(("train", "20250203"), ("train", "20250205"), ("val", "20250207"), ("test", "20250210")),
+                     skipped=(("train", "20250204", "no MBO file for the day"),),
+                     failed=(("val", "20250206", "Label error: short session"),))
+
+
+def rewrite_manifest(root: Path, **changes) -> None:
+    path = root / "dataset_manifest.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+
+def test_days_the_manifest_skipped_are_reported_by_validation_loading_preparing_and_the_data_report(
+        tmp_path, capsys):
+    root = tmp_path / "e"
+    write_upstream_export(root, ACCOUNTED)
+    manifest = json.loads((root / "dataset_manifest.json").read_text())
+    assert manifest["splits"]["train"]["days"] == 3 and manifest["skipped_days"][0]["day"] == "20250204"
+    with pytest.warns(DataWarning) as caught:
+        report = validate_export(root)
+    assert [(s.date, s.split) for s in report.skipped.skipped] == [("20250204", "train"), ("20250206", "val")]
+    assert "train: 2 day(s)" in report.summary() and "not exported: 20250204" in report.summary()
+    assert "val: 1 day(s)" in report.summary() and "not exported: 20250206" in report.summary()
+    notes = [str(w.message) for w in caught if "not exported" in str(w.message)]
+    assert len(notes) == 1 and notes[0] in report.warnings
+    assert "no MBO file for the day" in notes[0] and "export failed: Label: Label error: short session" in notes[0]
+    with pytest.warns(DataWarning, match="1 day\\(s\\) were not exported, so they are missing from train/: "
+                      "20250204 \\(train\\): no MBO file for the day"):
+        assert [d.date for d in load_split_data(root, "train")] == ["20250203", "20250205"]
+    prepared = run(root, tmp_path, PrepConfig())
+    gone = prepared.gate_report["days_skipped_by_export"]
+    assert [(g["date"], g["split"], g["manifest_key"]) for g in gone] == [
+        ("20250204", "train", "skipped_days"), ("20250206", "val", "partial_failure.failed_partitions")]
+    assert "2 day(s) not exported" in prepared.summary()
+    assert data_main(["report", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "day 20250204 (train) not exported, as the manifest's skipped_days says: no MBO file for the day" in out
+    assert "day 20250206 (val) not exported, as the manifest's partial_failure.failed_partitions says" in out
+    assert data_main(["report", str(root), "--json"]) == 0
+    assert [g["date"] for g in json.loads(capsys.readouterr().out)["days_skipped_by_export"]] == ["20250204", "20250206"]
+
+
+def test_a_bare_count_of_skipped_days_is_reported_and_the_exporters_split_spelling_is_read(tmp_path):
+    root = tmp_path / "e"
+    write_upstream_export(root, dataclasses.replace(ACCOUNTED, split_key="split", skipped_as_count=True))
+    assert "split" in json.loads((root / "dataset_manifest.json").read_text())
+    with pytest.warns(DataWarning, match="skipped_days counts 1 more skipped day\\(s\\) without naming them"):
+        report = validate_export(root)
+    assert report.skipped.unnamed == 1 and [s.date for s in report.skipped.skipped] == ["20250206"]
+    assert run(root, tmp_path, PrepConfig()).gate_report["days_skipped_unnamed"] == 1
+
+
+def test_a_split_count_the_folders_do_not_make_up_is_an_error_naming_the_manifest_and_both_counts(tmp_path):
+    root = tmp_path / "e"
+    write_upstream_export(root, ACCOUNTED)
+    for path in (root / "train").glob("20250205_*"):
+        path.unlink()
+    message = raises("splits.train.days is 3, but train/ holds 1 day\\(s\\) and the manifest says 1 more were "
+                     "not exported", discover_export, root)
+    assert str(root / "dataset_manifest.json") in message
+    raises("splits.train.days is 3", run, root, tmp_path, PrepConfig())
+    assert not list((tmp_path / "cache").glob("*/prepared.json"))
+
+
+def test_a_day_the_manifest_lists_in_another_split_is_an_error_naming_the_day_and_both_splits(tmp_path):
+    root = tmp_path / "e"
+    write_upstream_export(root, dataclasses.replace(ACCOUNTED, split_dates=True))
+    (root / "val").mkdir(exist_ok=True)
+    for path in (root / "train").glob("20250205_*"):
+        path.rename(root / "val" / path.name)
+    message = raises("splits.train lists day 20250205, but it is on disk in val/ \\(20250205_sequences.npy\\)",
+                     validate_export, root)
+    assert str(root / "dataset_manifest.json") in message
+    for check in (lambda: load_split_data(root, "val"), lambda: run(root, tmp_path, PrepConfig())):
+        raises("splits.train lists day 20250205", check)
+
+
+def test_a_listed_day_missing_on_disk_is_an_error_unless_the_manifest_skipped_it(tmp_path):
+    root = tmp_path / "e"
+    write_upstream_export(root, dataclasses.replace(ACCOUNTED, split_dates=True))
+    with pytest.warns(DataWarning, match="2 day\\(s\\) were not exported"):
+        assert validate_export(root, deep=False).skipped.skipped  # the skipped days are listed and fine
+    for path in (root / "test").glob("20250210_*"):
+        path.unlink()
+    message = raises("splits.test lists day 20250210, but test/ has no day files for it and the manifest does not "
+                     "say it was skipped", discover_export, root)
+    assert str(root / "dataset_manifest.json") in message
+
+
+def test_a_day_on_disk_its_split_does_not_list_is_an_error(tmp_path):
+    root = tmp_path / "e"
+    write_upstream_export(root, dataclasses.replace(ACCOUNTED, split_dates=True))
+    manifest = json.loads((root / "dataset_manifest.json").read_text())
+    manifest["splits"]["test"] = {"days": 0, "dates": []}
+    rewrite_manifest(root, splits=manifest["splits"])
+    raises("splits.test does not list day 20250210, which is in test/ \\(20250210_sequences.npy\\)",
+           discover_export, root)
+    del manifest["splits"]["test"]
+    rewrite_manifest(root, splits=manifest["splits"])
+    raises("splits has no test entry, but day 20250210 is in test/", discover_export, root)
+
+
+def test_a_day_the_manifest_skipped_that_is_on_disk_is_an_error(tmp_path):
+    root = tmp_path / "e"
+    write_upstream_export(root, ACCOUNTED)
+    manifest = json.loads((root / "dataset_manifest.json").read_text())
+    rewrite_manifest(root, skipped_days=[*manifest["skipped_days"], {"day": "20250207", "split": "val"}])
+    raises("skipped_days names day 20250207 \\(val\\) as not exported, but it is on disk in val/ "
+           "\\(20250207_sequences.npy\\)", discover_export, root)
+
+
+@pytest.mark.parametrize("changes, match", [
+    ({"skipped_days": "2"}, "skipped_days is '2'"),
+    ({"skipped_days": [{"split": "train"}]}, "skipped_days\\[0\\] is \\{'split': 'train'\\}"),
+    ({"skipped_days": [{"day": "2025-02-30"}]}, "skipped_days\\[0\\].day holds '2025-02-30'"),
+    ({"skipped_days": [{"day": "20250204", "split": "tarin"}]}, "unknown split 'tarin'; did you mean 'train'"),
+    ({"splits": {"train": {"days": "3"}}}, "splits.train is \\{'days': '3'\\}"),
+    ({"splits": {"validation": {"days": 1}}}, "splits key: unknown split 'validation'"),
+    ({"splits": {"train": {"days": 2, "dates": ["20250203"]}}}, "splits.train.days is 2, but splits.train.dates "
+                                                                 "lists 1 day"),
+    ({"partial_failure": {"failed_partitions": [{"error_msg": "x"}]}}, "a failed partition names its partition_key"),
+])
+def test_a_malformed_manifest_accounting_is_an_error_naming_the_key_and_value(tmp_path, changes, match):
+    root = tmp_path / "e"
+    write_upstream_export(root, ACCOUNTED)
+    rewrite_manifest(root, **changes)
+    message = raises(match, discover_export, root)
+    assert str(root / "dataset_manifest.json") in message
+
+
+@pytest.mark.parametrize("date", ["20250204", "20250205"])
+@pytest.mark.parametrize("config", [PrepConfig(), RAW], ids=["mode train", "mode none"])
+def test_prepare_checks_the_stride_of_every_day_once_whichever_pass_reads_it_first(tmp_path, date, config):
+    root = tmp_path / "e"
+    write_upstream_export(root, Upstream(window_size=20, stride=5, horizons=(10,), rows=400))
+    split = "train" if date == "20250204" else "val"
+    path = root / split / f"{date}_sequences.npy"
+    sequences = np.load(path)
+    sequences[-1, 0, 50] += 1.0  # the last pair is always sampled
+    np.save(path, sequences)
+    raises(f"day {date}: windows {len(sequences) - 2} and {len(sequences) - 1} show", run, root, tmp_path, config)
+    assert not list((tmp_path / "cache").glob("*/prepared.json"))
+
+
+def test_listed_days_missing_on_disk_are_matched_to_a_bare_count_of_skipped_days_while_it_lasts(tmp_path):
+    root = tmp_path / "e"
+    write_upstream_export(root, dataclasses.replace(ACCOUNTED, split_dates=True, skipped_as_count=True))
+    with pytest.warns(DataWarning):
+        skipped = validate_export(root, deep=False).skipped
+    assert skipped.unnamed == 0 and [(s.date, s.split) for s in skipped.skipped] == [("20250204", "train"),
+                                                                                      ("20250206", "val")]
+    assert "one of the days skipped_days counts" in skipped.skipped[0].reason
+    for path in (root / "train").glob("20250205_*"):
+        path.unlink()
+    raises("splits.train lists day 20250205, but train/ has no day files for it", discover_export, root)

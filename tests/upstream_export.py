@@ -20,6 +20,13 @@ written here from scratch, independently of lobsearch's reading code:
   ``horizons`` from the config's ``[labels] horizons`` (``[]`` for a single horizon).
 - ``export_config.toml``: the exporter's whole config, ``[sequence] window_size/stride`` and
   ``[labels] strategy/horizon`` (plus ``horizons`` for several).
+- schema 3.0 (the trainer's contract, as ``hft-contracts``' export-directory validator reads it):
+  the metadata adds top-level ``horizons``, ``stride`` and ``label_encoding`` (``values`` a list);
+  the manifest adds the attempted-day accounting: a split summary (``splits``, which the newer
+  exporter spells ``split``: per split ``{"days": days attempted, "sequences": ...}``),
+  ``skipped_days`` (a list of ``{"day", "split", "reason"}``, or a bare count) and
+  ``partial_failure`` (``{"status", "failed_partitions": [{"partition_key": {"day", "split"},
+  "error_class", "error_msg", ...}]}``). A skipped or failed day has no day files.
 
 Planted signal: column ``PLANTED[j]`` of a labelled row t holds the signed label of horizon j
 at t times a positive magnitude (its sign is the label), and column ``LAGGED`` at row t - ``lag``
@@ -70,6 +77,16 @@ class Upstream:
     """``raw`` (the default: strategy none, applied false), ``book_zscore`` (market-structure
     z-score of the 40 book columns, applied true) or ``claimed`` (raw values whose metadata says
     applied true with strategy none and a raw_ layout, as exports of early 2026 do)."""
+    skipped: tuple[tuple[str, str, str], ...] = ()
+    """(split, date, reason) of days the exporter attempted and skipped (schema 3.0 manifests)."""
+    failed: tuple[tuple[str, str, str], ...] = ()
+    """(split, date, error message) of days whose export failed (``partial_failure``)."""
+    split_key: str = "splits"
+    """The schema 3.0 manifest's key of the split summary: ``splits`` (contract) or ``split`` (writer)."""
+    split_dates: bool = False
+    """Whether the split summary also lists each split's dates (``dates``), as lobsearch's synth does."""
+    skipped_as_count: bool = False
+    """Write ``skipped_days`` as a bare count instead of a list."""
 
     @property
     def multi(self) -> bool:
@@ -283,23 +300,46 @@ def export_config(cfg: Upstream) -> str:
     return "\n".join(lines)
 
 
-def manifest(cfg: Upstream) -> dict:
-    """The exporter's ``dataset_manifest.json``."""
-    return {
+def manifest(cfg: Upstream, written: list[ExportedDay] | None = None) -> dict:
+    """The exporter's ``dataset_manifest.json``; schema 3.0 adds the accounting of every attempted
+    day (``written``: the days that have files)."""
+    written = written or []
+    attempted = len(cfg.days) + len(cfg.skipped) + len(cfg.failed)
+    document = {
         "experiment": {"name": "NVDA 98-Feature Dataset", "description": "", "version": "1.0.0", "tags": ["nvda"]},
-        "symbol": "NVDA", "feature_count": 98, "days_processed": len(cfg.days),
+        "symbol": "NVDA", "feature_count": 98, "days_processed": attempted,
         "export_timestamp": "2026-01-15T21:00:00+00:00", "config_hash": "0" * 32, "schema_version": cfg.schema,
         "sequence_length": cfg.window_size, "stride": cfg.stride,
         "labeling_strategy": MANIFEST_STRATEGY[cfg.strategy],
         "horizons": list(cfg.horizons) if cfg.multi else [],
         "provenance": {"extractor_version": "0.1.0", "git_commit": "abc1234", "git_dirty": False},
     }
+    if cfg.schema != "3.0":
+        return document
+    summary = {}
+    for split in ("train", "val", "test"):
+        dates = sorted([d for s, d in cfg.days if s == split] + [d for s, d, _ in cfg.skipped + cfg.failed if s == split])
+        if dates:
+            summary[split] = {"days": len(dates),
+                              "sequences": sum(len(d.sequences) for d in written if d.split == split)}
+            if cfg.split_dates:
+                summary[split]["dates"] = dates
+    skipped = [{"day": d, "split": s, "reason": r} for s, d, r in cfg.skipped]
+    document.update({
+        cfg.split_key: summary,
+        "skipped_days": len(skipped) if cfg.skipped_as_count else skipped,
+        "partial_failure": {"status": "partial" if cfg.failed else "complete", "failed_partitions": [
+            {"error_class": "Label", "error_msg": m, "error_phase": "export", "partition_key": {"day": d, "split": s},
+             "stranded_files": []} for s, d, m in cfg.failed]},
+        "total_sequences_emitted": sum(len(d.sequences) for d in written),
+    })
+    return document
 
 
 def write_upstream_export(root: Path, cfg: Upstream = Upstream()) -> list[ExportedDay]:
     """Write an export under ``root`` as the exporter would for ``cfg``; the days it wrote, in order."""
     day_rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(cfg.seed).spawn(len(cfg.days))]
     days = [write_day(root / split, split, date, cfg, rng) for (split, date), rng in zip(cfg.days, day_rngs)]
-    (root / "dataset_manifest.json").write_text(json.dumps(manifest(cfg), indent=2))
+    (root / "dataset_manifest.json").write_text(json.dumps(manifest(cfg, days), indent=2))
     (root / "export_config.toml").write_text(export_config(cfg))
     return days

@@ -8,7 +8,8 @@ rule drops, and a summary per split: days, rows, and the label balance per horiz
 each class, named as the export's label strategy names them (Down / Stable / Up, or StopLoss /
 Timeout / ProfitTarget for triple-barrier labels, ...). On a windowed export the windows are cut
 from the exported ones (at most their T rows each). The pipeline's JSON gate report lies beside
-the cache; its path is printed. ``--json`` prints the same report as one JSON object instead.
+the cache; its path is printed. Days the export's manifest says were not exported (skipped or
+failed) are listed with its reason. ``--json`` prints the same report as one JSON object instead.
 Errors print one line, exit 2.
 """
 
@@ -150,6 +151,8 @@ def build_report(export_dir: Path, window: int | None, stride: int, engine: str)
         "days": days,
         "totals": report["totals"],
         "days_dropped": report["days_dropped"],
+        "days_skipped_by_export": report["days_skipped_by_export"],
+        "days_skipped_unnamed": report["days_skipped_unnamed"],
         "splits": split_summary(report["days"], prepared.label_strategy),
     }
 
@@ -206,6 +209,12 @@ def render(report: dict[str, Any]) -> str:
     lines += day_table(report) + [""] + split_table(report)
     for dropped in report["days_dropped"]:
         lines.append(f"day {dropped['date']} ({dropped['split']}) not prepared: {dropped['reason']}")
+    for gone in report["days_skipped_by_export"]:
+        lines.append(f"day {gone['date']} ({gone['split'] or 'split not stated'}) not exported, as the manifest's "
+                     f"{gone['manifest_key']} says: {gone['reason']}")
+    if report["days_skipped_unnamed"]:
+        lines.append(f"{report['days_skipped_unnamed']} more day(s) not exported, as the manifest's skipped_days "
+                     "counts (it does not name them)")
     lines += ["", f"JSON gate report: {report['gate_report']}"]
     return "\n".join(lines)
 

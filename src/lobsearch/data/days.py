@@ -59,6 +59,7 @@ from lobsearch.data.layout import (
     laid_out_rows,
     window_layout,
 )
+from lobsearch.data.manifest import ManifestDays, check_manifest_days
 from lobsearch.errors import DataError, unknown_choice
 
 SPLITS = ("train", "val", "test")
@@ -111,13 +112,20 @@ class Export:
     """The day files of an export; ``splits`` is chronological per split, a missing split absent.
 
     ``manifest`` and ``config`` are the parsed ``dataset_manifest.json`` and ``export_config.toml``
-    (None when absent).
+    (None when absent); ``skipped`` the days the manifest says were not exported
+    (``manifest.check_manifest_days``).
     """
 
     root: Path
     manifest: dict | None
     splits: dict[str, tuple[DayFile, ...]]
     config: dict | None = None
+    skipped: ManifestDays = ManifestDays()
+
+    def skipped_note(self, split: str | None = None) -> str | None:
+        """One line naming the days (of ``split``, or all) the manifest says were not exported,
+        or None when it names none."""
+        return self.skipped.note(self.root / MANIFEST_NAME, split)
 
     def days(self) -> tuple[DayFile, ...]:
         """Every day of every split: train, then val, then test."""
@@ -146,8 +154,9 @@ def discover_export(root: str | Path) -> Export:
 
     Raises DataError for a missing or empty export, an unreadable manifest or export config, a
     date that is not a calendar date, labels or metadata without a features file, a day with
-    both a flat and a windowed features file, one day spelled two ways, a day in two splits, or
-    a val/test day on or before the last day of an earlier split.
+    both a flat and a windowed features file, one day spelled two ways, a day in two splits, a
+    val/test day on or before the last day of an earlier split, or a manifest whose split
+    summary or skipped days disagree with the folders (``manifest.check_manifest_days``).
     """
     root = Path(root).expanduser().resolve()
     if not root.is_dir():
@@ -166,7 +175,9 @@ def discover_export(root: str | Path) -> Export:
                      "an export holds <DAY>_features.npy or <DAY>_sequences.npy in a split folder")
     _check_split_order(splits)
     manifest, config = read_export_files(root)
-    return Export(root=root, manifest=manifest, splits=splits, config=config)
+    on_disk = {day.date: (split, day.features) for split, days in splits.items() for day in days}
+    skipped = check_manifest_days(manifest, root / MANIFEST_NAME, on_disk)
+    return Export(root=root, manifest=manifest, splits=splits, config=config, skipped=skipped)
 
 
 def _check_folder_names(root: Path) -> None:
@@ -401,7 +412,8 @@ def _decode_labels(path: Path, raw: np.ndarray, strategy: str | None, index: boo
         raise _error(path, f"{int(outside.sum())} label value(s) outside [{low}, {high}], first "
                      f"{raw[row, col]} at row {row}, column {col}",
                      f"label_strategy {strategy or '(none: signed)'} stores {low}..{high}{hint}")
-    return (raw.astype(np.int16) + (0 if index else 1)).astype(np.int8)
+    # in range (checked above): a signed label + 1 fits int8, written once
+    return raw.astype(np.int8) if index else np.add(raw, 1, dtype=np.int8)
 
 
 _HORIZON_PLACES = ("the metadata's horizons, labeling.horizons, the day's _horizons.json, "
@@ -547,7 +559,7 @@ class Day:
 
 
 def load_day(day: DayFile, *, rule: LabelRule | None = None, expected_features: int | None = None,
-             check_finite: bool = True) -> Day:
+             check_finite: bool = True, check_data: bool = True) -> Day:
     """Memory-map one day, check it against the contract and decode its labels.
 
     ``rule`` computes labels when there is no labels file (default: the metadata's labeling,
@@ -556,6 +568,11 @@ def load_day(day: DayFile, *, rule: LabelRule | None = None, expected_features: 
     observed, and checked on sampled window pairs; the label of window j goes to its end row.
     ``check_finite=False`` skips the NaN/inf scan of rows that pass the gates, for a caller that
     checks those rows itself as it reads them (the pipeline does, and saves a pass over the day).
+    ``check_data=False`` skips the scans of the day's arrays whose outcome changes nothing that is
+    loaded: the sampled window pairs' overlap and the NaN of the forward prices (their shapes,
+    the labels' values and the observation of an unstated stride are still checked), for a
+    caller that ran them on the same files already (the pipeline's second pass over a day its
+    first pass loaded).
     Raises DataError for any broken rule (see ``validate_export``); warns ``DataWarning`` for a
     day with 0 rows.
     """
@@ -563,7 +580,7 @@ def load_day(day: DayFile, *, rule: LabelRule | None = None, expected_features: 
     header = read_day_header(day)
     _check_counts(day, header, said, expected_features)
     stored = _memmap(day.features)
-    layout = _layout(day, said, stored) if day.windowed else None
+    layout = _layout(day, said, stored, check_pairs=check_data) if day.windowed else None
     features = stored if layout is None else laid_out_rows(stored, layout)
     if len(features) == 0:
         warnings.warn(DataWarning(f"{day.features}: day {day.date} has 0 rows; it is skipped"), stacklevel=2)
@@ -575,16 +592,17 @@ def load_day(day: DayFile, *, rule: LabelRule | None = None, expected_features: 
                metadata=said.metadata, normalized_columns=normalized,
                schema_version=_schema_version(said, features), source=day.features, layout=layout,
                label_strategy=strategy or "tlob", normalization_note=note,
-               forward_prices=_forward_prices(day, said, header.shape[0]))
+               forward_prices=_forward_prices(day, said, header.shape[0], scan=check_data))
 
 
-def _forward_prices(day: DayFile, said: DayStatements, count: int) -> np.ndarray | None:
+def _forward_prices(day: DayFile, said: DayStatements, count: int, scan: bool = True) -> np.ndarray | None:
     """The day's ``_forward_prices.npy`` memory-mapped and checked, or None without one.
 
     (count, C) float64 mid prices, one row per window (per row of a flat day): columns as the
     metadata's ``forward_prices`` block states them, column k (the price at the window's end)
     finite, and NaN only past the day's end: at the end of a row, in at least as many columns as
-    in the row before. Scanned in row chunks. Raises DataError naming the file and first bad row.
+    in the row before. Scanned in row chunks (with ``scan``; without, only the shape is checked).
+    Raises DataError naming the file and first bad row.
     """
     if day.forward_prices is None:
         return None
@@ -599,7 +617,8 @@ def _forward_prices(day: DayFile, said: DayStatements, count: int) -> np.ndarray
         raise _error(path, f"{header.shape[1]} columns, but {where} states {columns}",
                      "forward prices hold the columns the metadata states")
     prices = _memmap(path)
-    _check_forward_nan(path, prices, k)
+    if scan:
+        _check_forward_nan(path, prices, k)
     return prices
 
 
@@ -609,9 +628,11 @@ def _check_forward_nan(path: Path, prices: np.ndarray, k: int | None) -> None:
     step, most = max(1, _CHUNK_VALUES // max(prices.shape[1], 1)), 0
     for start in range(0, len(prices), step):
         missing = np.isnan(np.asarray(prices[start:start + step]))
-        tail = missing[:, ::-1].cumprod(axis=1).sum(axis=1)
+        # a NaN followed by a finite price; in the other rows every NaN is at the end: tail = count
+        inside = (missing[:, :-1] & ~missing[:, 1:]).any(axis=1)
+        tail = missing.sum(axis=1)
         reasons = (
-            (missing.sum(axis=1) > tail, "NaN before a later finite price"),
+            (inside, "NaN before a later finite price"),
             (missing[:, k] if k is not None else np.zeros(len(tail), bool), f"NaN at column {k}, the price at t"),
             (tail < np.maximum.accumulate(np.concatenate([[most], tail]))[:-1],
              "fewer NaN at its end than an earlier row (the day cannot end earlier for a later window)"),
@@ -646,14 +667,14 @@ def _check_counts(day: DayFile, header: NpyHeader, said: DayStatements, expected
                          f"every day of an export has the {what} its manifest and metadata state")
 
 
-def _layout(day: DayFile, said: DayStatements, sequences: np.ndarray) -> WindowLayout:
+def _layout(day: DayFile, said: DayStatements, sequences: np.ndarray, check_pairs: bool = True) -> WindowLayout:
     width = sequences.shape[1]
     stated_window, where = said.window()
     if stated_window is not None and stated_window != width:
         raise _error(day.features, f"windows of {width} rows, but {where} is {stated_window}",
                      "a windowed export's files state the window size T of its _sequences.npy")
     stride, where = said.stride()
-    return window_layout(day.features, day.date, sequences, stride, where)
+    return window_layout(day.features, day.date, sequences, stride, where, check_pairs=check_pairs)
 
 
 def _memmap(path: Path) -> np.ndarray:
@@ -790,8 +811,9 @@ def load_split_data(export_dir: str | Path | Export, split: str, *,
 
     Checks the feature count of every day of the export (headers only) before loading, and that
     the split's days agree on horizons and label strategy. Raises DataError for an unknown split
-    name or any broken rule; days with 0 rows are skipped with a ``DataWarning``, and metadata that
-    claims normalization on raw values is one ``DataWarning`` (``raw_metadata_note``).
+    name or any broken rule; days with 0 rows are skipped with a ``DataWarning``, metadata that
+    claims normalization on raw values is one ``DataWarning`` (``raw_metadata_note``), and so are
+    the days of the split that the manifest says were not exported (``Export.skipped_note``).
     """
     if split not in SPLITS:
         raise DataError(f"split: {unknown_choice('split', split, SPLITS)}")
@@ -800,9 +822,10 @@ def load_split_data(export_dir: str | Path | Export, split: str, *,
     days = [load_day(day, rule=rule, expected_features=n_features) for day in export.splits.get(split, ())]
     days = [day for day in days if day.num_samples]
     check_days_agree(days)
-    note = raw_metadata_note(export.root, [day.normalization_note for day in days])
-    if note:
-        warnings.warn(DataWarning(note), stacklevel=2)
+    for note in (raw_metadata_note(export.root, [day.normalization_note for day in days]),
+                 export.skipped_note(split)):
+        if note:
+            warnings.warn(DataWarning(note), stacklevel=2)
     return days
 
 
@@ -826,7 +849,7 @@ class ValidationReport:
     ``layouts`` lists the distinct (T, stride) of its windowed days; ``horizons`` and
     ``label_strategy`` are those of every day (() and None unless the check was deep);
     ``warnings`` holds the message of every ``DataWarning`` raised (their number is the warning
-    count).
+    count); ``skipped`` the days the manifest says were not exported.
     """
 
     root: Path
@@ -838,14 +861,25 @@ class ValidationReport:
     layouts: tuple[tuple[int, int], ...] = ()
     horizons: tuple[int, ...] = ()
     label_strategy: str | None = None
+    skipped: ManifestDays = ManifestDays()
 
     def summary(self) -> str:
-        """One line per split and a warning count."""
+        """One line per split (with the days the manifest says were not exported) and a warning count."""
         shape = ", ".join(f"T={t} stride {s}" for t, s in self.layouts)
         kind = f"windowed ({shape})" if self.windowed else "flat"
         labels = f", horizons {list(self.horizons)} ({self.label_strategy})" if self.horizons else ""
         lines = [f"{self.root}: {self.n_features} features, {kind}{labels}"]
-        lines += [f"  {split}: {len(dates)} day(s), {self.rows[split]} rows" for split, dates in self.days.items()]
+        for split in SPLITS:
+            gone = [s for s in self.skipped.skipped if s.split == split]
+            if split not in self.days and not gone:
+                continue
+            dates = self.days.get(split, ())
+            missing = f"; not exported: {', '.join(s.date for s in gone)}" if gone else ""
+            lines.append(f"  {split}: {len(dates)} day(s), {self.rows.get(split, 0)} rows{missing}")
+        loose = [s.date for s in self.skipped.skipped if s.split is None]
+        if loose or self.skipped.unnamed:
+            named = f": {', '.join(loose)}" if loose else ""
+            lines.append(f"  not exported, split not stated: {len(loose) + self.skipped.unnamed} day(s){named}")
         lines.append(f"  {len(self.warnings)} warning(s)")
         return "\n".join(lines)
 
@@ -859,8 +893,8 @@ def validate_export(export: str | Path | Export, *, rule: LabelRule | None = Non
     stride of every windowed day on sampled window pairs. With ``deep`` every non-empty day is
     then loaded: labels (length, encoding, horizons, the same across days) and NaN/inf in rows
     that pass the gates. Problems of all days are collected into one DataError; each empty day is
-    a ``DataWarning``, and so is metadata that claims normalization on raw values (once for the
-    export), each counted in the report.
+    a ``DataWarning``, and so are metadata that claims normalization on raw values and the days
+    the manifest says were not exported (once each for the export), each counted in the report.
     """
     export = export if isinstance(export, Export) else discover_export(export)
     headers = _collect(export, export.days(), read_day_header)
@@ -873,10 +907,11 @@ def validate_export(export: str | Path | Export, *, rule: LabelRule | None = Non
     full = [day for day, n in rows.items() if n]
     loaded = _collect(export, full, lambda day: load_day(day, rule=rule, expected_features=n_features)) if deep else {}
     check_days_agree(list(loaded.values()))
-    raw = raw_metadata_note(export.root, [day.normalization_note for day in loaded.values()])
-    if raw:
-        warnings.warn(DataWarning(raw), stacklevel=2)
-        notes.append(raw)
+    for note in (raw_metadata_note(export.root, [day.normalization_note for day in loaded.values()]),
+                 export.skipped_note()):
+        if note:
+            warnings.warn(DataWarning(note), stacklevel=2)
+            notes.append(note)
     first = next(iter(loaded.values()), None)
     return ValidationReport(
         root=export.root, n_features=n_features, windowed=any(day.windowed for day in export.days()),
@@ -885,6 +920,7 @@ def validate_export(export: str | Path | Export, *, rule: LabelRule | None = Non
         warnings=tuple(notes),
         layouts=tuple(sorted({(layout.window, layout.stride) for layout in layouts.values()})),
         horizons=first.horizons if first else (), label_strategy=first.label_strategy if first else None,
+        skipped=export.skipped,
     )
 
 

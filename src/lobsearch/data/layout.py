@@ -118,13 +118,43 @@ def _describe(stride: int | None) -> str:
     return f"stride {stride}" if stride else "no overlap (stride >= T)"
 
 
+def _first_misfit(sequences: np.ndarray, pairs: np.ndarray, stride: int) -> int | None:
+    """The position in ``pairs`` of the first pair (i, i+1) whose windows do not overlap by T - stride
+    rows (``_rows_equal`` on the overlap), or None. All pairs at once: equal bits are equal values,
+    and only the values whose bits differ are compared as numbers (0.0 == -0.0, NaN == NaN)."""
+    width = sequences.shape[1]
+    a = np.asarray(sequences[pairs])[:, stride:]
+    b = np.asarray(sequences[pairs + 1])[:, : width - stride]
+    if a.dtype.kind == "f":
+        bits = np.dtype(f"u{a.dtype.itemsize}")
+        same = a.view(bits) == b.view(bits)
+    else:
+        same = a == b
+    if same.all():
+        return None
+    which = np.nonzero(~same)
+    x, y = a[which], b[which]
+    equal = x == y
+    if a.dtype.kind == "f":
+        equal |= np.isnan(x) & np.isnan(y)
+    if equal.all():
+        return None
+    return int(which[0][np.flatnonzero(~equal)[0]])
+
+
 def check_stride(path: Path, date: str, sequences: np.ndarray, stride: int, where: str) -> None:
     """Check the sampled consecutive window pairs of (M, T, F) ``sequences`` against ``stride``.
 
-    Raises DataError naming the day, the window index, the stated and the observed stride.
+    With stride < T the overlaps of every sampled pair are compared at once (``_first_misfit``);
+    the first pair that does not fit is then described. Raises DataError naming the day, the
+    window index, the stated and the observed stride.
     """
     width = sequences.shape[1]
-    for i in sampled_pairs(sequences.shape[0]):
+    pairs = sampled_pairs(sequences.shape[0])
+    if stride < width and pairs.size:
+        misfit = _first_misfit(sequences, pairs, stride)
+        pairs = pairs[:0] if misfit is None else pairs[misfit : misfit + 1]
+    for i in pairs:
         first, second = np.asarray(sequences[i]), np.asarray(sequences[i + 1])
         if stride < width:
             fits = bool(_rows_equal(first[stride:], second[: width - stride]).all())
@@ -137,15 +167,18 @@ def check_stride(path: Path, date: str, sequences: np.ndarray, stride: int, wher
                         f"consecutive windows of an export at stride {stride} with T = {width} {overlap}")
 
 
-def window_layout(path: Path, date: str, sequences: np.ndarray, stated: int | None, where: str) -> WindowLayout:
+def window_layout(path: Path, date: str, sequences: np.ndarray, stated: int | None, where: str, *,
+                  check_pairs: bool = True) -> WindowLayout:
     """The layout of one day's (M, T, F) ``sequences`` at its ``stated`` stride (from ``where``),
-    else at the stride its first two windows show; checked with ``check_stride``."""
+    else at the stride its first two windows show; checked with ``check_stride`` (unless
+    ``check_pairs`` is False: a caller that checked the same file already)."""
     count, width = sequences.shape[:2]
     stride = stated
     if stride is None:
         seen = observed_stride(np.asarray(sequences[0]), np.asarray(sequences[1])) if count >= 2 else None
         stride, where = seen or width, "observed on windows 0 and 1; no file states it"
-    check_stride(path, date, sequences, stride, where)
+    if check_pairs:
+        check_stride(path, date, sequences, stride, where)
     return WindowLayout(window=width, stride=stride, count=count)
 
 
@@ -160,9 +193,11 @@ def laid_out_rows(sequences: np.ndarray, layout: WindowLayout) -> np.ndarray:
         return np.empty((0, n_features), sequences.dtype)
     if not layout.overlapping:
         rows = sequences.reshape(count * width, n_features)
-    else:
-        tail = sequences[1:, width - layout.stride:].reshape(-1, n_features)
-        rows = np.concatenate([sequences[0], tail])
+    else:  # one copy, straight from the file: the tails land in place (no reshaped copy, no concatenate)
+        stride = layout.stride
+        rows = np.empty((layout.rows, n_features), sequences.dtype)
+        rows[:width] = sequences[0]
+        rows[width:].reshape(count - 1, stride, n_features)[...] = sequences[1:, width - stride:]
     rows.flags.writeable = False
     return rows
 

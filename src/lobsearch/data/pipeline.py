@@ -4,15 +4,16 @@ One Ray Dataset row per day file, consecutive days grouped into a few blocks per
 spread over the cluster's workers. Two passes:
 
 1. per day (on the workers), only for the days whose statistics the mode needs (mode ``train``:
-   the training days): load, gate, and compute Chan partial moments of the passing rows. The
-   partials are combined on the driver (a few KB per day), so training statistics never need
-   the rows themselves in one place;
+   the training days): load, gate, count rows and windows dropped per gate and the label
+   balance, and compute Chan partial moments of the passing rows. The partials are combined on
+   the driver (a few KB per day), so training statistics never need the rows themselves in one
+   place;
 2. per day (on the workers): normalize with the statistics that day uses (mode ``train``: those
-   of the training days only), and count rows and windows dropped per gate and the label
-   balance. A worker that sees the cache folder (same node, or shared storage) writes the
-   float32 rows there itself, chunk by chunk as they are normalized, then the labels, the gate
-   mask and the raw MID_PRICE and SPREAD of each row (for trading metrics; 16 bytes a row at
-   most); otherwise they travel back to the driver.
+   of the training days only), and, for the days pass 1 did not read, count what pass 1 counts
+   (a day pass 1 read is neither counted nor scanned again). A worker that sees the cache folder
+   (same node, or shared storage) writes the float32 rows there itself, chunk by chunk as they
+   are normalized, then the labels, the gate mask and the raw MID_PRICE and SPREAD of each row
+   (for trading metrics; 16 bytes a row at most); otherwise they travel back to the driver.
 
 A windowed day is prepared as the rows its ``layout.WindowLayout`` lays out (its contiguous rows,
 recovered once, or its independent windows one after another), and the layout travels with the
@@ -69,6 +70,7 @@ from lobsearch.data.gating import (
     window_ok,
 )
 from lobsearch.data.layout import WindowLayout
+from lobsearch.data.manifest import ManifestDays
 from lobsearch.data.normalize import (
     DROP,
     Moments,
@@ -83,7 +85,7 @@ from lobsearch.errors import DataError
 if TYPE_CHECKING:
     from lobsearch.config import PrepConfig
 
-PIPELINE_VERSION = "3"
+PIPELINE_VERSION = "4"
 """Bumped when the prepared arrays change meaning, so old caches miss."""
 
 REPORT_WINDOW = 100
@@ -161,7 +163,9 @@ class Prepared:
             rows = sum(d.num_samples for d in days)
             parts.append(f"{split} {len(days)} days / {rows:,} rows")
         dropped = self.gate_report.get("totals", {}).get("rows_dropped", 0)
-        return ", ".join(parts) + f"; {dropped:,} rows fail the gates"
+        gone = len(self.gate_report.get("days_skipped_by_export", [])) + self.gate_report.get("days_skipped_unnamed", 0)
+        skipped = f"; {gone} day(s) not exported, as its manifest says (see the gate report)" if gone else ""
+        return ", ".join(parts) + f"; {dropped:,} rows fail the gates" + skipped
 
 
 CACHE_ENV = "LOBSEARCH_CACHE"
@@ -251,10 +255,10 @@ def day_steps(prep: PrepConfig) -> DaySteps:
                     rule=label_rule(prep))
 
 
-def _load(day_file: DayFile, steps: DaySteps) -> Any:
+def _load(day_file: DayFile, steps: DaySteps, check_data: bool = True) -> Any:
     """Load one day with labels from the export (``file``, ``auto``: its labels file, else its
-    regression labels) or computed from MID_PRICE (``computed``, or ``auto`` without either).
-    Raises DataError when labels cannot be had."""
+    regression labels) or computed from MID_PRICE (``computed``, or ``auto`` without either);
+    ``check_data`` as ``days.load_day`` takes it. Raises DataError when labels cannot be had."""
     source = steps.labels
     if source == "file" and day_file.labels is None and day_file.regression_labels is None:
         raise DataError(f"{day_file.features}: no labels file beside it, and labels.source is 'file' "
@@ -262,7 +266,7 @@ def _load(day_file: DayFile, steps: DaySteps) -> Any:
     if source == "computed":
         day_file = dataclasses.replace(day_file, labels=None, regression_labels=None)
     # rows that pass the gates are checked for NaN/inf by day_moments and normalized_chunks
-    day = load_day(day_file, rule=steps.rule, check_finite=False)
+    day = load_day(day_file, rule=steps.rule, check_finite=False, check_data=check_data)
     if day.labels is None:
         raise DataError(f"{day_file.features}: no labels file, and too few columns to compute labels "
                         f"from the book (found {day.features.shape[1]}, need 40)")
@@ -300,7 +304,8 @@ def _day_report(day_file: DayFile, day: Any, gates: Any, steps: DaySteps) -> dic
     (``_windows_report``), label counts per horizon (class indices 0, 1, 2 of its label strategy;
     all rows), its label strategy, window layout and shape."""
     windows = _windows_report(day, gates, steps.last_row)
-    balance = [np.bincount(col[col >= 0], minlength=3).tolist() for col in np.asarray(day.labels).T]
+    # class indices 0..2 counted in bins 1..3; bin 0 takes MISSING_LABEL (-1)
+    balance = [np.bincount(col + 1, minlength=4)[1:].tolist() for col in np.asarray(day.labels).T]
     return {
         "split": day_file.split,
         "date": day_file.date,
@@ -369,24 +374,26 @@ def day_partials(day_file: DayFile, steps: DaySteps) -> dict[str, Any]:
     return {**_day_report(day_file, day, gates, steps), "moments": (moments.count, moments.mean, moments.m2)}
 
 
-def day_arrays(day_file: DayFile, steps: DaySteps, stats: NormStats | None, into: Path | None = None
-               ) -> dict[str, Any]:
+def day_arrays(day_file: DayFile, steps: DaySteps, stats: NormStats | None, seen: bool = False,
+               into: Path | None = None) -> dict[str, Any]:
     """Pass 2 for one day: its report plus x (N, F) float32 normalized with ``stats`` (only cast
     for a day already normalized), labels (N, H) int8, row_ok (N,) bool and quotes (N, 2) or
     (N, 0) (``raw_quotes``).
 
+    ``seen``: pass 1 loaded this day (its files unchanged since, as the cache key says): its report
+    is left out (pass 1 has it) and the scans of ``load_day(check_data=False)`` are not repeated.
     With ``into`` (a path stem in the cache folder) the arrays are written to
     ``<into>_<array>.npy`` instead, x chunk by chunk as it is normalized (see
     ``normalize.normalized_chunks``), and only the report is returned.
     """
-    day = _load(day_file, steps)
+    day = _load(day_file, steps, check_data=not seen)
     gates = _gates(day, steps)
     features, day_stats = day.features, None if day.normalized else leaving_out(stats, day.normalized_columns)
     options = {"schema_version": None if day.normalized else day.schema_version, "clip": steps.clip,
                "row_ok": gates.row_ok}
     labels = np.ascontiguousarray(day.labels, dtype=np.int8)
     quotes = raw_quotes(features, day.normalized_columns, day.layout)
-    report = _day_report(day_file, day, gates, steps)
+    report = {} if seen else _day_report(day_file, day, gates, steps)
     if into is None:
         x = _naming(day_file, normalize_day, features, day_stats, **options)
         return {**report, "x": x, "labels": labels, "row_ok": gates.row_ok, "quotes": quotes}
@@ -743,14 +750,14 @@ def _compute(export: Export, prep: PrepConfig, key: str, out: Path, mapper: Mapp
     steps = day_steps(prep)
     first = {task.order: result for task, result in mapper(day_partials, needed, steps, None)}
     per_day, stats = _day_stats(files, first, prep)
-    tasks = [_Task(i, f, (per_day[i],)) for i, f in enumerate(files) if per_day[i] is not DROP]
+    tasks = [_Task(i, f, (per_day[i], i in first)) for i, f in enumerate(files) if per_day[i] is not DROP]
     if not tasks:
         raise DataError(f"{export.root}: normalization mode {mode!r} leaves none of its {len(files)} days "
                         f"(prior_days is {prep.normalization.prior_days}; it must be below the number of days)")
     second = {}
     for task, result in mapper(day_arrays, tasks, steps, out):
         second[task.order] = _save_arrays(result, out, task.name) if "x" in result else result
-    reports = [second.get(i) or first[i] for i in range(len(files))]
+    reports = [{**first.get(i, {}), **second.get(i, {})} for i in range(len(files))]  # pass 1's when seen
     _check_consistent(reports, files)
     exported = _exported_normalization(reports, files)
     stats = leaving_out(stats, exported)
@@ -768,7 +775,7 @@ def _compute(export: Export, prep: PrepConfig, key: str, out: Path, mapper: Mapp
                  for t in tasks],
         "stats": None if stats is None else {k: getattr(stats, k).tolist() for k in ("mean", "std", "scaled")},
         "columns": column_scaling(stats, exported, reports[0]["n_features"]),
-        "gate_report": gate_report(reports, dropped),
+        "gate_report": gate_report(reports, dropped, export.skipped),
     }
     (out / "gate_report.json").write_text(json.dumps(manifest["gate_report"], indent=1))
     (out / "prepared.json").write_text(json.dumps(manifest))
@@ -860,8 +867,12 @@ def column_scaling(stats: NormStats | None, exported: np.ndarray, n_features: in
     }
 
 
-def gate_report(partials: list[dict], dropped_days: list[dict]) -> dict[str, Any]:
-    """Per day and rule, rows dropped by the gates, plus totals and label balance per split."""
+def gate_report(partials: list[dict], dropped_days: list[dict], skipped: ManifestDays | None = None
+                ) -> dict[str, Any]:
+    """Per day and rule, rows dropped by the gates, plus totals and label balance per split;
+    ``days_dropped``: days the normalization mode cannot serve; ``days_skipped_by_export``: the
+    days the manifest says were not exported (``manifest.SkippedDay.to_json``), and
+    ``days_skipped_unnamed`` those a bare count of its leaves unnamed."""
     days = [
         {
             "split": p["split"],
@@ -877,7 +888,9 @@ def gate_report(partials: list[dict], dropped_days: list[dict]) -> dict[str, Any
     totals = {"rows": sum(p["rows"] for p in partials), "rows_dropped": sum(p["rows_dropped"] for p in partials)}
     for rule in partials[0]["failed"]:
         totals[rule] = sum(p["failed"][rule] for p in partials)
-    return {"days": days, "totals": totals, "days_dropped": dropped_days, "report_window": REPORT_WINDOW}
+    skipped = skipped or ManifestDays()
+    return {"days": days, "totals": totals, "days_dropped": dropped_days, "report_window": REPORT_WINDOW,
+            "days_skipped_by_export": [s.to_json() for s in skipped.skipped], "days_skipped_unnamed": skipped.unnamed}
 
 
 def load_prepared(folder: Path, *, from_cache: bool = False) -> Prepared:
