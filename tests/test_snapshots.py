@@ -30,12 +30,12 @@ def test_each_trial_checkpoint_asks_for_a_save_that_waits_for_its_budget(tmp_pat
     saves = []
 
     def save() -> None:
-        time.sleep(0.01)
+        time.sleep(snapshots.QUICK_SAVE_S)  # a save slow enough to be budgeted
         saves.append(time.monotonic())
 
     found = manager(tmp_path)
     found.sync_up_experiment_state(save)  # the first save is due at once
-    assert len(saves) == 1 and found._lobsearch_wait_s >= snapshots.BUDGET * 0.01  # 19 x its duration
+    assert len(saves) == 1 and found._lobsearch_wait_s >= snapshots.BUDGET * snapshots.QUICK_SAVE_S
     found.on_trial_checkpoint(SimpleNamespace())
     found.sync_up_experiment_state(save)
     assert len(saves) == 1 and found._should_force_sync_up, "too soon: the request waits"
@@ -44,6 +44,16 @@ def test_each_trial_checkpoint_asks_for_a_save_that_waits_for_its_budget(tmp_pat
     assert len(saves) == 2 and not found._should_force_sync_up
     found.sync_up_experiment_state(save)
     assert len(saves) == 2, "no checkpoint since: Tune's own period (10 s or more) applies"
+
+
+def test_after_a_quick_save_the_next_trial_checkpoint_is_saved_at_once(tmp_path):
+    saves = []
+    found = manager(tmp_path)
+    found.sync_up_experiment_state(lambda: saves.append(1))
+    assert found._lobsearch_wait_s == 0.0
+    found.on_trial_checkpoint(SimpleNamespace())
+    found.sync_up_experiment_state(lambda: saves.append(1))
+    assert saves == [1, 1] and not found._should_force_sync_up
 
 
 def test_a_fixed_period_keeps_tunes_behaviour_and_install_is_idempotent(tmp_path):
