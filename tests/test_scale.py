@@ -114,5 +114,9 @@ def test_the_scale_test_at_reduced_size_meets_its_targets(tmp_path: Path):
     placement = found["placement"]
     assert placement["most_trials_on_one_gpu"] <= placement["allowed_per_gpu"] == 2
     assert placement["node_loss"]["failed"] == 0 and placement["nodes_used"] >= 2
-    assert found["resume"]["lost"] == 0 and found["resume"]["to_first_epoch_s"] < 90
+    # trials that ended after the last experiment-state save before the kill are lost or rerun:
+    # the window is bounded (saves take at most 5 % of the driver), not closed (docs/benchmarks.md)
+    resume = found["resume"]
+    assert resume["lost"] + resume["rerun"] <= 0.1 * resume["finished_before_kill"], resume
+    assert resume["to_first_epoch_s"] < 90
     assert found["experiment_save"]["count"] < 100  # periodic, not one per trial checkpoint

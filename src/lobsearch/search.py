@@ -60,6 +60,9 @@ def run_search(
     """
     from lobsearch.data.days import discover_export, validate_export
 
+    from lobsearch import interrupts
+
+    interrupts.install()
     started = time.monotonic()
     say = _printer(started, quiet)
     if resume and not name:
@@ -87,7 +90,9 @@ def run_search(
         _check_export_fits(space, report)
         _say_start(space, name, say)
         with _ray_session(address or os.environ.get("RAY_ADDRESS")) as joined:
+            interrupts.check()  # a Ctrl-C while Ray started may have been dropped (``interrupts``)
             prepared = _prepare(space, found, say)
+            interrupts.check()
             for data in prepared.values():  # the prepared days know which price columns stay raw
                 _check_trading(space, data.n_features, data.quotes_note)
             plan = Plan(
