@@ -508,8 +508,41 @@ def test_labels_source_file_without_labels_files_is_a_data_error(small_export, t
 
 
 def test_an_unknown_engine_is_refused(small_export, tmp_path):
-    with pytest.raises(DataError, match="engine: must be 'ray' or 'local'"):
+    with pytest.raises(DataError, match="engine: unknown engine 'spark'; choices: auto, local, ray"):
         run(small_export, engine="spark", tmp=tmp_path)
+
+
+# ---------------------------------------------------------------- choosing the engine
+
+
+def test_auto_prepares_a_small_export_in_this_process_and_says_so(small_export, local_prepared, tmp_path):
+    prepared = run(small_export, engine="auto", tmp=tmp_path)
+    assert prepared.engine == "local" and not prepared.from_cache
+    assert_prepared_identical(prepared, local_prepared)
+    again = run(small_export, engine="auto", tmp=tmp_path)
+    assert again.from_cache and again.engine == "cache"
+
+
+def test_auto_chooses_ray_data_only_where_the_work_outweighs_its_fixed_cost(small_export, monkeypatch):
+    export = discover_export(small_export)
+    monkeypatch.setattr(pipeline, "_ray_data_cost", lambda: (2.0, 2))
+    assert pipeline.choose_engine(export) == "local"  # 6 days of 3,000 rows: milliseconds
+    monkeypatch.setattr(pipeline, "LOCAL_BYTES_PER_S", 1e5)  # the same bytes, as if 10,000 times slower
+    assert pipeline.choose_engine(export) == "ray"
+    monkeypatch.setattr(pipeline, "_ray_data_cost", lambda: (2.0, 1))  # one CPU: nothing to gain
+    assert pipeline.choose_engine(export) == "local"
+
+
+def test_a_windowed_day_counts_the_rows_it_lays_out_not_its_windows(tmp_path):
+    from lobsearch.data.days import rows_bytes
+    from lobsearch.synth import write_synthetic_export
+
+    export = discover_export(write_synthetic_export(tmp_path / "w", days=1, rows=1000, seed=0, fmt="windowed",
+                                                    window=50, stride=10, splits=(1.0, 0.0, 0.0)))
+    day = export.days()[0]
+    windows = (1000 - 50) // 10 + 1
+    assert rows_bytes(day) == (50 + (windows - 1) * 10) * 98 * 4  # float32 rows, recovered once
+    assert rows_bytes(day) < day.features.stat().st_size / 4
 
 
 # ---------------------------------------------------------------- trials holding every CPU

@@ -288,7 +288,8 @@ def _say_start(space: SearchSpace, name: str, say: Callable[[str], None]) -> Non
 
 
 def _prepare(space: SearchSpace, export: Any, say: Callable[[str], None]) -> dict[str, Any]:
-    """Each data config of the space prepared once with Ray Data: {prep digest: Prepared}, and
+    """Each data config of the space prepared once (Ray Data where it pays, ``pipeline.
+    choose_engine``): {prep digest: Prepared}, and
     under walk_forward each fold of each too ({``folds.fold_key(digest, k)``: Prepared})."""
     from lobsearch.data.folds import fold_export, fold_key
     from lobsearch.data.pipeline import prepare
@@ -302,8 +303,9 @@ def _prepare(space: SearchSpace, export: Any, say: Callable[[str], None]) -> dic
                                                    f" fold {f.index}") for f in folds]
         for key, view, label in views:
             started = time.monotonic()
-            result = prepare(view, prep, engine="ray")
-            origin = "from cache" if result.from_cache else f"in {time.monotonic() - started:.1f} s"
+            result = prepare(view, prep, engine="auto")
+            how = "Ray Data" if result.engine == "ray" else "in this process"
+            origin = "from cache" if result.from_cache else f"in {time.monotonic() - started:.1f} s, {how}"
             say(f"data config {prep.digest()}{label}: {result.summary()} ({origin})")
             prepared[key] = result
     return prepared

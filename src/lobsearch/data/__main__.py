@@ -1,7 +1,8 @@
 """``python -m lobsearch.data report EXPORT_DIR``: what the safety gates drop, per day and rule.
 
 Prepares the export under the default prep config (cached, as a search would; ``--engine ray``
-uses Ray Data, the default ``local`` runs in this process), then prints one table with, per day,
+uses Ray Data, ``local`` runs in this process, the default ``auto`` chooses as a search does),
+then prints one table with, per day,
 the rows and the windows (``--window`` T rows, ``--stride`` S; default 100, or the T of a windowed
 export, and 1) that each gate
 rule drops, and a summary per split: days, rows, and the label balance per horizon in percent of
@@ -60,7 +61,9 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--window", type=_positive, default=None,
                         help="window size T in rows (default 100, or the T of a windowed export's windows)")
     report.add_argument("--stride", type=_positive, default=1, help="stride between window ends (default 1)")
-    report.add_argument("--engine", choices=("local", "ray"), default="local", help="how to prepare (default local)")
+    report.add_argument("--engine", choices=("auto", "local", "ray"), default="auto",
+                        help="how to prepare: Ray Data (ray), this process (local), or whichever is expected to "
+                             "finish first (auto, the default)")
     report.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
     return parser
 

@@ -928,6 +928,22 @@ def _day_layout(day: DayFile) -> WindowLayout:
     return _layout(day, _statements(day), _memmap(day.features))
 
 
+def rows_bytes(day: DayFile) -> int:
+    """Bytes of the feature rows preparing ``day`` reads: N x F x itemsize of a flat day, the
+    rows its ``WindowLayout`` lays out x F x itemsize of a windowed one (about 1/T of the file
+    per row of stride). Reads headers and metadata only; a day whose files are bad counts at its
+    file's size (preparing it raises the error, naming it)."""
+    try:
+        header = read_day_header(day)
+        width = header.shape[-1] * header.dtype.itemsize
+        if not day.windowed:
+            return header.shape[0] * width
+        layout = _layout(day, _statements(day), _memmap(day.features), check_pairs=False)
+        return layout.rows * width
+    except DataError:
+        return day.features.stat().st_size
+
+
 def _collect(export: Export, days: Sequence[DayFile], check: Callable[[DayFile], object]) -> dict:
     """``check(day)`` for every day; all DataErrors raised as one (a single one unchanged)."""
     results, problems = {}, []
