@@ -13,7 +13,8 @@ caches of one never reach the next:
   ``np.load``, the three gates, Chan moments of the passing rows of the training days, then every
   day z-scored in float64 with the training statistics (gate/categorical/version columns kept,
   clip at 10) and saved as float32 ``x``, int8 ``labels``, bool ``row_ok`` and the raw
-  (MID_PRICE, SPREAD) ``quotes`` npy files.
+  (MID_PRICE, SPREAD) ``quotes`` npy files, and the empty ``forward`` one (a flat day's exits are
+  its rows).
 - ``ray-1`` / ``ray-2``: ``ray.init(num_cpus=1 or 2)``, then ``prepare(engine="ray")`` into a
   fresh cache folder (``cold``: the first Ray Data run of the session, so it includes starting
   and importing the Ray Data workers), then once more into another fresh folder (``warm``).
@@ -121,6 +122,7 @@ def numpy_reference(export: Path, out: Path) -> int:
         np.save(f"{stem}_labels.npy", labels)
         np.save(f"{stem}_row_ok.npy", ok)
         np.save(f"{stem}_quotes.npy", quotes)
+        np.save(f"{stem}_forward.npy", np.empty((0, 0)))  # a flat day's exits are its rows
         rows += x.shape[0]
     return rows
 

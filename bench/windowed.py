@@ -23,7 +23,8 @@ medians reported; what ``bench/preprocess.py`` does for a flat export, with its 
   recovered again, z-scored in float64 with the training statistics (gate/categorical/version
   columns kept, clip at 10) and saved as float32 ``x``, int8 ``labels`` (each window's label,
   +1, on its end row, -1 on the others), bool ``row_ok`` and, where lobsearch's cache holds
-  them (``pipeline.ARRAYS``), the raw float32 ``quotes`` (MID_PRICE, SPREAD): what the cache holds.
+  them (``pipeline.ARRAYS``), the raw float32 ``quotes`` (MID_PRICE, SPREAD) and the ``forward``
+  exit prices (empty at stride < T): what the cache holds.
 - ``ray-2`` (and ``ray-1`` with ``--cpus 1 2``): ``bench/preprocess.py``'s ``worker_ray``:
   ``ray.init(num_cpus=N)`` (timed apart, not counted), ``prepare(engine="ray")`` into a fresh
   cache folder (``cold``: the first Ray Data run of the session, with its start-up), then into
@@ -89,7 +90,7 @@ KEPT_COLUMNS = (92, 93, 94, 96, 97)
 CLIP = 10.0
 QUOTE_COLUMNS = (40, 41)
 """MID_PRICE and SPREAD: the raw quotes a prepared day keeps beside x (where lobsearch's cache holds them)."""
-REFERENCE_ARRAYS = ("x", "labels", "row_ok", "quotes")
+REFERENCE_ARRAYS = ("x", "labels", "row_ok", "quotes", "forward")
 """The per-day arrays the reference can write."""
 
 
@@ -143,6 +144,18 @@ def _day_rows(path: Path) -> tuple[np.ndarray, np.ndarray, int]:
     return rows, ends, sequences.shape[0]
 
 
+def window_exits(path: Path, count: int) -> np.ndarray:
+    """The exit prices lobsearch keeps for a day whose windows do not overlap: its forward prices
+    from column k (the metadata's ``forward_prices.smoothing_window_offset``); (0, 0) where the
+    windows overlap (the recovered rows give the exits)."""
+    meta = json.loads(path.with_name(f"{path.name[:8]}_metadata.json").read_text())
+    if meta["stride"] < np.load(path, mmap_mode="r").shape[1]:
+        return np.empty((0, 0))
+    forward = np.load(path.with_name(f"{path.name[:8]}_forward_prices.npy"))
+    assert forward.shape[0] == count
+    return forward[:, meta["forward_prices"]["smoothing_window_offset"]:]
+
+
 def _train_moments(days: list[tuple[str, str, Path]]) -> tuple[int, np.ndarray, np.ndarray]:
     """Chan-combined count, mean and m2 (float64) of the passing rows of the training days."""
     count, mean, m2 = 0, None, None
@@ -191,6 +204,8 @@ def windowed_reference(export: Path, out: Path, arrays: tuple[str, ...] = ("x", 
         written = {"x": x.astype(np.float32), "labels": labels, "row_ok": ok}
         if "quotes" in arrays:
             written["quotes"] = day[:, list(QUOTE_COLUMNS)]
+        if "forward" in arrays:
+            written["forward"] = window_exits(path, count)
         for name in arrays:
             np.save(out / f"{i:04d}_{split}_{date}_{name}.npy", written[name])
         rows, windows = rows + x.shape[0], windows + count

@@ -29,7 +29,7 @@ def test_the_numpy_reference_writes_what_lobsearch_writes(bench, small_export, t
     prepared = prepare(small_export, PrepConfig(), cache_dir=tmp_path / "cache", engine="local")
     assert rows == sum(d.num_samples for days in prepared.splits.values() for d in days) == 6 * 3000
     check = bench.compare_outputs(reference, prepared_root(tmp_path / "cache") / prepared.key)
-    assert check == {"files": 24, "identical": True}  # 6 days x (x, labels, row_ok, quotes)
+    assert check == {"files": 30, "identical": True}  # 6 days x (x, labels, row_ok, quotes, forward)
 
 
 def test_the_comparison_notices_one_changed_value(bench, small_export, tmp_path):

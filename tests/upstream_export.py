@@ -87,6 +87,9 @@ class Upstream:
     """Whether the split summary also lists each split's dates (``dates``), as lobsearch's synth does."""
     skipped_as_count: bool = False
     """Write ``skipped_days`` as a bare count instead of a list."""
+    forward_prices: bool = False
+    """Write ``<DAY>_forward_prices.npy``: per kept window the mid from ``smoothing_window`` rows
+    before its end to the longest horizon after it, NaN past the day's last row."""
 
     @property
     def multi(self) -> bool:
@@ -258,6 +261,14 @@ def write_day(folder: Path, split: str, date: str, cfg: Upstream, rng: np.random
         "strategy": "none", "normalization_applied": False, "price_means": [0.0] * 10, "price_stds": [1.0] * 10,
         "size_means": [0.0] * 20, "size_stds": [1.0] * 20, "sample_count": len(starts) * cfg.window_size,
         "feature_layout": meta["normalization"]["feature_layout"], "levels": 10}, indent=2))
+    if cfg.forward_prices:
+        k, reach = cfg.smoothing_window, max(cfg.horizons)
+        rows_at = np.array(starts)[:, None] + cfg.window_size - 1 - k + np.arange(k + reach + 1)
+        mids = np.append(x[:, 40], np.nan)  # the last entry stands for every row past the day's end
+        np.save(folder / f"{date}_forward_prices.npy", mids[np.minimum(rows_at, cfg.rows)])
+        meta["forward_prices"] = {"exported": True, "smoothing_window_offset": k, "max_horizon": reach,
+                                  "n_columns": k + reach + 1}
+        (folder / f"{date}_metadata.json").write_text(json.dumps(meta, indent=2))
     extra = horizons_json(cfg)
     if extra is not None:
         (folder / f"{date}_horizons.json").write_text(json.dumps(extra, indent=2))

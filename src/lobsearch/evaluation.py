@@ -148,12 +148,8 @@ def net_bps_per_day(pred: np.ndarray, ends: np.ndarray, quotes: Quotes, horizon:
 
 
 def _priced(ends: np.ndarray, quotes: Quotes, horizon: int) -> np.ndarray:
-    """(M,) bool: the window's entry row has a usable quote, and so has its exit row when that
-    lies in the same day (an exit past the day's end opens no position anyway)."""
-    usable = np.isfinite(quotes.mid) & (quotes.mid > 0) & np.isfinite(quotes.spread) & (quotes.spread >= 0)
-    exits = ends + horizon
-    inside = exits < quotes.starts[quotes.day_of(ends) + 1]
-    return usable[ends] & np.where(inside, usable[np.minimum(exits, quotes.mid.size - 1)], True)
+    """(M,) bool: ``Quotes.priced`` of the windows ending at ``ends``."""
+    return quotes.priced(np.asarray(ends, dtype=np.int64), horizon)
 
 
 def _stable_where_unpriced(probs: np.ndarray, priced: np.ndarray) -> np.ndarray:

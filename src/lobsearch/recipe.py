@@ -41,7 +41,7 @@ from lobsearch.loop import EpochResult, FitResult, FitSettings, fit, seed_everyt
 from lobsearch.metrics import lift, naive_baselines
 from lobsearch.models import create_model, model_spec
 from lobsearch.steps import StepSettings, epoch_steps
-from lobsearch.trading import Quotes
+from lobsearch.trading import Quotes, WindowExits
 
 if TYPE_CHECKING:
     from lobsearch.data.pipeline import Prepared
@@ -366,9 +366,12 @@ def _trading(built: BuiltRun, seen: dict[str, Seen], majority: int) -> dict[str,
 
 
 def split_quotes(prepared: Prepared, name: str) -> Quotes:
-    """The raw mid and spread (USD) of split ``name``'s days, rows counted as its WindowSet's ends."""
+    """The raw mid and spread (USD) of split ``name``'s days, rows counted as its WindowSet's ends,
+    and the exit prices of its days of non-overlapping windows (``PreparedDay.forward``)."""
     days = _split_days(prepared, name)
-    return Quotes.from_days([day.mid for day in days], [day.spread for day in days])
+    exits = [None if day.forward is None else WindowExits(day.forward, day.layout.window, day.layout.stride)
+             for day in days]
+    return Quotes.from_days([day.mid for day in days], [day.spread for day in days], exits)
 
 
 def evaluate_checkpoint(config: RunConfig, prepared: Prepared, checkpoint: Path) -> dict[str, Any]:

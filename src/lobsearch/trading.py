@@ -7,6 +7,12 @@ The rules, for one split (its days in chronological order):
   tau (tau = 0: no threshold), a position opens at row e and closes at row e + h, h being the
   label's horizon in rows. Stable stays flat.
 - Where e + h is past the day's last row no position opens: positions never cross days.
+- A day whose exported windows do not overlap (stride S >= T) has no row h rows after a window's
+  end: its exit prices come from the export's forward prices (``WindowExits``), its exit pays
+  the entry's half spread (the file holds mids only), and "rows" are the day's own rows (window j
+  ends at row j*S + T - 1), so that blocking counts the rows that really pass; entry and exit
+  mids both come from the forward prices there (float64; the entry equals MID_PRICE of the
+  window's last row, ``pipeline.window_exits`` checks it).
 - An open position blocks entries until its exit row: the next entry is the first acting window
   whose end row is >= e + h (an exit and the next entry may share a row).
 - Costs: each side crosses half the spread (a long buys at the ask, mid + spread / 2, and sells
@@ -40,23 +46,59 @@ DEFAULT_TAU_GRID = (0.0,) + tuple(round(0.35 + 0.05 * i, 2) for i in range(13))
 
 
 @dataclass(frozen=True, eq=False)
+class WindowExits:
+    """The exit prices of a day whose M exported windows of T rows do not overlap (stride S >= T),
+    laid out one after another (window j's rows are ``j*T .. j*T + T - 1`` of the day).
+
+    prices: (M, maxH + 1) float64 mids in USD, column 0 at window j's end, column h h rows of the
+    day later, NaN past the day's end (the export's ``_forward_prices.npy`` from its column k).
+    """
+
+    prices: np.ndarray
+    window: int
+    stride: int
+
+    def windows(self, local: np.ndarray) -> np.ndarray:
+        """(K,) window index of each laid-out end row ``local`` (rows of the day); raises
+        DataError for a row that is not a window's end."""
+        j, offset = np.divmod(local - (self.window - 1), self.window)
+        bad = (offset != 0) | (j < 0) | (j >= self.prices.shape[0])
+        if bad.any():
+            raise DataError(f"backtest: row {int(local[bad][0])} of a day of non-overlapping windows (T = "
+                            f"{self.window}) is not the end of one of its {self.prices.shape[0]} windows")
+        return j
+
+    def exit_mid(self, j: np.ndarray, horizon: int) -> np.ndarray:
+        """(K,) mid ``horizon`` rows after window j's end (NaN past the day's end)."""
+        if horizon >= self.prices.shape[1]:
+            raise ConfigError("backtest", [f"horizon {horizon} needs forward prices {horizon} rows ahead; the "
+                                           f"export's reach {self.prices.shape[1] - 1}"])
+        return self.prices[j, horizon]
+
+
+@dataclass(frozen=True, eq=False)
 class Quotes:
     """Mid and spread of a split's days, concatenated in chronological order.
 
     mid, spread: (N,) float64 USD per row; starts: (D + 1,) int64 row offsets, day d being rows
-    ``starts[d]:starts[d + 1]``. Window end rows passed to ``backtest`` are global rows into
-    these (as ``WindowSet.ends``).
+    ``starts[d]:starts[d + 1]``; exits: per day its ``WindowExits`` (a day of non-overlapping
+    windows) or None (exits are rows of the day); () when no day has any. Window end rows passed
+    to ``backtest`` are global rows into these (as ``WindowSet.ends``).
     """
 
     mid: np.ndarray
     spread: np.ndarray
     starts: np.ndarray
+    exits: tuple[WindowExits | None, ...] = ()
 
     @classmethod
-    def from_days(cls, mids: Sequence[np.ndarray], spreads: Sequence[np.ndarray]) -> Quotes:
-        """One (N_d,) mid and one (N_d,) spread array per day, USD. Raises DataError on shapes."""
-        if len(mids) != len(spreads) or not mids:
-            raise DataError(f"quotes: need one spread per mid and >= 1 day, got {len(mids)} and {len(spreads)}")
+    def from_days(cls, mids: Sequence[np.ndarray], spreads: Sequence[np.ndarray],
+                  exits: Sequence[WindowExits | None] | None = None) -> Quotes:
+        """One (N_d,) mid and one (N_d,) spread array per day, USD, and optionally one
+        ``WindowExits`` or None per day. Raises DataError on shapes."""
+        if len(mids) != len(spreads) or not mids or (exits is not None and len(exits) != len(mids)):
+            raise DataError(f"quotes: need one spread (and exits, if any) per mid and >= 1 day, got {len(mids)}, "
+                            f"{len(spreads)} and {None if exits is None else len(exits)}")
         for d, (mid, spread) in enumerate(zip(mids, spreads)):
             if np.ndim(mid) != 1 or np.shape(mid) != np.shape(spread):
                 raise DataError(f"quotes: day {d}: mid {np.shape(mid)} and spread {np.shape(spread)} must both be (N,)")
@@ -64,7 +106,35 @@ class Quotes:
         starts = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
         mid = np.concatenate([np.asarray(m, dtype=np.float64) for m in mids])
         spread = np.concatenate([np.asarray(s, dtype=np.float64) for s in spreads])
-        return cls(mid, spread, starts)
+        return cls(mid, spread, starts, tuple(exits) if exits is not None and any(e is not None for e in exits) else ())
+
+    def legs(self, ends: np.ndarray, horizon: int) -> tuple[_Legs, np.ndarray, np.ndarray]:
+        """(legs, day, clock) of windows ending at global rows ``ends`` (M,) held ``horizon``
+        rows: entry and exit quotes and whether the exit lies in the day; each window's day; and
+        the row at which it ends in its day's time (the global row, or j*S + T - 1 on a day of
+        ``WindowExits``), which the walk compares."""
+        day = self.day_of(ends)
+        exits = ends + horizon
+        feasible = exits < self.starts[day + 1]
+        exits = np.where(feasible, exits, ends)
+        entry_mid, exit_mid, exit_spread, clock = self.mid[ends], self.mid[exits], self.spread[exits], ends.copy()
+        for d, forward in enumerate(self.exits):
+            on = np.flatnonzero(day == d) if forward is not None else ()
+            if len(on):
+                j = forward.windows(ends[on] - self.starts[d])
+                entry_mid[on] = forward.prices[j, 0]  # entry and exit from one source (float64)
+                exit_mid[on] = forward.exit_mid(j, horizon)
+                exit_spread[on] = self.spread[ends[on]]
+                feasible[on] = np.isfinite(exit_mid[on])
+                clock[on] = j * forward.stride + forward.window - 1
+        return _Legs(entry_mid, self.spread[ends], exit_mid, exit_spread, feasible), day, clock
+
+    def priced(self, ends: np.ndarray, horizon: int) -> np.ndarray:
+        """(M,) bool: the window's entry has a usable quote (mid > 0, spread >= 0, finite), and so
+        has its exit where one lies in the day (no exit opens no position anyway)."""
+        legs, _, _ = self.legs(ends, horizon)
+        entry = _usable(legs.entry_mid, legs.entry_spread)
+        return entry & np.where(legs.feasible, _usable(legs.exit_mid, legs.exit_spread), True)
 
     @classmethod
     def from_rows(cls, days: Sequence[np.ndarray]) -> Quotes:
@@ -195,12 +265,8 @@ def backtest(
     pred = _predictions("pred", pred, ends.size)
     if ends.size and (ends.min() < 0 or ends.max() >= quotes.mid.size):
         raise DataError(f"backtest: ends must be rows in [0, {quotes.mid.size}), got {ends.min()}..{ends.max()}")
-    day = quotes.day_of(ends)
-    exits = ends + horizon
-    feasible = exits < quotes.starts[day + 1]
-    exits = np.where(feasible, exits, ends)
-    legs = _Legs(quotes.mid[ends], quotes.spread[ends], quotes.mid[exits], quotes.spread[exits], feasible)
-    return _simulate(pred, _acting(pred, prob, tau), day, ends, legs, horizon, fee_bps, tau)
+    legs, day, clock = quotes.legs(ends, horizon)
+    return _simulate(pred, _acting(pred, prob, tau), day, clock, legs, horizon, fee_bps, tau)
 
 
 def backtest_forward(
@@ -363,9 +429,14 @@ def _check_settings(source: str, horizon, fee_bps, prob, tau) -> None:
         raise ConfigError(source, problems)
 
 
+def _usable(mid: np.ndarray, spread: np.ndarray) -> np.ndarray:
+    """(M,) bool: a quote one can trade at (finite mid > 0, finite spread >= 0)."""
+    return np.isfinite(mid) & (mid > 0) & np.isfinite(spread) & (spread >= 0)
+
+
 def _check_quotes(day, rows, mid, spread, leg: str) -> None:
     """DataError naming the first traded row whose mid is not > 0 or spread not >= 0."""
-    bad = np.flatnonzero(~(np.isfinite(mid) & (mid > 0) & np.isfinite(spread) & (spread >= 0)))
+    bad = np.flatnonzero(~_usable(mid, spread))
     if bad.size:
         i = bad[0]
         raise DataError(f"backtest: day {day[i]} row {rows[i]} ({leg} of a trade): mid must be > 0 and spread >= 0 "

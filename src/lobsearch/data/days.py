@@ -526,7 +526,8 @@ class Day:
     STRATEGY_CLASS_NAMES``): the export's for a labels file ("tlob" when none is stated), "tlob"
     for labels computed from MID_PRICE, "regression" for classes of forward returns.
     ``forward_prices`` is the memory-mapped, checked (windows or rows, k + max_h + 1) float64
-    ``_forward_prices.npy`` (``_forward_prices``), None without one. ``normalized_columns`` (F,)
+    ``_forward_prices.npy`` (``_forward_prices``), None without one, and ``forward_base`` its
+    column k, the price at the window's end (``_forward_base``). ``normalized_columns`` (F,)
     bool marks the columns the export already normalized (``exported_normalization``),
     ``normalization_note`` says why metadata that claims normalization was read as raw (None when
     it was not); ``schema_version`` comes from metadata, else the manifest, else the
@@ -546,6 +547,7 @@ class Day:
     label_strategy: str = "tlob"
     normalization_note: str | None = None
     forward_prices: np.ndarray | None = None
+    forward_base: int | None = None
 
     @property
     def num_samples(self) -> int:
@@ -588,11 +590,12 @@ def load_day(day: DayFile, *, rule: LabelRule | None = None, expected_features: 
         _check_finite(day.features, features)
     labels, horizons, strategy = _day_labels(day, said, header, features, rule, layout)
     normalized, note = exported_normalization(day.metadata, said.metadata, header.shape[-1])
+    forward = _forward_prices(day, said, header.shape[0], scan=check_data)
     return Day(date=day.date, split=day.split, features=features, labels=labels, horizons=horizons,
                metadata=said.metadata, normalized_columns=normalized,
                schema_version=_schema_version(said, features), source=day.features, layout=layout,
-               label_strategy=strategy or "tlob", normalization_note=note,
-               forward_prices=_forward_prices(day, said, header.shape[0], scan=check_data))
+               label_strategy=strategy or "tlob", normalization_note=note, forward_prices=forward,
+               forward_base=None if forward is None else _forward_base(day, said, forward, horizons))
 
 
 def _forward_prices(day: DayFile, said: DayStatements, count: int, scan: bool = True) -> np.ndarray | None:
@@ -620,6 +623,22 @@ def _forward_prices(day: DayFile, said: DayStatements, count: int, scan: bool = 
     if scan:
         _check_forward_nan(path, prices, k)
     return prices
+
+
+def _forward_base(day: DayFile, said: DayStatements, prices: np.ndarray, horizons: tuple[int, ...]) -> int:
+    """Column k of the day's forward prices (the price at the window's end): as the metadata
+    states it, else the columns less the longest label horizon and one (k past columns, t, then
+    max_h later ones). Raises DataError naming the file when nothing states k and the columns are
+    fewer than the longest horizon and one."""
+    _, k, _ = said.forward_price_columns()
+    if k is not None:
+        return k
+    reach = max(horizons, default=0)
+    if prices.shape[1] < reach + 1:
+        raise _error(day.forward_prices, f"{prices.shape[1]} columns, no forward_prices.smoothing_window_offset "
+                     f"in its metadata, and a longest label horizon of {reach}",
+                     "forward prices hold k past columns, the price at t and max_h later ones")
+    return prices.shape[1] - reach - 1
 
 
 def _check_forward_nan(path: Path, prices: np.ndarray, k: int | None) -> None:

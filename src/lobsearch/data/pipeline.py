@@ -86,7 +86,7 @@ from lobsearch.errors import DataError, unknown_choice
 if TYPE_CHECKING:
     from lobsearch.config import PrepConfig
 
-PIPELINE_VERSION = "4"
+PIPELINE_VERSION = "5"
 """Bumped when the prepared arrays change meaning, so old caches miss."""
 
 REPORT_WINDOW = 100
@@ -110,7 +110,8 @@ class PreparedDay:
     none, row_ok (N,) bool (passes the enabled gates); layout: a windowed day's exported windows
     among those rows (``layout.WindowLayout``), None for a flat day; quotes: (N, 2) raw
     MID_PRICE and SPREAD of each row (USD, the export's float dtype), for trading metrics, None
-    when the export has no raw ones (``raw_quotes``)."""
+    when the export has no raw ones (``raw_quotes``); forward: (M, maxH + 1) float64 exit mids of
+    a day whose M windows do not overlap (``window_exits``), None where the rows serve."""
 
     date: str
     split: str
@@ -119,6 +120,7 @@ class PreparedDay:
     row_ok: np.ndarray
     layout: WindowLayout | None = None
     quotes: np.ndarray | None = None
+    forward: np.ndarray | None = None
 
     @property
     def num_samples(self) -> int:
@@ -323,16 +325,23 @@ def _day_report(day_file: DayFile, day: Any, gates: Any, steps: DaySteps) -> dic
         "normalized": bool(day.normalized),
         "normalized_columns": np.flatnonzero(day.normalized_columns).tolist(),
         "normalization_note": day.normalization_note,
-        "quotes_note": quotes_note(day.features.shape[1], day.normalized_columns, day.layout),
+        "quotes_note": quotes_note(day.features.shape[1], day.normalized_columns, day.layout, _has_exits(day)),
     }
 
 
-def quotes_note(n_features: int, normalized_columns: np.ndarray, layout: WindowLayout | None = None) -> str | None:
+def _has_exits(day: Any) -> bool:
+    """Whether a loaded day's forward prices can stand in for its missing exit rows."""
+    return day.forward_prices is not None and day.forward_base is not None
+
+
+def quotes_note(n_features: int, normalized_columns: np.ndarray, layout: WindowLayout | None = None,
+                forward: bool = False) -> str | None:
     """Why a day of ``n_features`` columns has no raw MID_PRICE and SPREAD to trade at, or None.
 
     normalized_columns: (F,) bool, the columns the export already normalized (a normalized
     price is no price); layout: a windowed day's, whose windows must overlap for its rows to be
-    one series of the day (a position's exit row h rows later must be a row of the data).
+    one series of the day (a position's exit row h rows later must be a row of the data), unless
+    ``forward``: the day has forward prices, which give the exits (``window_exits``).
     """
     if n_features <= FeatureIndex.SPREAD:
         return (f"the export has {n_features} columns, so no MID_PRICE and SPREAD (columns "
@@ -340,20 +349,53 @@ def quotes_note(n_features: int, normalized_columns: np.ndarray, layout: WindowL
     normalized = [int(c) for c in QUOTE_COLUMNS if normalized_columns[c]]
     if normalized:
         return f"the export normalized column(s) {normalized} (MID_PRICE, SPREAD): no raw prices to trade at"
-    if layout is not None and not layout.overlapping and layout.count > 1:
-        return (f"the export's windows do not overlap (stride {layout.stride} >= T = {layout.window}): a day's "
-                "rows are not one series, so a position's exit row is not in the data")
+    if layout is not None and not layout.overlapping and layout.count > 1 and not forward:
+        return (f"the export's windows do not overlap (stride {layout.stride} >= T = {layout.window}) and it "
+                "has no _forward_prices.npy: a day's rows are not one series, so a position's exit row is not "
+                "in the data")
     return None
 
 
-def raw_quotes(features: np.ndarray, normalized_columns: np.ndarray, layout: WindowLayout | None = None
-               ) -> np.ndarray:
+def raw_quotes(features: np.ndarray, normalized_columns: np.ndarray, layout: WindowLayout | None = None,
+               forward: bool = False) -> np.ndarray:
     """(N, 2) raw MID_PRICE and SPREAD of (N, F) ``features``, USD, in their float dtype
     (float32 or float64; another becomes float64); (N, 0) when ``quotes_note`` finds none."""
-    if quotes_note(features.shape[1], normalized_columns, layout) is not None:
+    if quotes_note(features.shape[1], normalized_columns, layout, forward) is not None:
         return np.empty((features.shape[0], 0), dtype=np.float32)
     dtype = features.dtype if features.dtype in (np.float32, np.float64) else np.float64
     return np.ascontiguousarray(features[:, list(QUOTE_COLUMNS)], dtype=dtype)
+
+
+FORWARD_RTOL = 1e-6
+"""How far a forward price at a window's end may lie from MID_PRICE of its last row, relative:
+float32 rounding of the features (6e-8) and nothing more."""
+
+
+def window_exits(day: Any, quotes: np.ndarray, row_ok: np.ndarray) -> np.ndarray:
+    """(M, maxH + 1) float64 exit mids of a day whose M exported windows do not overlap: the
+    export's forward prices from column k (the window's end; column h is h rows of the day
+    later, NaN past its end), which ``trading.WindowExits`` reads where no row h rows later is in
+    the data. (0, 0) for every other day (rows serve, or no quotes to trade at).
+
+    quotes: the day's ``raw_quotes``; row_ok: (N,) its gate mask. Column 0 must be MID_PRICE of
+    each window's last row (within FORWARD_RTOL, on rows that pass the gates): otherwise the file
+    belongs to other windows, a DataError naming it, the window and both prices.
+    """
+    layout = day.layout
+    if layout is None or layout.overlapping or not _has_exits(day) or quotes.shape[1] == 0:
+        return np.empty((0, 0), dtype=np.float64)
+    exits = np.array(day.forward_prices[:, day.forward_base:], dtype=np.float64)
+    ends = layout.ends()
+    mid = quotes[ends, 0].astype(np.float64)
+    checked = row_ok[ends] & np.isfinite(mid) & (mid > 0)
+    wrong = checked & ~np.isclose(exits[:, 0], mid, rtol=FORWARD_RTOL, atol=0.0)
+    if wrong.any():
+        j = int(np.flatnonzero(wrong)[0])
+        raise DataError(f"{getattr(day.forward_prices, 'filename', day.source)}: "
+                        f"window {j}: forward price at its end (column {day.forward_base}) is {exits[j, 0]!r}, but "
+                        f"MID_PRICE of its last row is {mid[j]!r} (rule: column k of _forward_prices.npy is the "
+                        f"mid at the window's end; {int(wrong.sum())} of {len(ends)} windows disagree)")
+    return exits
 
 
 def _naming(day_file: DayFile, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -394,16 +436,18 @@ def day_arrays(day_file: DayFile, steps: DaySteps, stats: NormStats | None, seen
     options = {"schema_version": None if day.normalized else day.schema_version, "clip": steps.clip,
                "row_ok": gates.row_ok}
     labels = np.ascontiguousarray(day.labels, dtype=np.int8)
-    quotes = raw_quotes(features, day.normalized_columns, day.layout)
+    quotes = raw_quotes(features, day.normalized_columns, day.layout, _has_exits(day))
+    forward = window_exits(day, quotes, gates.row_ok)
     report = {} if seen else _day_report(day_file, day, gates, steps)
     if into is None:
         x = _naming(day_file, normalize_day, features, day_stats, **options)
-        return {**report, "x": x, "labels": labels, "row_ok": gates.row_ok, "quotes": quotes}
+        return {**report, "x": x, "labels": labels, "row_ok": gates.row_ok, "quotes": quotes, "forward": forward}
     _naming(day_file, lambda: _write_npy(Path(f"{into}_x.npy"), features.shape,
                                          normalized_chunks(features, day_stats, **options)))
     np.save(f"{into}_labels.npy", labels)
     np.save(f"{into}_row_ok.npy", gates.row_ok)
     np.save(f"{into}_quotes.npy", quotes)
+    np.save(f"{into}_forward.npy", forward)
     return report
 
 
@@ -442,9 +486,9 @@ def _write_npy(path: Path, shape: tuple[int, ...], chunks: Iterator[np.ndarray])
 
 # ---------------------------------------------------------------- engines
 
-ARRAYS = ("x", "labels", "row_ok", "quotes")
+ARRAYS = ("x", "labels", "row_ok", "quotes", "forward")
 """The arrays of a prepared day, each saved as ``<name>_<array>.npy`` (quotes (N, 0) when the
-day has none)."""
+day has none, forward (0, 0) where its rows give the exits)."""
 
 
 @dataclass(frozen=True)
@@ -952,6 +996,8 @@ def load_prepared(folder: Path, *, from_cache: bool = False) -> Prepared:
         arrays = {part: np.load(folder / f"{day['name']}_{part}.npy", mmap_mode="r") for part in ARRAYS}
         if arrays["quotes"].shape[1] == 0:
             arrays["quotes"] = None
+        if arrays["forward"].shape[0] == 0:
+            arrays["forward"] = None
         layout = WindowLayout.from_json(day["layout"])
         splits.setdefault(day["split"], []).append(PreparedDay(day["date"], day["split"], **arrays, layout=layout))
     stats = manifest["stats"]
