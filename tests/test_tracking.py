@@ -303,6 +303,7 @@ def test_the_tune_callback_stops_trying_after_a_failed_start(tmp_path, wandb_env
     with pytest.warns(TrackingWarning) as caught:
         for trial in trials:
             callback.on_trial_start(iteration=0, trials=trials, trial=trial)
+        assert callback.wait(30)
     assert [str(w.message) for w in caught] == [
         "W&B tracking is off for trial 'a1b2_00000': CommError: timed out",
         "W&B tracking is off for the rest of this search",
@@ -310,6 +311,7 @@ def test_the_tune_callback_stops_trying_after_a_failed_start(tmp_path, wandb_env
     for trial in trials:
         callback.on_trial_result(iteration=1, trials=trials, trial=trial, result=tune_result(1, EPOCHS[0]))
         callback.on_trial_complete(iteration=1, trials=trials, trial=trial)
+    assert callback.wait(30)
     assert calls == ["a1b2_00000"]
 
 
@@ -326,3 +328,55 @@ def test_numpy_values_paths_and_tuples_are_recorded_as_plain_json(tmp_path, wand
     assert run["config"] == {"export": str(tmp_path / "export"), "shape": [40, 98], "lr": 0.5}
     assert {k: run["history"][0][k] for k in ("val_macro_f1", "samples")} == {"val_macro_f1": 0.375, "samples": 4096}
     assert run["summary"]["best_epoch"] == 1 and run["summary"]["f1"] == [0.25, 0.5]
+
+
+def test_the_tune_hooks_queue_w_and_b_calls_instead_of_waiting_for_them(tmp_path, wandb_env, monkeypatch):
+    """Tune's event loop goes on while ``wandb.init`` has not returned; the calls then run in the
+    order Tune made them."""
+    import threading
+
+    from lobsearch import tracking
+    from lobsearch.tracking import WandbCallback
+
+    released, order = threading.Event(), []
+
+    class Run:
+        def __init__(self, name):
+            self.name = name
+
+        def log(self, metrics, step):
+            order.append((self.name, "log", step))
+
+    def slow_init(settings, *, name, **kwargs):
+        assert released.wait(30), "the test never released wandb.init"
+        order.append((name, "init", None))
+        return Run(name)
+
+    monkeypatch.setattr(tracking, "_init_run", slow_init)
+    monkeypatch.setattr(TrialTracker, "finish", lambda self, summary, artifact=None, failed=False: order.append(
+        (self.run.name, "finish", summary.get("best_val_macro_f1"))))
+    callback = WandbCallback.for_search(fake_search(tmp_path, "offline"))
+    trial = SimpleNamespace(trial_id="a1b2_00000", config={"data.window": 40}, checkpoint=None)
+    callback.on_trial_start(iteration=0, trials=[trial], trial=trial)  # returns while wandb.init waits
+    for epoch, metrics in enumerate(EPOCHS[:2], start=1):
+        callback.on_trial_result(iteration=epoch, trials=[trial], trial=trial, result=tune_result(epoch, metrics))
+    callback.on_trial_complete(iteration=3, trials=[trial], trial=trial)
+    assert order == [] and not callback.wait(0.2)
+    released.set()
+    assert callback.wait(30)
+    best = max(m["val_macro_f1"] for m in EPOCHS[:2])
+    assert order == [("a1b2_00000", "init", None), ("a1b2_00000", "log", 1), ("a1b2_00000", "log", 2),
+                     ("a1b2_00000", "finish", best)]
+
+
+def test_a_call_queue_survives_a_failing_call_and_pickles_empty():
+    from lobsearch.tracking import CallQueue
+
+    calls, done = CallQueue(), []
+    calls.submit(lambda: 1 / 0)
+    calls.submit(lambda: done.append("after"))
+    with pytest.warns(TrackingWarning, match="W&B call failed .*ZeroDivisionError"):
+        assert calls.wait(30)
+    assert done == ["after"]
+    restored = pickle.loads(pickle.dumps(calls))
+    assert restored.wait(1)

@@ -6,8 +6,10 @@ missing package) becomes a ``TrackingWarning`` and a tracker that does nothing.
 
 Two ways to use it: ``TrialTracker`` inside any process that trains, or ``WandbCallback``, a Ray
 Tune callback that keeps one ``TrialTracker`` per trial on the driver as Tune reports results (so
-trial processes never start W&B). Offline runs are written under ``<run dir>/wandb/offline-run-*``
-(``sync_command`` prints how to upload them).
+trial processes never start W&B). The callback's W&B calls run in order on one background thread
+of the driver (``CallQueue``), so that Tune's event loop never waits on ``wandb.init`` (about 50
+ms) or a run's finish (about 20 ms) while trials are waiting to start. Offline runs are written
+under ``<run dir>/wandb/offline-run-*`` (``sync_command`` prints how to upload them).
 
 Why not Ray's ``WandbLoggerCallback`` (ray 2.60): besides id, name and group, ``log_trial_start``
 passes ``wandb.init`` the constructor's ``**kwargs``, the same for every trial, so a per-trial job
@@ -25,10 +27,13 @@ import functools
 import math
 import netrc
 import os
+import queue
 import shlex
 import struct
+import threading
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -285,6 +290,54 @@ def epoch_metrics(result: dict) -> dict[str, float]:
     }
 
 
+class CallQueue:
+    """Runs submitted calls one at a time, in order, on one daemon thread started with the first.
+
+    A call that raises is reported as a TrackingWarning and the next one runs. ``wait`` blocks
+    until every call submitted before it has run. Pickles as an empty queue (Tune pickles its
+    callbacks with the experiment).
+    """
+
+    def __init__(self) -> None:
+        self._calls: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def submit(self, call: Callable[[], None]) -> None:
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="lobsearch-wandb", daemon=True)
+                self._thread.start()
+        self._calls.put(call)
+
+    def wait(self, timeout_s: float | None = None) -> bool:
+        """Block until the calls submitted so far have run; False when ``timeout_s`` passed first."""
+        if self._thread is None:
+            return True
+        done = threading.Event()
+        self._calls.put(done.set)
+        return done.wait(timeout_s)
+
+    def _run(self) -> None:
+        while True:
+            call = self._calls.get()
+            try:
+                call()
+            except Exception as error:  # a tracker already turns W&B's own failures into warnings
+                warnings.warn(f"W&B call failed (the search goes on): {_cause(error)}", TrackingWarning, stacklevel=2)
+
+    def __getstate__(self) -> dict:
+        return {}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__()
+
+
+END_WAIT_S = 120.0
+"""How long the end of a search waits for the W&B calls still queued (each run's finish waits
+at most FLUSH_TIMEOUT_S for its last record)."""
+
+
 def __getattr__(name: str) -> Any:
     # The Tune callback subclasses ray.tune.Callback; building it on first use keeps
     # `import lobsearch.tracking` free of Ray (and of wandb).
@@ -305,15 +358,18 @@ def _wandb_callback_class() -> type:
         and ends with a summary of the best epoch (``best_<metric>``) and the trial's provenance
         (``lobsearch.provenance.KEYS``: code, library versions, device, data hash, seed), the
         trial's last checkpoint as a "model" artifact, and failed = True when the trial errored.
+        Tune's hooks only queue the W&B calls (``CallQueue``); the end of the experiment waits
+        for them, and ``wait`` does at any time.
         """
 
         def __init__(self, settings: WandbSettings, *, group: str, metric: str, sign: int,
                      families: tuple[str, ...] = (), run_config: Any = None):
             self.settings, self.group, self.metric, self.sign = settings, group, metric, sign
             self.families, self.run_config = tuple(families), run_config
-            self.trackers: dict[str, TrialTracker] = {}
+            self.trackers: dict[str, TrialTracker] = {}  # touched by the queue's thread only
             self.best: dict[str, dict] = {}
             self.provenance: dict[str, dict] = {}
+            self.calls = CallQueue()
 
         @classmethod
         def for_search(cls, plan: Any) -> Any:
@@ -327,24 +383,31 @@ def _wandb_callback_class() -> type:
         def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             params = dict(trial.config or {})
             family = params.get("model.name") or (self.families[0] if self.families else "model")
-            tracker = TrialTracker.start(
-                self.settings, group=self.group, job_type=str(family), name=trial.trial_id, config=self._config(params))
-            self.trackers[trial.trial_id] = tracker
+            self.calls.submit(functools.partial(self._start, trial.trial_id, str(family), self._config(params)))
+
+        def _start(self, trial_id: str, family: str, config: dict) -> None:
+            tracker = TrialTracker.start(self.settings, group=self.group, job_type=family, name=trial_id, config=config)
+            self.trackers[trial_id] = tracker
             if not tracker.active and self.settings.mode != "disabled":
-                # the driver waits for each start: do not stall every trial on a server that is down
+                # one start waits for the server's timeout: do not make every trial's wait for it
                 warnings.warn("W&B tracking is off for the rest of this search", TrackingWarning, stacklevel=2)
                 self.settings = dataclasses.replace(self.settings, mode="disabled")
 
         def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-            tracker = self.trackers.get(trial.trial_id)
             self.provenance[trial.trial_id] = {k: result[k] for k in PROVENANCE_KEYS if k in result}
             metrics = epoch_metrics(result)
-            if tracker is None or not metrics:
+            if not metrics:
                 return
-            tracker.log_epoch(metrics, step=int(metrics.get("epoch", result.get("training_iteration", 0))))
+            step = int(metrics.get("epoch", result.get("training_iteration", 0)))
+            self.calls.submit(functools.partial(self._log, trial.trial_id, metrics, step))
             best = self.best.get(trial.trial_id)
             if self.metric in metrics and (best is None or self.sign * metrics[self.metric] > self.sign * best[self.metric]):
                 self.best[trial.trial_id] = metrics
+
+        def _log(self, trial_id: str, metrics: dict, step: int) -> None:
+            tracker = self.trackers.get(trial_id)
+            if tracker is not None:
+                tracker.log_epoch(metrics, step=step)
 
         def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             self._finish(trial, failed=False)
@@ -355,6 +418,13 @@ def _wandb_callback_class() -> type:
         def on_experiment_end(self, trials: list, **info: Any) -> None:
             for trial in trials:
                 self._finish(trial, failed=False)
+            if not self.wait(END_WAIT_S):
+                warnings.warn(f"W&B calls still queued after {END_WAIT_S:g} s at the end of the search: the last "
+                              "runs may be incomplete", TrackingWarning, stacklevel=2)
+
+        def wait(self, timeout_s: float | None = None) -> bool:
+            """Block until every W&B call queued so far has run; False when ``timeout_s`` passed first."""
+            return self.calls.wait(timeout_s)
 
         def _config(self, params: dict) -> dict:
             try:
@@ -363,14 +433,16 @@ def _wandb_callback_class() -> type:
                 return {"params": params}
 
         def _finish(self, trial: Any, *, failed: bool) -> None:
-            tracker = self.trackers.pop(trial.trial_id, None)
-            if tracker is None:
-                return
             summary = {f"best_{k}": v for k, v in self.best.pop(trial.trial_id, {}).items()}
             summary.update(self.provenance.pop(trial.trial_id, {}))
             if failed:
                 summary["error"] = last_error_line(trial)
-            tracker.finish(summary, failed=failed)
+            self.calls.submit(functools.partial(self._close, trial.trial_id, summary, failed))
+
+        def _close(self, trial_id: str, summary: dict, failed: bool) -> None:
+            tracker = self.trackers.pop(trial_id, None)
+            if tracker is not None:
+                tracker.finish(summary, failed=failed)
 
     WandbCallback.__module__, WandbCallback.__qualname__ = __name__, "WandbCallback"
     return WandbCallback
