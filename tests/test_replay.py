@@ -164,6 +164,9 @@ def test_a_replayed_search_runs_the_driver_without_torch_in_its_trials(ray_sessi
     assert len(results["trials"]) == 6 and results["replay"]["source"] == str(RECORDED)
     assert results["export"] == replay.root and "test" not in (results["best"] or {})
     assert all(t["history"] and t["status"] in ("completed", "pruned") for t in results["trials"])
+    for trial in results["trials"]:  # every earlier checkpoint deleted, the one the results name kept
+        kept = Path(trial["checkpoint"])
+        assert sorted(kept.parent.glob("checkpoint_*")) == [kept] and kept.name != "checkpoint_000000"
     assert (run_dir / "report.html").is_file() and replay.root in (run_dir / "best_config.yaml").read_text()
     flags = {json.loads(line)["torch_in_trial"] for path in run_dir.glob("*/result.json")
              for line in path.read_text().splitlines()}

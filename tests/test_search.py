@@ -332,3 +332,23 @@ def test_concurrency_follows_cpus_and_fractional_gpus(cluster: dict, cpus: float
 
     assert default_concurrency(cluster, cpus, gpus) == expected
     assert trial_resources(cpus, gpus) == ({"cpu": cpus, "gpu": gpus} if gpus else {"cpu": cpus})
+
+
+def test_every_searcher_pickles_with_a_working_lock_as_tune_saves_it() -> None:
+    """Tune pickles the searcher into the experiment at the start and at every save; Optuna 5.1's
+    NSGA-II sampler holds a thread lock (fast tier: the slow pareto search covers it end to end)."""
+    import pickle
+
+    import optuna
+
+    from lobsearch.tuner import NSGAIISampler
+
+    fresh = NSGAIISampler(seed=3)
+    sampler = pickle.loads(pickle.dumps(fresh))
+    assert isinstance(sampler, optuna.samplers.NSGAIISampler) and set(vars(sampler)) == set(vars(fresh))
+    assert all(type(getattr(sampler, k)) is type(v) for k, v in vars(fresh).items())  # the locks made anew
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
+    study.optimize(lambda t: (t.suggest_float("x", 0, 1), t.suggest_int("n", 1, 9)), n_trials=3)
+    assert len(study.trials) == 3
+    for sampler in (optuna.samplers.TPESampler(seed=0, constant_liar=True), optuna.samplers.RandomSampler(seed=0)):
+        pickle.loads(pickle.dumps(sampler))

@@ -69,3 +69,37 @@ def test_a_fixed_period_keeps_tunes_behaviour_and_install_is_idempotent(tmp_path
     found.on_trial_checkpoint(SimpleNamespace())  # Tune's: no forced save without num_to_keep
     found.sync_up_experiment_state(lambda: saves.append(1))
     assert saves == [1] and not found._should_force_sync_up
+
+
+def checkpoints(folder, count: int):
+    folder.mkdir()
+    for i in range(count):
+        (folder / f"checkpoint_{i:06d}").mkdir()
+        (folder / f"checkpoint_{i:06d}" / "fit.pt").write_bytes(b"w" * 100)
+    (folder / "result.json").write_text("{}")
+    return [folder / f"checkpoint_{i:06d}" for i in range(count)]
+
+
+def test_pruning_keeps_the_last_checkpoint_and_everything_else_of_the_trial(tmp_path):
+    kept = checkpoints(tmp_path / "trial", 4)[-1]
+    assert snapshots.prune_checkpoints(kept) == 300
+    assert sorted(p.name for p in (tmp_path / "trial").iterdir()) == ["checkpoint_000003", "result.json"]
+    assert snapshots.prune_checkpoints(tmp_path / "elsewhere" / "checkpoint_000001") == 0  # not a local folder
+
+
+def test_a_finished_trial_is_pruned_only_once_a_save_has_begun_after_it_finished(tmp_path, monkeypatch):
+    from lobsearch.tuner import CheckpointPruner
+
+    saved = [float("-inf")]
+    monkeypatch.setattr(snapshots, "last_save_started", lambda: saved[0])
+    first, second = checkpoints(tmp_path / "a", 3), checkpoints(tmp_path / "b", 2)
+    pruner = CheckpointPruner()
+    trial = SimpleNamespace(checkpoint=SimpleNamespace(path=str(first[-1])))
+    pruner.on_trial_complete(iteration=1, trials=[], trial=trial)
+    pruner.on_step_end(iteration=1, trials=[])
+    assert all(p.is_dir() for p in first), "no save has recorded it finished: a resume may still need them"
+    saved[0] = time.monotonic()
+    pruner.on_trial_complete(iteration=2, trials=[], trial=SimpleNamespace(checkpoint=SimpleNamespace(path=str(second[-1]))))
+    pruner.on_step_end(iteration=2, trials=[])
+    assert [p.is_dir() for p in first] == [False, False, True] and all(p.is_dir() for p in second)
+    assert pruner.freed == 200 and len(pruner.waiting) == 1

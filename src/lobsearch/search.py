@@ -327,7 +327,7 @@ def _gpus_per_trial(space: SearchSpace, prepared: dict[str, Any], *, autoscaling
 
 
 def _fit(plan: Plan, prepared: dict[str, Any]) -> tuple[Any, bool]:
-    from lobsearch.tuner import build_tuner
+    from lobsearch.tuner import build_tuner, prune_finished
 
     tuner = build_tuner(plan, prepared)
     try:
@@ -340,6 +340,10 @@ def _fit(plan: Plan, prepared: dict[str, Any]) -> tuple[Any, bool]:
             f"the trials finished before that are kept. Once it is writable, resume with:\n  "
             f"{resume_command(plan)}"
         ) from None
+    freed = prune_finished(grid)
+    if freed:
+        plan.say(f"checkpoints: each finished trial keeps only its last (its best weights); {freed / 2**20:,.1f} MiB "
+                 "of earlier ones deleted at the end (the others as the search went)")
     return grid, _was_interrupted(_trial_states(plan))
 
 

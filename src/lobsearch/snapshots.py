@@ -22,11 +22,19 @@ last save is ``BUDGET`` times its own duration old (Tune's rule for its periodic
 the driver's time), unless that save took under ``QUICK_SAVE_S``. A small search so saves after
 every trial checkpoint; a 1,000-trial one every few seconds, with the driver's share of saving
 bounded.
+
+Keeping every checkpoint costs disk (a search of 1,000 trials x 10 epochs would keep 10,000), so
+``prune_checkpoints`` deletes a finished trial's checkpoints but its last once a save has begun
+after the trial finished (``last_save_started``): the saved state then records it finished, and
+no resume goes back to them. The last one holds the trial's best weights (``loop.fit``).
 """
 
 from __future__ import annotations
 
+import math
+import shutil
 import time
+from pathlib import Path
 from typing import Any
 
 BUDGET = 19.0
@@ -37,6 +45,27 @@ QUICK_SAVE_S = 0.05
 checkpoint, so a driver killed a moment after a trial ended resumes without running it again."""
 
 _PATCHED = "_lobsearch_snapshots"
+
+_last_save_started = -math.inf
+
+
+def last_save_started() -> float:
+    """``time.monotonic()`` at which this process's last experiment-state save began (-inf: none yet)."""
+    return _last_save_started
+
+
+def prune_checkpoints(keep: str | Path) -> int:
+    """Delete the ``checkpoint_*`` folders beside ``keep`` (a trial's last checkpoint) except it;
+    returns the bytes freed. A path that is not a local folder (remote storage) is left alone."""
+    keep = Path(keep)
+    if not keep.is_dir():
+        return 0
+    freed = 0
+    for old in keep.parent.glob("checkpoint_*"):
+        if old != keep and old.is_dir():
+            freed += sum(f.stat().st_size for f in old.rglob("*") if f.is_file())
+            shutil.rmtree(old, ignore_errors=True)
+    return freed
 
 
 def install() -> None:
@@ -62,9 +91,11 @@ def install() -> None:
         wait_s = getattr(self, "_lobsearch_wait_s", 0.0)
         if not force and time.monotonic() - self._last_save_time < wait_s:
             return  # too soon after the last save: the request stands until the budget allows it
+        global _last_save_started
         last, started = self._last_save_time, time.monotonic()
         sync_up(self, save_fn, force=force, wait=wait)
         if self._last_save_time != last:  # it saved (Tune's period had not expired otherwise)
+            _last_save_started = started
             took = time.monotonic() - started
             self._lobsearch_wait_s = BUDGET * took if took >= QUICK_SAVE_S else 0.0
 

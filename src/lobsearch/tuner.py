@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import math
 import statistics
+import threading
 import time
 from typing import Any
 
+import optuna
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
+from lobsearch import snapshots
 from lobsearch.console import elapsed, fmt
 from lobsearch.plan import Plan
 from lobsearch.tracking import last_error_line
@@ -46,9 +49,32 @@ def default_concurrency(cluster: dict[str, float], cpus: float, gpus: float) -> 
     return max(1, min(fits))
 
 
-def _searcher(plan: Plan) -> Any:
-    import optuna
+_LOCKS = (type(threading.Lock()), type(threading.RLock()))
 
+
+class _LockFree:
+    """Pickles a sampler without its thread locks and makes them anew on unpickling: Tune pickles
+    the searcher with the experiment, and Optuna 5.1's NSGA-II sampler holds a ``threading.Lock``
+    (``cannot pickle '_thread.lock' object``)."""
+
+    def __getstate__(self) -> dict:
+        state = {k: v for k, v in self.__dict__.items() if not isinstance(v, _LOCKS)}
+        state["_lobsearch_locks"] = [(k, isinstance(v, _LOCKS[1])) for k, v in self.__dict__.items()
+                                     if isinstance(v, _LOCKS)]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        locks = state.pop("_lobsearch_locks", [])
+        self.__dict__.update(state)
+        for name, reentrant in locks:
+            setattr(self, name, threading.RLock() if reentrant else threading.Lock())
+
+
+class NSGAIISampler(_LockFree, optuna.samplers.NSGAIISampler):
+    """Optuna's NSGA-II sampler, picklable (``_LockFree``)."""
+
+
+def _searcher(plan: Plan) -> Any:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     spec = plan.space.spec
     objective = spec.objective
@@ -56,7 +82,7 @@ def _searcher(plan: Plan) -> Any:
     if spec.search.searcher == "random":
         sampler = optuna.samplers.RandomSampler(seed=seed)
     elif objective.multi:
-        sampler = optuna.samplers.NSGAIISampler(seed=seed)
+        sampler = NSGAIISampler(seed=seed)
     else:
         # constant_liar (Optuna 5's default, stated so it stays): trials still running count as bad
         # results, so the concurrent trials a wide cluster asks for at once are not suggested alike
@@ -117,8 +143,6 @@ class FoldGate(tune.Stopper):
 def build_tuner(plan: Plan, prepared: dict[str, Any]) -> tune.Tuner:
     """A new Tuner for ``plan``, or the restored one when its storage already holds the experiment."""
     import ray
-
-    from lobsearch import snapshots
 
     snapshots.install()  # experiment state saved after each trial checkpoint, within 5 % of the driver
     spec = plan.space.spec
@@ -183,7 +207,7 @@ def _callbacks(plan: Plan) -> list[Any]:
 
     # result.json and progress.csv (what the results and resume read); Tune adds a TensorBoard
     # logger too unless told not to (search.RAY_ENVIRONMENT)
-    callbacks: list[Any] = [Progress(plan), JsonLoggerCallback(), CSVLoggerCallback()]
+    callbacks: list[Any] = [Progress(plan), JsonLoggerCallback(), CSVLoggerCallback(), CheckpointPruner()]
     wandb = WandbCallback.for_search(plan)
     if wandb is not None:
         callbacks.append(wandb)
@@ -194,6 +218,34 @@ ACTIVE_PLANS: dict[str, Plan] = {}
 """The plan of each search this driver runs, by name. Tune pickles the callbacks with the
 experiment and a resume restores them: they look their plan up here, so a resumed search prints
 with its own driver's clock and settings, not those of the driver that started it."""
+
+
+class CheckpointPruner(tune.Callback):
+    """A finished trial's checkpoints but its last deleted once an experiment-state save has
+    recorded it finished (``snapshots.prune_checkpoints``); the end of the search prunes the rest
+    (``prune_finished``). Holds paths only: Tune pickles its callbacks into every save."""
+
+    def __init__(self) -> None:
+        self.waiting: list[tuple[float, str]] = []  # (monotonic time it finished, its last checkpoint)
+        self.freed = 0
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if trial.checkpoint is not None:
+            self.waiting.append((time.monotonic(), trial.checkpoint.path))
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        saved = snapshots.last_save_started()
+        if not self.waiting or self.waiting[0][0] >= saved:
+            return
+        ready = [path for finished, path in self.waiting if finished < saved]
+        self.waiting = [(finished, path) for finished, path in self.waiting if finished >= saved]
+        self.freed += sum(snapshots.prune_checkpoints(path) for path in ready)
+
+
+def prune_finished(grid: Any) -> int:
+    """Prune every finished trial of a search Tune has ended (its final state saved); bytes freed."""
+    return sum(snapshots.prune_checkpoints(result.checkpoint.path) for result in grid
+               if result.checkpoint is not None and result.error is None)
 
 
 class Progress(tune.Callback):
