@@ -782,9 +782,10 @@ ENGINES = ("auto", "ray", "local")
 
 LOCAL_BYTES_PER_S = 1.0e9
 """Feature bytes (``days.rows_bytes``) one process prepares per second, and LOCAL_S_PER_DAY its
-cost per day (files opened, checks, five array files written): measured on this 2-core machine,
-a flat export of 40 days x 50,000 float64 rows (1.57 GB) in 1.8-2.2 s and a windowed one of 20
-days x 1,500 windows at stride 10 (0.12 GB of rows) in 0.38-0.45 s."""
+cost per day (files opened, checks, five array files written): on a 2-core machine a flat export
+of 40 days x 50,000 float64 rows (1.57 GB) took 1.1-2.2 s, a windowed one of 20 days x 1,500
+windows at stride 10 (0.12 GB of rows) 0.3-0.45 s (docs/benchmarks.md); the estimate errs
+towards Ray Data."""
 LOCAL_S_PER_DAY = 0.012
 
 RAY_DATA_START_S = 2.0
