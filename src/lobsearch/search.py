@@ -457,11 +457,14 @@ RAY_ENVIRONMENT = {
     "RAY_AIR_NEW_OUTPUT": "0",
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
     "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
+    "TUNE_ONLY_STORE_CHECKPOINT_SCORE_ATTRIBUTE": "1",
 }
 """Set (unless already set) before Ray starts: no usage reporting, no auth prompt, Tune's own
-console output off (lobsearch prints its status line), no checkpoint-sync warning, and only the
+console output off (lobsearch prints its status line), no checkpoint-sync warning, only the
 result loggers lobsearch reads (``tuner._callbacks``: no TensorBoard files, 4 ms of the driver
-per epoch in bench/scale.py)."""
+per epoch in bench/scale.py), and no copy of each epoch's metrics beside each kept checkpoint in
+the experiment state (every checkpoint is kept, ``lobsearch.snapshots``; the results read the
+trials' own result files, the latest checkpoint keeps its metrics)."""
 
 
 class _ray_session:
