@@ -22,14 +22,31 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.fixture(scope="session")
-def ray_session():
-    """One local Ray with 2 CPUs shared by every test that needs Ray; shut down at the end."""
+@pytest.fixture
+def ray_session(_ray_shut_down_at_the_end):
+    """One local Ray with 2 CPUs shared by every test that needs Ray: started by the first such
+    test (and again after a test that needed the machine to itself, ``without_shared_ray``)."""
     import ray
 
     if not ray.is_initialized():
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield ray
+    return ray
+
+
+@pytest.fixture(scope="session")
+def _ray_shut_down_at_the_end():
+    yield
+    import ray
+
+    ray.shutdown()
+
+
+@pytest.fixture
+def without_shared_ray():
+    """The machine to this test alone: the shared local Ray (its raylet, GCS and the worker
+    processes earlier tests left idle) is shut down first; the next test that needs it starts it."""
+    import ray
+
     ray.shutdown()
 
 
