@@ -103,3 +103,30 @@ def test_a_finished_trial_is_pruned_only_once_a_save_has_begun_after_it_finished
     pruner.on_step_end(iteration=2, trials=[])
     assert [p.is_dir() for p in first] == [False, False, True] and all(p.is_dir() for p in second)
     assert pruner.freed == 200 and len(pruner.waiting) == 1
+
+
+def test_the_run_record_is_compact_json_and_loads_back_the_same_with_bounded_deques():
+    from collections import deque
+
+    from ray.tune.trainable.metadata import _TrainingRunMetadata
+    from ray.tune.utils.serialization import TuneFunctionEncoder
+
+    snapshots.install()
+    record = _TrainingRunMetadata()
+    for step, value in enumerate([0.5, 0.25, 0.75, 1.0, 0.125, 0.5, 2.0], start=1):
+        record.update_metric("val_loss", value, step=step)
+    record.last_result = {"val_loss": 0.5, "epoch": 7}
+    text = record.get_json_state()
+    assert "\n" not in text and "deque" not in text  # one line, no cloudpickled deque
+    back = _TrainingRunMetadata.from_json_state(text)
+    assert back.metric_analysis == record.metric_analysis and back.last_result == record.last_result
+    assert {n: list(q) for n, q in back.metric_n_steps["val_loss"].items()} == \
+        {n: list(q) for n, q in record.metric_n_steps["val_loss"].items()}
+    back.update_metric("val_loss", 3.0, step=8)  # the deques stay bounded at n after a resume
+    assert [q.maxlen for q in back.metric_n_steps["val_loss"].values()] == [5, 10]
+    assert back.metric_analysis["val_loss"]["last-5-avg"] == (0.125 + 0.5 + 2.0 + 1.0 + 3.0) / 5
+    import json
+    old = json.dumps({k: v for k, v in record.__dict__.items() if k != "_cached_json"}, indent=2,
+                     cls=TuneFunctionEncoder)  # Tune's own format, deques cloudpickled
+    assert isinstance(_TrainingRunMetadata.from_json_state(old).metric_n_steps["val_loss"]["5"], deque)
+    assert len(text) < len(old) / 1.5

@@ -27,10 +27,18 @@ Keeping every checkpoint costs disk (a search of 1,000 trials x 10 epochs would 
 ``prune_checkpoints`` deletes a finished trial's checkpoints but its last once a save has begun
 after the trial finished (``last_save_started``): the saved state then records it finished, and
 no resume goes back to them. The last one holds the trial's best weights (``loop.fit``).
+
+Each save re-serializes the runtime record of every trial that reported since the last one, and
+Tune writes it as indented JSON (Python's pure-Python encoder) with the running means of every
+numeric metric cloudpickled deque by deque: 2.4 ms and 21 KB per trial (the 200-trial replay of
+``bench/scale.py``). ``install`` also makes that record compact JSON with the deques as lists
+(0.67 ms and 10 KB, the same content; ``compact_run_metadata``).
 """
 
 from __future__ import annotations
 
+import collections
+import json
 import math
 import shutil
 import time
@@ -102,3 +110,36 @@ def install() -> None:
     manager.on_trial_checkpoint = ask_for_a_save
     manager.sync_up_experiment_state = save_within_budget
     setattr(manager, _PATCHED, True)
+    compact_run_metadata()
+
+
+def compact_run_metadata() -> None:
+    """Patch ``ray.tune.trainable.metadata._TrainingRunMetadata`` (idempotent): its JSON written
+    unindented, the last-n deques of ``metric_n_steps`` as lists, and lists made deques of
+    ``maxlen=n`` again on loading (an older state's cloudpickled deques load as before)."""
+    from ray.tune.trainable.metadata import _TrainingRunMetadata as metadata
+    from ray.tune.utils.serialization import TuneFunctionEncoder
+
+    if getattr(metadata, _PATCHED, False):
+        return
+    from_json_state = metadata.from_json_state.__func__
+
+    class Encoder(TuneFunctionEncoder):
+        def default(self, value: Any) -> Any:
+            return list(value) if isinstance(value, collections.deque) else super().default(value)
+
+    def get_json_state(self: Any) -> str:
+        if self._cached_json is None:
+            data = {k: v for k, v in self.__dict__.items() if k != "_cached_json"}
+            self._cached_json = json.dumps(data, cls=Encoder)
+        return self._cached_json
+
+    def load(cls: Any, json_state: str) -> Any:
+        record = from_json_state(cls, json_state)
+        record.metric_n_steps = {metric: {n: collections.deque(values, maxlen=int(n)) for n, values in steps.items()}
+                                 for metric, steps in record.metric_n_steps.items()}
+        return record
+
+    metadata.get_json_state = get_json_state
+    metadata.from_json_state = classmethod(load)
+    setattr(metadata, _PATCHED, True)
