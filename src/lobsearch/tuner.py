@@ -18,7 +18,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
-from lobsearch import snapshots
+from lobsearch import journal, snapshots
 from lobsearch.console import elapsed, fmt
 from lobsearch.plan import Plan
 from lobsearch.tracking import last_error_line
@@ -153,7 +153,12 @@ def build_tuner(plan: Plan, prepared: dict[str, Any]) -> tune.Tuner:
     ACTIVE_PLANS[plan.name] = plan
     if tune.Tuner.can_restore(path):
         plan.say(f"resuming {plan.name!r} from {path}: finished trials are kept")
+        if not plan.remote_storage:
+            kept = journal.reconcile(path, plan.run_dir)
+            if kept:
+                plan.say(kept.line())
         return tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
+    journal.start(plan.run_dir)
     concurrency = spec.search.max_concurrent or default_concurrency(
         ray.cluster_resources(), spec.search.cpus_per_trial, plan.gpus_per_trial
     )
@@ -207,7 +212,8 @@ def _callbacks(plan: Plan) -> list[Any]:
 
     # result.json and progress.csv (what the results and resume read); Tune adds a TensorBoard
     # logger too unless told not to (search.RAY_ENVIRONMENT)
-    callbacks: list[Any] = [Progress(plan), JsonLoggerCallback(), CSVLoggerCallback(), CheckpointPruner()]
+    callbacks: list[Any] = [Progress(plan), JsonLoggerCallback(), CSVLoggerCallback(), CheckpointPruner(),
+                            FinishedJournal(plan.run_dir)]
     wandb = WandbCallback.for_search(plan)
     if wandb is not None:
         callbacks.append(wandb)
@@ -240,6 +246,17 @@ class CheckpointPruner(tune.Callback):
         ready = [path for finished, path in self.waiting if finished < saved]
         self.waiting = [(finished, path) for finished, path in self.waiting if finished >= saved]
         self.freed += sum(snapshots.prune_checkpoints(path) for path in ready)
+
+
+class FinishedJournal(tune.Callback):
+    """Each trial Tune ends appended to the journal in ``folder`` (``lobsearch.journal``), so a
+    driver killed before the next experiment-state save resumes without running it again."""
+
+    def __init__(self, folder: Any) -> None:
+        self.folder = str(folder)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        journal.record(self.folder, trial)
 
 
 def prune_finished(grid: Any) -> int:

@@ -1,0 +1,183 @@
+"""Every finished trial recorded the moment Tune ends it, and a resume's saved state made to agree.
+
+Tune saves the experiment state a resume starts from only every so often (``lobsearch.snapshots``:
+within 5 % of the driver's time, so about a minute apart at 1,000 trials). A driver killed
+between two saves resumes from the older one: trials that finished since are run again (the state
+holds them running), and trials that also started since are lost (the state does not hold them).
+
+So the driver appends each finished trial to ``finished_trials.jsonl`` beside the results, as
+Tune's own record of it (``Trial.get_json_state``: the static part with its status set to
+TERMINATED, and the runtime part with its last result and checkpoints), one JSON line per trial,
+flushed (a killed process's written lines survive in the page cache; a partly written last line
+is ignored). Before Tune restores the experiment, ``reconcile`` applies those lines to the files
+of Tune's last save (Ray 2.60's formats, read and written as Tune does):
+
+- ``experiment_state-*.json``: a journaled trial saved as unfinished is replaced by its journaled
+  record; a journaled trial missing from the state is added;
+- ``searcher-state-*.pkl`` (OptunaSearch): the study is told each such trial's result, as
+  ``OptunaSearch.on_trial_complete`` would have been; a missing trial is added to the study with
+  the parameters and distributions its configuration gives the space's define-by-run function;
+- ``search_gen_state-*.json``: the trial counter counts the added trials (the search still ends at
+  ``num_samples``) and the concurrency limiter no longer holds the reconciled trials as live.
+
+It applies to a local experiment folder; with remote storage the journal is written but not
+applied (the resume then runs those trials again, as Tune alone would).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+FILE = "finished_trials.jsonl"
+TERMINATED = "TERMINATED"
+
+
+def start(folder: str | Path) -> None:
+    """A new search in ``folder``: a journal left there by an experiment no longer on disk is removed."""
+    Path(folder, FILE).unlink(missing_ok=True)
+
+
+def record(folder: str | Path, trial: Any) -> None:
+    """Append ``trial`` (a Tune ``Trial`` that Tune is ending) as finished, as one JSON line."""
+    static, runtime = trial.get_json_state()
+    state = json.loads(static)
+    state["status"] = TERMINATED
+    line = json.dumps({"trial_id": trial.trial_id, "state": json.dumps(state), "run": runtime})
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    with open(Path(folder, FILE), "a", encoding="utf-8") as journal:
+        journal.write(line + "\n")
+        journal.flush()
+
+
+def read(folder: str | Path) -> dict[str, dict[str, str]]:
+    """The journaled trials by id, in the order they finished; a partly written last line is skipped."""
+    path = Path(folder, FILE)
+    if not path.is_file():
+        return {}
+    found: dict[str, dict[str, str]] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # the driver was killed while writing this line: that trial is resumed by Tune's state
+        found[entry["trial_id"]] = entry
+    return found
+
+
+@dataclass(frozen=True)
+class Reconciled:
+    """What ``reconcile`` changed: ids of trials saved unfinished that the journal finished, and of
+    finished trials the saved state did not hold."""
+
+    finished: tuple[str, ...] = ()
+    added: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.finished or self.added)
+
+    def line(self) -> str:
+        return (f"{len(self.finished) + len(self.added)} trials that finished after Tune's last save are kept "
+                f"from the journal ({len(self.finished)} saved as unfinished, {len(self.added)} not saved at all); "
+                "none is run again")
+
+
+def _newest(folder: str, pattern: str) -> str | None:
+    found = glob.glob(os.path.join(glob.escape(folder), pattern))
+    return max(found) if found else None  # Tune's own choice: names carry the session's timestamp
+
+
+def _replace(path: str, data: bytes) -> None:
+    temporary = f"{path}.lobsearch-tmp"
+    with open(temporary, "wb") as out:
+        out.write(data)
+    os.replace(temporary, path)
+
+
+def reconcile(experiment: str | Path, journal_folder: str | Path) -> Reconciled:
+    """Apply the journal in ``journal_folder`` to the last save in the local ``experiment`` folder."""
+    journaled = read(journal_folder)
+    experiment = str(experiment)
+    state_path = _newest(experiment, "experiment_state-*.json")
+    if not journaled or state_path is None:
+        return Reconciled()
+    with open(state_path, encoding="utf-8") as f:
+        state = json.load(f)
+    saved = {json.loads(static)["trial_id"]: i for i, (static, _) in enumerate(state["trial_data"])}
+    finished, added = [], []
+    for trial_id, entry in journaled.items():
+        if trial_id not in saved:
+            state["trial_data"].append([entry["state"], entry["run"]])
+            added.append(trial_id)
+        elif json.loads(state["trial_data"][saved[trial_id]][0])["status"] not in (TERMINATED, "ERROR"):
+            state["trial_data"][saved[trial_id]] = [entry["state"], entry["run"]]
+            finished.append(trial_id)
+    if not finished and not added:
+        return Reconciled()
+    changed = finished + added
+    _tell_searcher(experiment, {trial_id: journaled[trial_id] for trial_id in changed})
+    _count_trials(experiment, added=len(added), ended=set(changed))
+    _replace(state_path, json.dumps(state).encode())  # last: a failure before leaves Tune's save as it was
+    return Reconciled(tuple(finished), tuple(added))
+
+
+def _last_result(entry: dict[str, str]) -> dict[str, Any]:
+    from ray.tune.utils import flatten_dict
+    from ray.tune.utils.serialization import _loads_with_cloudpickle
+
+    return flatten_dict(_loads_with_cloudpickle(entry["run"]).get("last_result") or {})
+
+
+def _tell_searcher(experiment: str, entries: dict[str, dict[str, str]]) -> None:
+    """Each trial's last result told to the pickled OptunaSearch (the metric Tune would have passed)."""
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+    from ray.tune.utils import flatten_dict
+    from ray.tune.utils.serialization import _loads_with_cloudpickle
+
+    path = _newest(experiment, "searcher-state-*.pkl")
+    if path is None:
+        return
+    with open(path, "rb") as f:
+        saved = pickle.load(f)
+    searcher = OptunaSearch.__new__(OptunaSearch)
+    searcher.__dict__.update(saved)
+    for trial_id, entry in entries.items():
+        result = _last_result(entry)
+        if trial_id in searcher._ot_trials:
+            searcher.on_trial_complete(trial_id, result=result)
+            continue
+        config = flatten_dict(_loads_with_cloudpickle(entry["state"]).get("config") or {}, delimiter="/")
+        fixed = optuna.trial.FixedTrial(config)
+        searcher._space(fixed)  # the define-by-run function: which parameters, from which distributions
+        metrics = searcher.metric if isinstance(searcher.metric, list) else [searcher.metric]
+        values = [result.get(metric) for metric in metrics]
+        complete = all(v is not None for v in values)
+        searcher._ot_study.add_trial(optuna.trial.create_trial(
+            params=fixed.params, distributions=fixed.distributions,
+            values=values if complete else None,
+            state=optuna.trial.TrialState.COMPLETE if complete else optuna.trial.TrialState.PRUNED,
+        ))
+        searcher._completed_trials.add(trial_id)
+    _replace(path, pickle.dumps(searcher.__dict__))
+
+
+def _count_trials(experiment: str, *, added: int, ended: set[str]) -> None:
+    """The search generator's counter counts ``added`` more trials; no wrapper holds ``ended`` as live."""
+    import ray.cloudpickle as cloudpickle
+
+    path = _newest(experiment, "search_gen_state-*.json")
+    if path is None:
+        return
+    with open(path, "rb") as f:
+        saved = cloudpickle.load(f)
+    saved["counter"] += added
+    for key, wrapper in saved.items():
+        if key.startswith("name:") and isinstance(wrapper, dict) and isinstance(wrapper.get("live_trials"), set):
+            wrapper["live_trials"] -= ended
+    _replace(path, cloudpickle.dumps(saved))
