@@ -6,6 +6,7 @@ Tune retries failed trials and keeps checkpoints, W&B only observes (a driver-si
 
 from __future__ import annotations
 
+import logging
 import math
 import statistics
 import threading
@@ -157,6 +158,8 @@ def build_tuner(plan: Plan, prepared: dict[str, Any]) -> tune.Tuner:
             kept = journal.reconcile(path, plan.run_dir)
             if kept:
                 plan.say(kept.line())
+        # Tune's restore warns of each trial that had not reported yet (no result file): expected, noise here
+        logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
         return tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
     journal.start(plan.run_dir)
     concurrency = spec.search.max_concurrent or default_concurrency(
