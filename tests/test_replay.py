@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 import pytest
+import yaml
 
 from lobsearch.errors import DataError
 from lobsearch.replay import DRAWS, flat_config, load_replay, searched_names
@@ -187,3 +188,38 @@ def test_a_replay_resumes_with_the_replay_it_recorded_and_refuses_another(ray_se
     other = load_replay(RECORDED, metric="val_macro_f1", searched=searched_names(space), epoch_s=0.5)
     with pytest.raises(DataError, match="search 'r' replays"):
         run_search(space, export=None, name="r", storage=storage, quiet=True, replay=other)
+
+
+@pytest.mark.ray
+def test_a_walk_forward_replay_reports_folds_as_a_trained_trial_does_and_the_fold_gate_stops_weak_ones(
+        ray_session, tmp_path: Path):
+    from lobsearch.search import Outcome, run_search
+
+    space = _space(tmp_path, num_samples=8, max_concurrent=2, scheduler="none")
+    raw = yaml.safe_load(Path(space.source).read_text())
+    raw["objective"] = {"metric": "val_macro_f1", "protocol": "walk_forward", "folds": 3}
+    raw["fixed"]["train"]["epochs"] = 2
+    Path(space.source).write_text(yaml.safe_dump(raw))
+    space = load_space(space.source)
+    replay = load_replay(RECORDED, metric="val_macro_f1", searched=searched_names(space), epoch_s=0.01, draw="model")
+    storage = tmp_path / "runs"
+    assert run_search(space, export=None, name="wf", storage=str(storage), quiet=True, replay=replay) is Outcome.FINISHED
+    run_dir = storage / "wf"
+    results = json.loads((run_dir / "results.json").read_text())
+    assert len(results["trials"]) == 8
+    reports = [[json.loads(line) for line in path.read_text().splitlines()] for path in run_dir.glob("*/result.json")]
+    folds_done = []
+    for rows in reports:
+        assert [r["epoch"] for r in rows] == list(range(1, len(rows) + 1))  # counted across folds
+        assert [(r["fold"], r["fold_epoch"]) for r in rows] == [(1 + i // 2, 1 + i % 2) for i in range(len(rows))]
+        for row in rows:
+            if row["fold_end"]:  # the objective is the mean of each done fold's best epoch
+                assert len(row["fold_scores"]) == row["folds_done"] == row["fold"]
+                assert row["val_macro_f1"] == pytest.approx(sum(row["fold_scores"]) / row["folds_done"])
+        folds_done.append(rows[-1]["folds_done"])
+        assert rows[-1]["folds"] == 3 and len(rows) == 2 * rows[-1]["folds_done"]
+    assert 3 in folds_done and min(folds_done) < 3, "every fold run by some trials, weak ones stopped between folds"
+    every_fold = [rows[-1]["fold_scores"] for rows in reports if rows[-1]["folds_done"] == 3]
+    assert all(len(set(scores)) == 3 for scores in every_fold)  # the model draw: each fold its own noise
+    best = results["best"]
+    assert best is not None and best["search_val"]["folds_done"] == best["search_val"]["folds"] == 3

@@ -31,6 +31,7 @@ import json
 import math
 import random
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -123,14 +124,15 @@ class Replay:
             total += _difference(axis, a.get(name), b.get(name)) ** 2
         return math.sqrt(total / max(1, len(self.axes)))
 
-    def curve_for(self, params: Mapping[str, Any], epochs: int) -> tuple[list[dict[str, float]], Curve]:
+    def curve_for(self, params: Mapping[str, Any], epochs: int, fold: int = 0) -> tuple[list[dict[str, float]], Curve]:
         """The ``epochs`` rows (epoch 1..epochs) that the trial of ``params`` reports, and the
-        nearest recorded curve (whose constants it reports)."""
+        nearest recorded curve (whose constants it reports). ``fold`` k >= 1 (walk-forward) draws
+        fold k's own noise; 0 is the holdout draw."""
         k = 1 if self.draw == "recorded" else NEIGHBOURS
         neighbours = self.nearest(params, k)
         weights = [1.0 / (d + 1e-3) for _, d in neighbours]
         keys = set.intersection(*(set(row) for c, _ in neighbours for row in c.rows)) - {"epoch"}
-        rng = random.Random(_config_seed(params, self.seed))
+        rng = random.Random(_config_seed(params, self.seed, fold))
         rows = []
         for epoch in range(1, epochs + 1):
             at = [c.rows[min(epoch, len(c.rows)) - 1] for c, _ in neighbours]
@@ -276,8 +278,9 @@ def _noise(curves: tuple[Curve, ...]) -> dict[str, float]:
     return {key: 0.5 * sorted(found)[len(found) // 2] for key, found in steps.items()}
 
 
-def _config_seed(params: Mapping[str, Any], seed: int) -> int:
+def _config_seed(params: Mapping[str, Any], seed: int, fold: int = 0) -> int:
     text = json.dumps({str(k): str(v) for k, v in params.items()}, sort_keys=True) + f"|{seed}"
+    text += f"|fold {fold}" if fold else ""
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big")
 
 
@@ -297,7 +300,8 @@ def flat_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def replay_trial(config: dict[str, Any], *, replay: Replay, epochs: int, family: str) -> None:
+def replay_trial(config: dict[str, Any], *, replay: Replay, epochs: int, family: str, folds: int = 0,
+                 metric: str = "", sign: int = 1) -> None:
     """The Tune trainable of a replayed trial: ``epochs`` (or the sampled ``train.epochs``) epochs
     of ``replay.epoch_s`` seconds each, every one reported with a checkpoint (the epoch reached),
     from the epoch after the checkpoint Tune restores. ``family`` is the model family when the
@@ -305,13 +309,20 @@ def replay_trial(config: dict[str, Any], *, replay: Replay, epochs: int, family:
     recorded metrics, ``fit_status``, ``n_params``, ``latency_ms``, ``model_family``,
     ``node_id``), plus ``gpu_ids`` (the logical GPUs Ray assigned), ``replay_of`` (the nearest
     recorded trial) and ``torch_in_trial``.
+
+    Under walk-forward (``folds`` >= 2) it replays ``folds`` folds of those epochs one after
+    another, fold k its own draw (``Replay.curve_for``), and reports the fold fields a trained
+    trial reports (``_fold_fields``, as ``trial._train_folds``): ``metric`` (larger is better when
+    ``sign`` is +1) is then the mean over the folds so far of each fold's best epoch, and the
+    epoch counts across folds, so ``tuner.FoldGate`` and ASHA see what they see in a real search.
     """
     import ray
     from ray import tune
 
     params = flat_config(config)
-    total = int(params.get("train.epochs", epochs))
-    rows, nearest = replay.curve_for(params, total)
+    per_fold = int(params.get("train.epochs", epochs))
+    curves = [replay.curve_for(params, per_fold, fold) for fold in (range(1, folds + 1) if folds else [0])]
+    nearest, total = curves[0][1], per_fold * len(curves)
     first = _restored_epoch(tune.get_checkpoint()) + 1
     constants = {
         **nearest.constants,
@@ -326,10 +337,31 @@ def replay_trial(config: dict[str, Any], *, replay: Replay, epochs: int, family:
             time.sleep(replay.epoch_s)
             (work / CHECKPOINT_FILE).write_text(json.dumps({"epoch": epoch}))
             status = "completed" if epoch == total else "running"
-            metrics = {**rows[epoch - 1], **constants, "fit_status": status, "torch_in_trial": "torch" in sys.modules}
+            fold, fold_epoch = divmod(epoch - 1, per_fold)
+            metrics = {**curves[fold][0][fold_epoch], "epoch": epoch, **constants, "fit_status": status,
+                       "torch_in_trial": "torch" in sys.modules}
+            if folds:
+                metrics.update(_fold_fields([rows for rows, _ in curves], fold + 1, fold_epoch + 1, metric, sign))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(work))
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _fold_fields(curves: list[list[dict[str, float]]], fold: int, fold_epoch: int, metric: str,
+                 sign: int) -> dict[str, Any]:
+    """What a walk-forward trial reports at epoch ``fold_epoch`` of fold ``fold`` (both from 1),
+    given every fold's replayed rows: the fold's own value, the mean over folds of each fold's best
+    epoch so far, and at the fold's last epoch its score among ``fold_scores``."""
+    def best(rows: list[dict[str, float]]) -> float:
+        return max((row[metric] for row in rows), key=lambda value: sign * value)
+
+    done = [best(rows) for rows in curves[: fold - 1]]
+    scores = done + [best(curves[fold - 1][:fold_epoch])]
+    last = fold_epoch == len(curves[fold - 1])
+    return {"fold": fold, "folds": len(curves), "fold_epoch": fold_epoch,
+            f"fold_{metric}": curves[fold - 1][fold_epoch - 1][metric], metric: statistics.fmean(scores),
+            "fold_end": last, "folds_done": len(scores) if last else len(done),
+            "fold_scores": scores if last else done, "fold_std": statistics.stdev(scores) if len(scores) > 1 else 0.0}
 
 
 def _restored_epoch(checkpoint: Any) -> int:

@@ -163,7 +163,7 @@ def _run_replay(space: SearchSpace, replay: Any, *, name: str, storage: str, run
         plan = Plan(
             space=space, export=replay.source, name=name, storage=storage, run_dir=run_dir,
             resume=recorded is not None, address=joined, metric=space.spec.objective.metric,
-            mode=space.spec.objective.direction, sign=space.spec.objective.sign, max_epochs=space.max_epochs,
+            mode=space.spec.objective.direction, sign=space.spec.objective.sign, max_epochs=space.max_trial_epochs,
             gpus_per_trial=0.0 if gpus == "auto" else float(gpus), started=started,
             started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), say=say, quiet=quiet,
             replay=replay,

@@ -204,8 +204,10 @@ def _trainable(plan: Plan, prepared: dict[str, Any]) -> Any:
         return tune.with_parameters(run_trial, data=prepared, space=plan.space)
     from lobsearch.replay import replay_trial
 
-    return tune.with_parameters(replay_trial, replay=plan.replay, epochs=plan.max_epochs,
-                                family=plan.space.families[0])
+    objective = plan.space.spec.objective
+    return tune.with_parameters(replay_trial, replay=plan.replay, epochs=plan.space.max_epochs,
+                                family=plan.space.families[0], metric=objective.metric, sign=objective.sign,
+                                folds=objective.folds if objective.protocol == "walk_forward" else 0)
 
 
 def _callbacks(plan: Plan) -> list[Any]:
