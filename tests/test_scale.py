@@ -119,9 +119,10 @@ def test_the_scale_test_at_reduced_size_meets_its_targets(tmp_path: Path, withou
     placement = found["placement"]
     assert placement["most_trials_on_one_gpu"] <= placement["allowed_per_gpu"] == 2
     assert placement["node_loss"]["failed"] == 0 and placement["nodes_used"] >= 2
-    # trials that ended after the last experiment-state save before the kill are lost or rerun:
-    # the window is bounded (saves take at most 5 % of the driver), not closed (docs/benchmarks.md)
+    # trials that ended after the last experiment-state save before the kill are kept from the
+    # journal (lobsearch.journal): none lost, none run again
     resume = found["resume"]
-    assert resume["lost"] + resume["rerun"] <= 0.1 * resume["finished_before_kill"], resume
+    assert resume["finished_before_kill"] > 100 and resume["lost"] == resume["rerun"] == 0, resume
     assert resume["to_first_epoch_s"] < HANG_S / 3
-    assert found["experiment_save"]["count"] < 100  # periodic, not one per trial checkpoint
+    # budgeted (quick saves follow each checkpoint, slower ones wait), not one per trial checkpoint
+    assert found["experiment_save"]["count"] < found["torch_in_trial"]["False"] / 3
