@@ -19,7 +19,8 @@ Measured against the issue's targets (printed, and written to ``--out`` as JSON)
 
 - slot utilization: replayed epochs x epoch_s over slots x wall time, from the first trial
   start to the kill of the driver (or the last trial end); the ideal is 1.0;
-- searcher suggest latency, p50/p95 over the last 10 % of suggestions, and exact duplicate
+- searcher suggest latency, p50/p95 over the last 10 % of suggestions (wall time, and the
+  driver thread's CPU time in it: the wall time less its waits for a core and the GIL), and exact duplicate
   configurations among the first ``--concurrent`` trials (and among all);
 - the driver's RSS: slope against trials finished (least squares, after the first
   ``--concurrent``), and its peak (VmHWM) at the end;
@@ -121,12 +122,12 @@ def timed(log: EventLog, kind: str, owner: Any, attribute: str, count: Any = Non
     original = getattr(owner, attribute)
 
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.thread_time()
         try:
             return original(*args, **kwargs)
         finally:
             extra = count(*args) if count is not None else {}
-            log(kind, s=time.perf_counter() - started, **extra)
+            log(kind, s=time.perf_counter() - started, cpu_s=time.thread_time() - cpu, **extra)
 
     setattr(owner, attribute, wrapper)
 
@@ -440,6 +441,7 @@ def whole_utilization(trials: list[dict], events: list[dict], args: argparse.Nam
 def searcher_figures(events: list[dict], trials: list[dict], args: argparse.Namespace) -> dict[str, Any]:
     suggests = [e for e in events if e["kind"] == "suggest"]
     late = [e["s"] * 1000 for e in suggests if e["n"] >= 0.9 * args.trials]
+    late_cpu = [e["cpu_s"] * 1000 for e in suggests if e["n"] >= 0.9 * args.trials and "cpu_s" in e]
     ordered = sorted(trials, key=lambda t: t["number"])
     keys = [json.dumps(t["params"], sort_keys=True) for t in ordered]
     first = keys[: args.concurrent]
@@ -448,6 +450,10 @@ def searcher_figures(events: list[dict], trials: list[dict], args: argparse.Name
         "late_suggests": len(late),
         "suggest_ms_p50_last10pct": round(percentile(late, 0.5) or 0, 2),
         "suggest_ms_p95_last10pct": round(percentile(late, 0.95) or 0, 2),
+        # the driver thread's own CPU time in each suggestion: its wall time less its waits for a
+        # core and for the GIL (the suggest runs on Tune's event loop, one thread)
+        "suggest_cpu_ms_p50_last10pct": round(percentile(late_cpu, 0.5) or 0, 2),
+        "suggest_cpu_ms_p95_last10pct": round(percentile(late_cpu, 0.95) or 0, 2),
         "suggest_ms_max": round(max((e["s"] * 1000 for e in suggests), default=0), 1),
         "duplicates_first_concurrent": len(first) - len(set(first)),
         "duplicates_all": len(keys) - len(set(keys)),

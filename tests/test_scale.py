@@ -71,6 +71,15 @@ def test_resume_figures_count_finished_trials_lost_and_rerun(scale):
                      "to_first_suggest_s": 2.0, "to_first_epoch_s": 4.0}
 
 
+def test_searcher_figures_take_the_late_suggestions_wall_and_cpu_times_and_count_duplicates(scale):
+    events = [{"kind": "suggest", "n": n, "s": 0.1 * n, "cpu_s": 0.01 * n} for n in range(10)]
+    trials = [{"number": i, "params": {"x": i % 3}} for i in range(4)]
+    found = scale.searcher_figures(events, trials, settings(trials=10, concurrent=3))
+    assert found["late_suggests"] == 1 and found["suggest_ms_p95_last10pct"] == pytest.approx(900)
+    assert found["suggest_cpu_ms_p95_last10pct"] == pytest.approx(90)
+    assert found["duplicates_first_concurrent"] == 0 and found["duplicates_all"] == 1
+
+
 def test_the_searcher_probe_asks_pending_trials_with_and_without_the_constant_liar(scale):
     found = scale.searcher_probe(settings(trials=30, concurrent=8, source=scale.SOURCE))
     assert found["finished"] == 30 and found["pending"] == 8

@@ -155,9 +155,10 @@ def build_tuner(plan: Plan, prepared: dict[str, Any]) -> tune.Tuner:
     if tune.Tuner.can_restore(path):
         plan.say(f"resuming {plan.name!r} from {path}: finished trials are kept")
         if not plan.remote_storage:
+            started = time.monotonic()
             kept = journal.reconcile(path, plan.run_dir)
             if kept:
-                plan.say(kept.line())
+                plan.say(f"{kept.line()} ({time.monotonic() - started:.1f} s)")
         # Tune's restore warns of each trial that had not reported yet (no result file): expected, noise here
         logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
         return tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
