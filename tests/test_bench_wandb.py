@@ -22,5 +22,5 @@ def test_the_wandb_driver_benchmark_closes_every_run_on_both_sides(tmp_path: Pat
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     figures = json.loads(out.read_text())
     assert {side["complete_runs"] for side in figures["sides"].values()} == {10}
-    assert figures["sides"]["queued"]["drained"] and figures["inline_over_queued"] > 0
-    assert "time in the hooks, inline / queued" in done.stdout
+    assert figures["sides"]["child"]["drained"] and figures["inline_over_child"] > 0 and figures["driver_cpu_inline_over_child"] > 0
+    assert "time in the hooks, inline / child" in done.stdout

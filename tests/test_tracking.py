@@ -286,10 +286,10 @@ def test_the_tune_callback_is_off_when_disabled_and_survives_pickling(tmp_path, 
     assert type(restored) is WandbCallback and restored.settings == callback.settings
 
 
-def test_the_tune_callback_stops_trying_after_a_failed_start(tmp_path, wandb_env, monkeypatch):
+def test_the_run_book_stops_trying_after_a_failed_start(tmp_path, wandb_env, monkeypatch):
     import wandb
 
-    from lobsearch.tracking import WandbCallback
+    from lobsearch.tracking import RunBook
 
     calls = []
 
@@ -298,21 +298,77 @@ def test_the_tune_callback_stops_trying_after_a_failed_start(tmp_path, wandb_env
         raise wandb.errors.CommError("timed out")
 
     monkeypatch.setattr(wandb, "init", unreachable)
-    callback = WandbCallback.for_search(fake_search(tmp_path, "online"))
-    trials = [SimpleNamespace(trial_id=f"a1b2_0000{i}", config={"data.window": 40}, checkpoint=None) for i in range(3)]
+    book = RunBook(offline(tmp_path, mode="online"), "lstm-20261126-1200")
     with pytest.warns(TrackingWarning) as caught:
-        for trial in trials:
-            callback.on_trial_start(iteration=0, trials=trials, trial=trial)
-        assert callback.wait(30)
+        for i in range(3):
+            book.start(f"a1b2_0000{i}", "lstm", {"params": {}})
     assert [str(w.message) for w in caught] == [
         "W&B tracking is off for trial 'a1b2_00000': CommError: timed out",
         "W&B tracking is off for the rest of this search",
     ]
+    for i in range(3):
+        book.log(f"a1b2_0000{i}", EPOCHS[0], 1)
+        book.close(f"a1b2_0000{i}", {}, False)
+    assert calls == ["a1b2_00000"] and book.trackers == {}
+
+
+@pytest.mark.integration
+def test_the_callback_child_forwards_its_warnings_and_closes_open_runs_at_its_end(tmp_path, wandb_env, monkeypatch):
+    """W&B runs in the callback's child process: a failed start there is a TrackingWarning here,
+    before ``wait`` returns; a run left open when the driver stops sending is closed as failed."""
+    from lobsearch.tracking import WandbCallback
+
+    callback = WandbCallback.for_search(fake_search(tmp_path, "offline"))
+    trials = [SimpleNamespace(trial_id=f"a1b2_0000{i}", config={"data.window": 40}, checkpoint=None) for i in range(2)]
     for trial in trials:
+        callback.on_trial_start(iteration=0, trials=trials, trial=trial)
         callback.on_trial_result(iteration=1, trials=trials, trial=trial, result=tune_result(1, EPOCHS[0]))
-        callback.on_trial_complete(iteration=1, trials=trials, trial=trial)
-    assert callback.wait(30)
-    assert calls == ["a1b2_00000"]
+    callback.on_trial_complete(iteration=1, trials=trials, trial=trials[0])
+    assert callback.runs.close(60), "the child ends with its input, running what it was sent first"
+    runs = {r["name"]: r for r in map(read_offline_run, (tmp_path / "run" / "wandb").glob("offline-run-*"))}
+    assert runs["a1b2_00000"]["exit_code"] == 0 and runs["a1b2_00000"]["summary"]["best_val_macro_f1"] == 0.35
+    assert runs["a1b2_00001"]["exit_code"] == 1
+    assert runs["a1b2_00001"]["summary"]["error"] == "the search stopped before this trial ended"
+
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # nothing listens: like no network
+    online = WandbCallback.for_search(fake_search(tmp_path, "online"))
+    online.runs.args = (offline(tmp_path, mode="online", init_timeout=1.0), "g")
+    with pytest.warns(TrackingWarning) as caught:
+        online.on_trial_start(iteration=0, trials=trials, trial=trials[0])
+        assert online.wait(60)
+    assert [str(w.message) for w in caught][-1] == "W&B tracking is off for the rest of this search"
+    assert online.runs.close(30)
+
+
+def test_the_tune_hooks_leave_w_and_b_out_of_the_driver(tmp_path, wandb_env):
+    """The hooks pickle a message to the child: the driver never imports wandb, and a thousand
+    epochs' hooks take milliseconds."""
+    code = """
+import sys, time
+from types import SimpleNamespace
+from lobsearch.space import Objective, Tracking
+from lobsearch.tracking import WandbCallback
+space = SimpleNamespace(spec=SimpleNamespace(tracking=Tracking(wandb="disabled"), objective=Objective()),
+                        families=["lstm"], run_config=lambda p: SimpleNamespace(model_dump=lambda mode: {}))
+from lobsearch.tracking import WandbSettings
+callback = WandbCallback(WandbSettings(mode="offline", project="p", entity=None, dir=sys.argv[1]), group="g",
+                         metric="val_macro_f1", sign=1, families=("lstm",), run_config=space.run_config)
+trial = SimpleNamespace(trial_id="t0", config={}, checkpoint=None)
+started = time.perf_counter()
+callback.on_trial_start(iteration=0, trials=[trial], trial=trial)
+for epoch in range(1, 1001):
+    callback.on_trial_result(iteration=epoch, trials=[trial], trial=trial,
+                             result={"epoch": epoch, "val_macro_f1": 0.3, "training_iteration": epoch})
+callback.on_trial_complete(iteration=1000, trials=[trial], trial=trial)
+hooks_s = time.perf_counter() - started
+assert callback.wait(120)
+print(hooks_s, "wandb" in sys.modules)
+"""
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr
+    hooks_s, imported = done.stdout.split()
+    assert imported == "False" and float(hooks_s) < 5.0
 
 
 @pytest.mark.integration
@@ -330,53 +386,3 @@ def test_numpy_values_paths_and_tuples_are_recorded_as_plain_json(tmp_path, wand
     assert run["summary"]["best_epoch"] == 1 and run["summary"]["f1"] == [0.25, 0.5]
 
 
-def test_the_tune_hooks_queue_w_and_b_calls_instead_of_waiting_for_them(tmp_path, wandb_env, monkeypatch):
-    """Tune's event loop goes on while ``wandb.init`` has not returned; the calls then run in the
-    order Tune made them."""
-    import threading
-
-    from lobsearch import tracking
-    from lobsearch.tracking import WandbCallback
-
-    released, order = threading.Event(), []
-
-    class Run:
-        def __init__(self, name):
-            self.name = name
-
-        def log(self, metrics, step):
-            order.append((self.name, "log", step))
-
-    def slow_init(settings, *, name, **kwargs):
-        assert released.wait(30), "the test never released wandb.init"
-        order.append((name, "init", None))
-        return Run(name)
-
-    monkeypatch.setattr(tracking, "_init_run", slow_init)
-    monkeypatch.setattr(TrialTracker, "finish", lambda self, summary, artifact=None, failed=False: order.append(
-        (self.run.name, "finish", summary.get("best_val_macro_f1"))))
-    callback = WandbCallback.for_search(fake_search(tmp_path, "offline"))
-    trial = SimpleNamespace(trial_id="a1b2_00000", config={"data.window": 40}, checkpoint=None)
-    callback.on_trial_start(iteration=0, trials=[trial], trial=trial)  # returns while wandb.init waits
-    for epoch, metrics in enumerate(EPOCHS[:2], start=1):
-        callback.on_trial_result(iteration=epoch, trials=[trial], trial=trial, result=tune_result(epoch, metrics))
-    callback.on_trial_complete(iteration=3, trials=[trial], trial=trial)
-    assert order == [] and not callback.wait(0.2)
-    released.set()
-    assert callback.wait(30)
-    best = max(m["val_macro_f1"] for m in EPOCHS[:2])
-    assert order == [("a1b2_00000", "init", None), ("a1b2_00000", "log", 1), ("a1b2_00000", "log", 2),
-                     ("a1b2_00000", "finish", best)]
-
-
-def test_a_call_queue_survives_a_failing_call_and_pickles_empty():
-    from lobsearch.tracking import CallQueue
-
-    calls, done = CallQueue(), []
-    calls.submit(lambda: 1 / 0)
-    calls.submit(lambda: done.append("after"))
-    with pytest.warns(TrackingWarning, match="W&B call failed .*ZeroDivisionError"):
-        assert calls.wait(30)
-    assert done == ["after"]
-    restored = pickle.loads(pickle.dumps(calls))
-    assert restored.wait(1)

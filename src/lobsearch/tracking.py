@@ -5,11 +5,12 @@ so a search with tracking disabled never loads it. Every W&B failure (no network
 missing package) becomes a ``TrackingWarning`` and a tracker that does nothing.
 
 Two ways to use it: ``TrialTracker`` inside any process that trains, or ``WandbCallback``, a Ray
-Tune callback that keeps one ``TrialTracker`` per trial on the driver as Tune reports results (so
-trial processes never start W&B). The callback's W&B calls run in order on one background thread
-of the driver (``CallQueue``), so that Tune's event loop never waits on ``wandb.init`` (about 50
-ms) or a run's finish (about 20 ms) while trials are waiting to start. Offline runs are written
-under ``<run dir>/wandb/offline-run-*`` (``sync_command`` prints how to upload them).
+Tune callback that records each trial as Tune reports its results (so trial processes never start
+W&B). The callback's W&B calls run in order in one child process of the driver, which keeps one
+``TrialTracker`` per trial (``RunBook``, run by ``lobsearch.callprocess``): Tune's event loop never
+waits on ``wandb.init`` (about 50 ms) or a run's finish (about 20 ms) while trials are waiting to
+start, and W&B's Python never holds the driver's GIL. Offline runs are written under
+``<run dir>/wandb/offline-run-*`` (``sync_command`` prints how to upload them).
 
 Why not Ray's ``WandbLoggerCallback`` (ray 2.60): besides id, name and group, ``log_trial_start``
 passes ``wandb.init`` the constructor's ``**kwargs``, the same for every trial, so a per-trial job
@@ -27,10 +28,8 @@ import functools
 import math
 import netrc
 import os
-import queue
 import shlex
 import struct
-import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -290,47 +289,39 @@ def epoch_metrics(result: dict) -> dict[str, float]:
     }
 
 
-class CallQueue:
-    """Runs submitted calls one at a time, in order, on one daemon thread started with the first.
+class RunBook:
+    """The W&B runs of a search's trials, by trial id: what ``WandbCallback``'s child process
+    keeps (``lobsearch.callprocess``), one call at a time.
 
-    A call that raises is reported as a TrackingWarning and the next one runs. ``wait`` blocks
-    until every call submitted before it has run. Pickles as an empty queue (Tune pickles its
-    callbacks with the experiment).
+    The first trial whose run cannot start turns tracking off for the rest of the search (one
+    start waits for the server's timeout: every trial's must not). ``end`` closes the runs still
+    open when the driver stops sending (a killed or interrupted search) as failed.
     """
 
-    def __init__(self) -> None:
-        self._calls: queue.SimpleQueue = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
+    def __init__(self, settings: WandbSettings, group: str) -> None:
+        self.settings, self.group = settings, group
+        self.trackers: dict[str, TrialTracker] = {}
 
-    def submit(self, call: Callable[[], None]) -> None:
-        with self._lock:
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name="lobsearch-wandb", daemon=True)
-                self._thread.start()
-        self._calls.put(call)
+    def start(self, trial_id: str, family: str, config: dict) -> None:
+        tracker = TrialTracker.start(self.settings, group=self.group, job_type=family, name=trial_id, config=config)
+        self.trackers[trial_id] = tracker
+        if not tracker.active and self.settings.mode != "disabled":
+            warnings.warn("W&B tracking is off for the rest of this search", TrackingWarning, stacklevel=2)
+            self.settings = dataclasses.replace(self.settings, mode="disabled")
 
-    def wait(self, timeout_s: float | None = None) -> bool:
-        """Block until the calls submitted so far have run; False when ``timeout_s`` passed first."""
-        if self._thread is None:
-            return True
-        done = threading.Event()
-        self._calls.put(done.set)
-        return done.wait(timeout_s)
+    def log(self, trial_id: str, metrics: dict, step: int) -> None:
+        tracker = self.trackers.get(trial_id)
+        if tracker is not None:
+            tracker.log_epoch(metrics, step=step)
 
-    def _run(self) -> None:
-        while True:
-            call = self._calls.get()
-            try:
-                call()
-            except Exception as error:  # a tracker already turns W&B's own failures into warnings
-                warnings.warn(f"W&B call failed (the search goes on): {_cause(error)}", TrackingWarning, stacklevel=2)
+    def close(self, trial_id: str, summary: dict, failed: bool) -> None:
+        tracker = self.trackers.pop(trial_id, None)
+        if tracker is not None:
+            tracker.finish(summary, failed=failed)
 
-    def __getstate__(self) -> dict:
-        return {}
-
-    def __setstate__(self, state: dict) -> None:
-        self.__init__()
+    def end(self) -> None:
+        for trial_id in list(self.trackers):
+            self.close(trial_id, {"error": "the search stopped before this trial ended"}, failed=True)
 
 
 END_WAIT_S = 120.0
@@ -358,18 +349,20 @@ def _wandb_callback_class() -> type:
         and ends with a summary of the best epoch (``best_<metric>``) and the trial's provenance
         (``lobsearch.provenance.KEYS``: code, library versions, device, data hash, seed), the
         trial's last checkpoint as a "model" artifact, and failed = True when the trial errored.
-        Tune's hooks only queue the W&B calls (``CallQueue``); the end of the experiment waits
-        for them, and ``wait`` does at any time.
+        Tune's hooks only queue the W&B calls, which a child process runs in order (``RunBook``
+        in ``lobsearch.callprocess.CallProcess``); the end of the experiment waits for them, and
+        ``wait`` does at any time.
         """
 
         def __init__(self, settings: WandbSettings, *, group: str, metric: str, sign: int,
                      families: tuple[str, ...] = (), run_config: Any = None):
+            from lobsearch.callprocess import CallProcess
+
             self.settings, self.group, self.metric, self.sign = settings, group, metric, sign
             self.families, self.run_config = tuple(families), run_config
-            self.trackers: dict[str, TrialTracker] = {}  # touched by the queue's thread only
             self.best: dict[str, dict] = {}
             self.provenance: dict[str, dict] = {}
-            self.calls = CallQueue()
+            self.runs = CallProcess(f"{__name__}:RunBook", settings, group)
 
         @classmethod
         def for_search(cls, plan: Any) -> Any:
@@ -383,15 +376,7 @@ def _wandb_callback_class() -> type:
         def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             params = dict(trial.config or {})
             family = params.get("model.name") or (self.families[0] if self.families else "model")
-            self.calls.submit(functools.partial(self._start, trial.trial_id, str(family), self._config(params)))
-
-        def _start(self, trial_id: str, family: str, config: dict) -> None:
-            tracker = TrialTracker.start(self.settings, group=self.group, job_type=family, name=trial_id, config=config)
-            self.trackers[trial_id] = tracker
-            if not tracker.active and self.settings.mode != "disabled":
-                # one start waits for the server's timeout: do not make every trial's wait for it
-                warnings.warn("W&B tracking is off for the rest of this search", TrackingWarning, stacklevel=2)
-                self.settings = dataclasses.replace(self.settings, mode="disabled")
+            self.runs.submit("start", trial.trial_id, str(family), self._config(params))
 
         def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
             self.provenance[trial.trial_id] = {k: result[k] for k in PROVENANCE_KEYS if k in result}
@@ -399,15 +384,10 @@ def _wandb_callback_class() -> type:
             if not metrics:
                 return
             step = int(metrics.get("epoch", result.get("training_iteration", 0)))
-            self.calls.submit(functools.partial(self._log, trial.trial_id, metrics, step))
+            self.runs.submit("log", trial.trial_id, metrics, step)
             best = self.best.get(trial.trial_id)
             if self.metric in metrics and (best is None or self.sign * metrics[self.metric] > self.sign * best[self.metric]):
                 self.best[trial.trial_id] = metrics
-
-        def _log(self, trial_id: str, metrics: dict, step: int) -> None:
-            tracker = self.trackers.get(trial_id)
-            if tracker is not None:
-                tracker.log_epoch(metrics, step=step)
 
         def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             self._finish(trial, failed=False)
@@ -418,13 +398,13 @@ def _wandb_callback_class() -> type:
         def on_experiment_end(self, trials: list, **info: Any) -> None:
             for trial in trials:
                 self._finish(trial, failed=False)
-            if not self.wait(END_WAIT_S):
+            if not self.runs.close(END_WAIT_S):
                 warnings.warn(f"W&B calls still queued after {END_WAIT_S:g} s at the end of the search: the last "
                               "runs may be incomplete", TrackingWarning, stacklevel=2)
 
         def wait(self, timeout_s: float | None = None) -> bool:
             """Block until every W&B call queued so far has run; False when ``timeout_s`` passed first."""
-            return self.calls.wait(timeout_s)
+            return self.runs.wait(timeout_s)
 
         def _config(self, params: dict) -> dict:
             try:
@@ -437,12 +417,7 @@ def _wandb_callback_class() -> type:
             summary.update(self.provenance.pop(trial.trial_id, {}))
             if failed:
                 summary["error"] = last_error_line(trial)
-            self.calls.submit(functools.partial(self._close, trial.trial_id, summary, failed))
-
-        def _close(self, trial_id: str, summary: dict, failed: bool) -> None:
-            tracker = self.trackers.pop(trial_id, None)
-            if tracker is not None:
-                tracker.finish(summary, failed=failed)
+            self.runs.submit("close", trial.trial_id, summary, failed)
 
     WandbCallback.__module__, WandbCallback.__qualname__ = __name__, "WandbCallback"
     return WandbCallback
