@@ -228,7 +228,9 @@ class Sampler(threading.Thread):
         self.cluster, self.every_s = cluster, every_s
         self.driver_pid: int | None = None
         self.samples: list[dict[str, Any]] = []
-        self.cpu: dict[str, dict[int, float]] = {"driver": {}, "head": {}, "workers": {}, "trial_workers": {}}
+        self.cpu: dict[str, dict[int, float]] = {"driver": {}, "driver_main": {}, "head": {}, "workers": {},
+                                                 "trial_workers": {}}
+        self.hosts: set[int] = set()  # worker processes seen running a trial (the rest started idle)
         self.stop = threading.Event()
 
     def run(self) -> None:
@@ -238,7 +240,10 @@ class Sampler(threading.Thread):
             head = descendants(table, node_pids(self.cluster.head_node)) - driver
             workers = descendants(table, set().union(*(node_pids(n) for n in self.cluster.worker_nodes))) - driver
             trial_workers = {p for p in workers if table[p][1].startswith("ray::")}
-            for part, pids in (("driver", driver), ("head", head), ("workers", workers), ("trial_workers", trial_workers)):
+            self.hosts |= {p for p in trial_workers if "Implicit" in table[p][1]}
+            main = {self.driver_pid} & set(table)
+            for part, pids in (("driver", driver), ("driver_main", main), ("head", head), ("workers", workers),
+                               ("trial_workers", trial_workers)):
                 for pid in pids:  # CPU seconds so far, per process: the last sample before it ends counts
                     self.cpu[part][pid] = table[pid][3]
             self.samples.append({
@@ -329,6 +334,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         cluster.shutdown()
     record["wall_s"] = round(time.time() - started, 1)
     record["cpu_s"] = {part: round(sum(found.values()), 1) for part, found in sampler.cpu.items()}
+    idle = {pid: cpu for pid, cpu in sampler.cpu["trial_workers"].items() if pid not in sampler.hosts}
+    record["cpu_s"]["idle_workers"] = round(sum(idle.values()), 1)
+    record["worker_processes"] = {"ran_trials": len(sampler.cpu["trial_workers"]) - len(idle), "never_ran_one": len(idle)}
     return measure(record, read_events(events_path), sampler.samples, work / "runs" / NAME, args)
 
 
