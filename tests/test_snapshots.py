@@ -133,3 +133,4 @@ def test_the_run_record_is_compact_json_and_loads_back_the_same_with_bounded_deq
                      cls=TuneFunctionEncoder)  # Tune's own format, deques cloudpickled
     assert isinstance(_TrainingRunMetadata.from_json_state(old).metric_n_steps["val_loss"]["5"], deque)
     assert len(text) < len(old) / 1.5
+
