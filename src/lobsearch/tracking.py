@@ -32,7 +32,6 @@ import shlex
 import struct
 import time
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
