@@ -19,10 +19,9 @@ lobsearch keeps every checkpoint (nothing is deleted before a save) and patches 
 experiment checkpoint manager, a private class of Ray 2.60 (hence this module, its tests, and
 the pinned Ray): every trial checkpoint asks for a save, and an asked-for save waits until the
 last save is ``BUDGET`` times its own duration old (Tune's rule for its periodic saves: 5 % of
-the driver's time), however quick the save. A small search so saves within a second of a trial
-checkpoint, a 1,000-trial one every minute or so, and the driver's share of saving stays bounded
-at any size. Trials that finish between two saves are kept by the journal of finished trials
-(``lobsearch.journal``); a running trial resumes from the checkpoint the last save names.
+the driver's time), unless that save took under ``QUICK_SAVE_S``. A small search so saves after
+every trial checkpoint; a 1,000-trial one every few seconds, with the driver's share of saving
+bounded.
 
 Keeping every checkpoint costs disk (a search of 1,000 trials x 10 epochs would keep 10,000), so
 ``prune_checkpoints`` deletes a finished trial's checkpoints but its last once a save has begun
@@ -48,6 +47,10 @@ from typing import Any
 
 BUDGET = 19.0
 """Seconds between saves per second a save takes: 19 keeps saving to 5 % of the driver's time."""
+
+QUICK_SAVE_S = 0.05
+"""A save quicker than this sets no wait: a small search's state is saved after every trial
+checkpoint, so a driver killed a moment after a trial ended resumes without running it again."""
 
 _PATCHED = "_lobsearch_snapshots"
 
@@ -102,7 +105,7 @@ def install() -> None:
         if self._last_save_time != last:  # it saved (Tune's period had not expired otherwise)
             _last_save_started = started
             took = time.monotonic() - started
-            self._lobsearch_wait_s = BUDGET * took
+            self._lobsearch_wait_s = BUDGET * took if took >= QUICK_SAVE_S else 0.0
 
     manager.on_trial_checkpoint = ask_for_a_save
     manager.sync_up_experiment_state = save_within_budget
