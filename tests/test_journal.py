@@ -46,6 +46,74 @@ def test_without_a_journal_or_a_saved_state_nothing_changes(tmp_path: Path):
     assert not journal.reconcile(tmp_path / "no-experiment", tmp_path)
 
 
+def run_record(iteration: int) -> str:
+    """A Tune runtime record whose last result is epoch ``iteration``."""
+    from ray.tune.trainable.metadata import _TrainingRunMetadata
+
+    record = _TrainingRunMetadata()
+    record.last_result = {"training_iteration": iteration}
+    return record.get_json_state()
+
+
+def checkpointed(trial_id: str, iteration: int) -> SimpleNamespace:
+    record = SimpleNamespace(get_json_state=lambda: run_record(iteration))
+    return SimpleNamespace(trial_id=trial_id, run_metadata=record)
+
+
+def saved_state(folder: Path, trials: dict[str, tuple[str, int]]) -> Path:
+    """An experiment_state file holding ``trials`` as {id: (status, epoch of its last result)}."""
+    folder.mkdir(parents=True, exist_ok=True)
+    data = [[json.dumps({"trial_id": t, "status": status}), run_record(it)] for t, (status, it) in trials.items()]
+    path = folder / "experiment_state-2026-12-03_00-00-00.json"
+    path.write_text(json.dumps({"trial_data": data}))
+    return path
+
+
+def saved_epochs(path: Path) -> dict[str, int]:
+    from ray.tune.utils.serialization import _loads_with_cloudpickle
+
+    return {json.loads(static)["trial_id"]: _loads_with_cloudpickle(run)["last_result"]["training_iteration"]
+            for static, run in json.loads(path.read_text())["trial_data"]}
+
+
+def test_a_running_trial_resumes_from_its_last_journaled_checkpoint_when_later_than_the_save(tmp_path: Path):
+    state = saved_state(tmp_path / "exp", {"a": ("RUNNING", 2), "b": ("RUNNING", 3), "c": ("TERMINATED", 4),
+                                           "d": ("PENDING", 0)})
+    journal.record_checkpoint(tmp_path, checkpointed("a", 3), segment=5)
+    journal.record_checkpoint(tmp_path, checkpointed("a", 4), segment=6)  # the later segment wins
+    journal.record_checkpoint(tmp_path, checkpointed("b", 3), segment=6)  # the save's own epoch: kept as saved
+    journal.record_checkpoint(tmp_path, checkpointed("c", 4), segment=6)  # finished in the save: left alone
+    journal.record_checkpoint(tmp_path, checkpointed("e", 1), segment=6)  # started after the save: starts anew
+    with open(tmp_path / journal.CHECKPOINTS.format(6), "a") as f:
+        f.write('{"trial_id": "d", "ru')  # the driver killed mid-line
+    assert list(journal.read_checkpoints(tmp_path)) == ["a", "b", "c", "e"]
+    kept = journal.reconcile(tmp_path / "exp", tmp_path)
+    assert kept.advanced == ("a",) and not kept.finished and not kept.added
+    assert "1 running trials resume from their last journaled checkpoint" in kept.line()
+    assert saved_epochs(state) == {"a": 4, "b": 3, "c": 4, "d": 0}
+    assert [json.loads(static)["status"] for static, _ in json.loads(state.read_text())["trial_data"]] == [
+        "RUNNING", "RUNNING", "TERMINATED", "PENDING"]
+    assert journal.read_checkpoints(tmp_path) == {}, "applied: the segments are removed"
+    assert not journal.reconcile(tmp_path / "exp", tmp_path), "a second resume changes nothing"
+
+
+def test_the_journal_keeps_the_checkpoints_of_the_last_two_saves_only(tmp_path: Path, monkeypatch):
+    import lobsearch.tuner
+    from lobsearch import snapshots
+
+    recorder = lobsearch.tuner.TrialJournal(tmp_path)
+    for saves, (trial, iteration) in enumerate([("a", 1), ("b", 1), ("a", 2), ("a", 3)]):
+        monkeypatch.setattr(snapshots, "saves_begun", lambda saves=saves: saves)
+        recorder.on_trial_save(0, [], checkpointed(trial, iteration))
+        recorder.on_trial_save(0, [], checkpointed("z", saves))
+    # save 3 has begun, so save 2 (which holds everything journaled before it) is in the folder
+    assert sorted(p.name for p in tmp_path.iterdir()) == [journal.CHECKPOINTS.format(2), journal.CHECKPOINTS.format(3)]
+    found = journal.read_checkpoints(tmp_path)
+    assert {t: json.loads(e["run"])["last_result"]["training_iteration"] for t, e in found.items()} == {"a": 3, "z": 3}
+    journal.start(tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
 class CopyTheSaveAt(tune.Callback):
     """Copies Tune's saved state files when the ``at``-th trial finishes: a save older than the
     end, as a driver killed then would leave it."""
@@ -81,14 +149,20 @@ def test_a_resume_from_an_older_save_keeps_every_journaled_trial_and_runs_none_a
     space = load_space(tmp_path / "space.yaml")
     replay = load_replay(RECORDED, metric="val_macro_f1", searched=searched_names(space), epoch_s=0.01)
     run_dir, keep = tmp_path / "runs" / "j", tmp_path / "older-save"
-    callbacks = lobsearch.tuner._callbacks
+    callbacks, drop_checkpoints, segments = lobsearch.tuner._callbacks, journal.drop_checkpoints, []
     monkeypatch.setattr(lobsearch.tuner, "_callbacks",
                         lambda plan: [*callbacks(plan), CopyTheSaveAt(str(run_dir), str(keep), at=3)])
+    monkeypatch.setattr(journal, "drop_checkpoints",  # what the search's end removes, counted first
+                        lambda folder, **kw: segments.append(journal.read_checkpoints(folder)) or drop_checkpoints(
+                            folder, **kw))
     storage = str(tmp_path / "runs")
     assert run_search(space, export=None, name="j", storage=storage, quiet=True, replay=replay) is Outcome.FINISHED
     first = json.loads((run_dir / "results.json").read_text())
     epochs = epochs_reported(run_dir)
     assert len(journal.read(run_dir)) == 6 and len(epochs) == 6
+    assert segments[-1] and set(segments[-1]) <= {t["trial_id"] for t in first["trials"]}, \
+        "Tune's trial checkpoints were journaled"
+    assert journal.read_checkpoints(run_dir) == {}, "the search's end removes them: its final save holds them"
 
     for pattern in SAVED:  # the older save back in place, as if the driver had been killed then
         for path in run_dir.glob(pattern):

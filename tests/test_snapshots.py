@@ -30,28 +30,33 @@ def test_each_trial_checkpoint_asks_for_a_save_that_waits_for_its_budget(tmp_pat
     saves = []
 
     def save() -> None:
-        time.sleep(snapshots.QUICK_SAVE_S)  # a save slow enough to be budgeted
+        time.sleep(0.02)
         saves.append(time.monotonic())
 
-    found = manager(tmp_path)
+    found, begun = manager(tmp_path), snapshots.saves_begun()
     found.sync_up_experiment_state(save)  # the first save is due at once
-    assert len(saves) == 1 and found._lobsearch_wait_s >= snapshots.BUDGET * snapshots.QUICK_SAVE_S
+    assert len(saves) == 1 and found._lobsearch_wait_s >= snapshots.BUDGET * 0.02
+    assert snapshots.saves_begun() == begun, "Tune's periodic save is not forced: not counted"
     found.on_trial_checkpoint(SimpleNamespace())
     found.sync_up_experiment_state(save)
     assert len(saves) == 1 and found._should_force_sync_up, "too soon: the request waits"
     time.sleep(found._lobsearch_wait_s)
     found.sync_up_experiment_state(save)
     assert len(saves) == 2 and not found._should_force_sync_up
+    assert snapshots.saves_begun() == begun + 1
     found.sync_up_experiment_state(save)
     assert len(saves) == 2, "no checkpoint since: Tune's own period (10 s or more) applies"
 
 
-def test_after_a_quick_save_the_next_trial_checkpoint_is_saved_at_once(tmp_path):
+def test_even_a_quick_save_sets_a_wait_of_its_budget(tmp_path):
     saves = []
     found = manager(tmp_path)
     found.sync_up_experiment_state(lambda: saves.append(1))
-    assert found._lobsearch_wait_s == 0.0
+    assert 0.0 < found._lobsearch_wait_s < 1.0
     found.on_trial_checkpoint(SimpleNamespace())
+    found.sync_up_experiment_state(lambda: saves.append(1))
+    assert saves == [1] and found._should_force_sync_up, "the request waits for the budget"
+    time.sleep(found._lobsearch_wait_s)
     found.sync_up_experiment_state(lambda: saves.append(1))
     assert saves == [1, 1] and not found._should_force_sync_up
 

@@ -1,27 +1,43 @@
-"""Every finished trial recorded the moment Tune ends it, and a resume's saved state made to agree.
+"""Every finished trial and every trial checkpoint recorded the moment Tune registers it, and a
+resume's saved state made to agree.
 
 Tune saves the experiment state a resume starts from only every so often (``lobsearch.snapshots``:
-within 5 % of the driver's time, so about a minute apart at 1,000 trials). A driver killed
-between two saves resumes from the older one: trials that finished since are run again (the state
-holds them running), and trials that also started since are lost (the state does not hold them).
+within 5 % of the driver's time, so seconds apart in a small search and about a minute apart at
+1,000 trials). A driver killed between two saves resumes from the older one: trials that finished
+since are run again (the state holds them running), trials that also started since are lost (the
+state does not hold them), and running trials train again the epochs since the checkpoint that
+save names.
 
-So the driver appends each finished trial to ``finished_trials.jsonl`` beside the results, as
-Tune's own record of it (``Trial.get_json_state``: the static part with its status set to
-TERMINATED, and the runtime part with its last result and checkpoints), one JSON line per trial,
-flushed (a killed process's written lines survive in the page cache; a partly written last line
-is ignored). Before Tune restores the experiment, ``reconcile`` applies those lines to the files
-of Tune's last save (Ray 2.60's formats, read and written as Tune does):
+So the driver appends, beside the results, one flushed JSON line per event (a killed process's
+written lines survive in the page cache; a partly written last line is ignored):
 
-- ``experiment_state-*.json``: a journaled trial saved as unfinished is replaced by its journaled
-  record; a journaled trial missing from the state is added;
-- ``searcher-state-*.pkl`` (OptunaSearch): the study is told each such trial's result, as
-  ``OptunaSearch.on_trial_complete`` would have been; a missing trial is added to the study with
-  the parameters and distributions its configuration gives the space's define-by-run function;
+- ``finished_trials.jsonl``: each finished trial, as Tune's own record of it
+  (``Trial.get_json_state``: the static part with its status set to TERMINATED, and the runtime
+  part with its last result and checkpoints);
+- ``trial_checkpoints-<n>.jsonl``: the runtime part of a trial each time Tune registers a
+  checkpoint of it, in segment ``n``, the number of experiment-state saves begun so far
+  (``snapshots.saves_begun``). Tune uploads a save while the driver goes on and waits for that
+  upload before its next save, so once save ``n`` has begun save ``n - 1`` is in the experiment
+  folder, holding every line of the segments before ``n - 1``: those are removed. At most two
+  segments exist, each a few seconds of checkpoints.
+
+Before Tune restores the experiment, ``reconcile`` applies those lines to the files of Tune's last
+save (Ray 2.60's formats, read and written as Tune does):
+
+- ``experiment_state-*.json``: a journaled finished trial saved as unfinished is replaced by its
+  journaled record; a journaled finished trial missing from the state is added; an unfinished
+  trial whose last journaled checkpoint is of a later epoch than the state's gets that runtime
+  record (it resumes from that checkpoint);
+- ``searcher-state-*.pkl`` (OptunaSearch): the study is told each added or finished trial's
+  result, as ``OptunaSearch.on_trial_complete`` would have been; a missing trial is added to the
+  study with the parameters and distributions its configuration gives the space's define-by-run
+  function;
 - ``search_gen_state-*.json``: the trial counter counts the added trials (the search still ends at
-  ``num_samples``) and the concurrency limiter no longer holds the reconciled trials as live.
+  ``num_samples``) and the concurrency limiter no longer holds the finished trials as live.
 
-It applies to a local experiment folder; with remote storage the journal is written but not
-applied (the resume then runs those trials again, as Tune alone would).
+The checkpoint segments are then removed: the state holds what they held. It applies to a local
+experiment folder; with remote storage the journal is written but not applied (the resume then
+runs those trials and epochs again, as Tune alone would).
 """
 
 from __future__ import annotations
@@ -30,17 +46,28 @@ import glob
 import json
 import os
 import pickle
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 FILE = "finished_trials.jsonl"
+CHECKPOINTS = "trial_checkpoints-{}.jsonl"
+_SEGMENT = re.compile(r"trial_checkpoints-(\d+)\.jsonl")
 TERMINATED = "TERMINATED"
 
 
 def start(folder: str | Path) -> None:
     """A new search in ``folder``: a journal left there by an experiment no longer on disk is removed."""
     Path(folder, FILE).unlink(missing_ok=True)
+    drop_checkpoints(folder)
+
+
+def _append(path: Path, line: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as journal:
+        journal.write(line + "\n")
+        journal.flush()
 
 
 def record(folder: str | Path, trial: Any) -> None:
@@ -48,43 +75,76 @@ def record(folder: str | Path, trial: Any) -> None:
     static, runtime = trial.get_json_state()
     state = json.loads(static)
     state["status"] = TERMINATED
-    line = json.dumps({"trial_id": trial.trial_id, "state": json.dumps(state), "run": runtime})
-    Path(folder).mkdir(parents=True, exist_ok=True)
-    with open(Path(folder, FILE), "a", encoding="utf-8") as journal:
-        journal.write(line + "\n")
-        journal.flush()
+    _append(Path(folder, FILE), json.dumps({"trial_id": trial.trial_id, "state": json.dumps(state), "run": runtime}))
 
 
-def read(folder: str | Path) -> dict[str, dict[str, str]]:
-    """The journaled trials by id, in the order they finished; a partly written last line is skipped."""
-    path = Path(folder, FILE)
-    if not path.is_file():
-        return {}
+def record_checkpoint(folder: str | Path, trial: Any, segment: int) -> None:
+    """Append the runtime record of ``trial`` (a Tune ``Trial`` whose newest checkpoint Tune has
+    just registered) to checkpoint segment ``segment`` (the saves begun so far)."""
+    line = json.dumps({"trial_id": trial.trial_id, "run": trial.run_metadata.get_json_state()})
+    _append(Path(folder, CHECKPOINTS.format(segment)), line)
+
+
+def _segments(folder: str | Path) -> list[tuple[int, Path]]:
+    """The checkpoint segments in ``folder`` as (number, path), oldest first."""
+    found = ((_SEGMENT.fullmatch(path.name), path) for path in Path(folder).glob(CHECKPOINTS.format("*")))
+    return sorted((int(match[1]), path) for match, path in found if match)
+
+
+def drop_checkpoints(folder: str | Path, before: float = float("inf")) -> None:
+    """Remove the checkpoint segments numbered below ``before`` (all of them by default)."""
+    for number, path in _segments(folder):
+        if number < before:
+            path.unlink(missing_ok=True)
+
+
+def _read_lines(path: Path) -> dict[str, dict[str, str]]:
     found: dict[str, dict[str, str]] = {}
     for line in path.read_text(encoding="utf-8").splitlines():
         try:
             entry = json.loads(line)
         except json.JSONDecodeError:
-            continue  # the driver was killed while writing this line: that trial is resumed by Tune's state
+            continue  # the driver was killed while writing this line: Tune's state covers it
         found[entry["trial_id"]] = entry
+    return found
+
+
+def read(folder: str | Path) -> dict[str, dict[str, str]]:
+    """The journaled finished trials by id, in the order they finished; a partly written last line is skipped."""
+    path = Path(folder, FILE)
+    return _read_lines(path) if path.is_file() else {}
+
+
+def read_checkpoints(folder: str | Path) -> dict[str, dict[str, str]]:
+    """Each trial's last journaled checkpoint record (``{"trial_id", "run"}``) by id."""
+    found: dict[str, dict[str, str]] = {}
+    for _, path in _segments(folder):
+        found.update(_read_lines(path))
     return found
 
 
 @dataclass(frozen=True)
 class Reconciled:
-    """What ``reconcile`` changed: ids of trials saved unfinished that the journal finished, and of
-    finished trials the saved state did not hold."""
+    """What ``reconcile`` changed: ids of trials saved unfinished that the journal finished, of
+    finished trials the saved state did not hold, and of unfinished trials given a later checkpoint."""
 
     finished: tuple[str, ...] = ()
     added: tuple[str, ...] = ()
+    advanced: tuple[str, ...] = ()
 
     def __bool__(self) -> bool:
-        return bool(self.finished or self.added)
+        return bool(self.finished or self.added or self.advanced)
 
     def line(self) -> str:
-        return (f"{len(self.finished) + len(self.added)} trials that finished after Tune's last save are kept "
-                f"from the journal ({len(self.finished)} saved as unfinished, {len(self.added)} not saved at all); "
-                "none is run again")
+        parts = []
+        if self.finished or self.added:
+            parts.append(f"{len(self.finished) + len(self.added)} trials that finished after Tune's last save are "
+                         f"kept from the journal ({len(self.finished)} saved as unfinished, {len(self.added)} not "
+                         "saved at all); none is run again")
+        if self.advanced:
+            parts.append(f"{len(self.advanced)} running trials resume from their last journaled checkpoint, "
+                         "later than the save's")
+        return "; ".join(parts)
 
 
 def _newest(folder: str, pattern: str) -> str | None:
@@ -101,10 +161,10 @@ def _replace(path: str, data: bytes) -> None:
 
 def reconcile(experiment: str | Path, journal_folder: str | Path) -> Reconciled:
     """Apply the journal in ``journal_folder`` to the last save in the local ``experiment`` folder."""
-    journaled = read(journal_folder)
+    journaled, checkpoints = read(journal_folder), read_checkpoints(journal_folder)
     experiment = str(experiment)
     state_path = _newest(experiment, "experiment_state-*.json")
-    if not journaled or state_path is None:
+    if not (journaled or checkpoints) or state_path is None:
         return Reconciled()
     with open(state_path, encoding="utf-8") as f:
         state = json.load(f)
@@ -117,13 +177,31 @@ def reconcile(experiment: str | Path, journal_folder: str | Path) -> Reconciled:
         elif json.loads(state["trial_data"][saved[trial_id]][0])["status"] not in (TERMINATED, "ERROR"):
             state["trial_data"][saved[trial_id]] = [entry["state"], entry["run"]]
             finished.append(trial_id)
-    if not finished and not added:
+    advanced = []
+    for trial_id, entry in checkpoints.items():
+        if trial_id in journaled or trial_id not in saved:
+            continue  # finished (above), or started after the save: Tune's searcher never saw it, it starts anew
+        static, run = state["trial_data"][saved[trial_id]]
+        if json.loads(static)["status"] != TERMINATED and _iteration(entry["run"]) > _iteration(run):
+            state["trial_data"][saved[trial_id]] = [static, entry["run"]]
+            advanced.append(trial_id)
+    if not finished and not added and not advanced:
+        drop_checkpoints(journal_folder)
         return Reconciled()
     changed = finished + added
-    _tell_searcher(experiment, {trial_id: journaled[trial_id] for trial_id in changed})
-    _count_trials(experiment, added=len(added), ended=set(changed))
-    _replace(state_path, json.dumps(state).encode())  # last: a failure before leaves Tune's save as it was
-    return Reconciled(tuple(finished), tuple(added))
+    if changed:
+        _tell_searcher(experiment, {trial_id: journaled[trial_id] for trial_id in changed})
+        _count_trials(experiment, added=len(added), ended=set(changed))
+    _replace(state_path, json.dumps(state).encode())  # a failure before leaves Tune's save as it was
+    drop_checkpoints(journal_folder)  # last: the state now holds what they held
+    return Reconciled(tuple(finished), tuple(added), tuple(advanced))
+
+
+def _iteration(run: str) -> int:
+    """The training iteration of a runtime record's last result (0 before its first)."""
+    from ray.tune.utils.serialization import _loads_with_cloudpickle
+
+    return int((_loads_with_cloudpickle(run).get("last_result") or {}).get("training_iteration") or 0)
 
 
 def _last_result(entry: dict[str, str]) -> dict[str, Any]:

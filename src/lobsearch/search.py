@@ -327,6 +327,7 @@ def _gpus_per_trial(space: SearchSpace, prepared: dict[str, Any], *, autoscaling
 
 
 def _fit(plan: Plan, prepared: dict[str, Any]) -> tuple[Any, bool]:
+    from lobsearch import journal
     from lobsearch.tuner import build_tuner, prune_finished
 
     tuner = build_tuner(plan, prepared)
@@ -340,6 +341,7 @@ def _fit(plan: Plan, prepared: dict[str, Any]) -> tuple[Any, bool]:
             f"the trials finished before that are kept. Once it is writable, resume with:\n  "
             f"{resume_command(plan)}"
         ) from None
+    journal.drop_checkpoints(plan.run_dir)  # Tune's final save, waited for, holds what they held
     freed = prune_finished(grid)
     if freed:
         plan.say(f"checkpoints: each finished trial keeps only its last (its best weights); {freed / 2**20:,.1f} MiB "

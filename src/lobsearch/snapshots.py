@@ -19,9 +19,11 @@ lobsearch keeps every checkpoint (nothing is deleted before a save) and patches 
 experiment checkpoint manager, a private class of Ray 2.60 (hence this module, its tests, and
 the pinned Ray): every trial checkpoint asks for a save, and an asked-for save waits until the
 last save is ``BUDGET`` times its own duration old (Tune's rule for its periodic saves: 5 % of
-the driver's time), unless that save took under ``QUICK_SAVE_S``. A small search so saves after
-every trial checkpoint; a 1,000-trial one every few seconds, with the driver's share of saving
-bounded.
+the driver's time), however quick the save. A small search so saves within a second of a trial
+checkpoint, a 1,000-trial one every minute or so, and the driver's share of saving stays bounded
+at any size. What a driver killed between two saves would lose is in the journal
+(``lobsearch.journal``: every finished trial, and every trial checkpoint since the save before
+last), applied to the last save before the resume.
 
 Keeping every checkpoint costs disk (a search of 1,000 trials x 10 epochs would keep 10,000), so
 ``prune_checkpoints`` deletes a finished trial's checkpoints but its last once a save has begun
@@ -48,18 +50,22 @@ from typing import Any
 BUDGET = 19.0
 """Seconds between saves per second a save takes: 19 keeps saving to 5 % of the driver's time."""
 
-QUICK_SAVE_S = 0.05
-"""A save quicker than this sets no wait: a small search's state is saved after every trial
-checkpoint, so a driver killed a moment after a trial ended resumes without running it again."""
-
 _PATCHED = "_lobsearch_snapshots"
 
 _last_save_started = -math.inf
+_saves_begun = 0
 
 
 def last_save_started() -> float:
     """``time.monotonic()`` at which this process's last experiment-state save began (-inf: none yet)."""
     return _last_save_started
+
+
+def saves_begun() -> int:
+    """How many forced experiment-state saves (those after a trial checkpoint) this process has
+    made. Tune uploads a save to the experiment folder while the driver goes on, and a forced save
+    first waits for the upload before it: once ``n`` have begun, the ``n - 1``-th is in the folder."""
+    return _saves_begun
 
 
 def prune_checkpoints(keep: str | Path) -> int:
@@ -99,13 +105,13 @@ def install() -> None:
         wait_s = getattr(self, "_lobsearch_wait_s", 0.0)
         if not force and time.monotonic() - self._last_save_time < wait_s:
             return  # too soon after the last save: the request stands until the budget allows it
-        global _last_save_started
-        last, started = self._last_save_time, time.monotonic()
+        global _last_save_started, _saves_begun
+        last, started, forced = self._last_save_time, time.monotonic(), force or self._should_force_sync_up
         sync_up(self, save_fn, force=force, wait=wait)
         if self._last_save_time != last:  # it saved (Tune's period had not expired otherwise)
             _last_save_started = started
-            took = time.monotonic() - started
-            self._lobsearch_wait_s = BUDGET * took if took >= QUICK_SAVE_S else 0.0
+            _saves_begun += forced  # a forced save first waits for the upload of the one before
+            self._lobsearch_wait_s = BUDGET * (time.monotonic() - started)
 
     manager.on_trial_checkpoint = ask_for_a_save
     manager.sync_up_experiment_state = save_within_budget

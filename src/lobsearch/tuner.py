@@ -164,7 +164,9 @@ def build_tuner(plan: Plan, prepared: dict[str, Any]) -> tune.Tuner:
     ACTIVE_PLANS[plan.name] = plan
     if tune.Tuner.can_restore(path):
         plan.say(f"resuming {plan.name!r} from {path}: finished trials are kept")
-        if not plan.remote_storage:
+        if plan.remote_storage:
+            journal.drop_checkpoints(plan.run_dir)  # not applied: the resumed driver numbers its segments anew
+        else:
             started = time.monotonic()
             kept = journal.reconcile(path, plan.run_dir)
             if kept:
@@ -229,7 +231,7 @@ def _callbacks(plan: Plan) -> list[Any]:
     # result.json and progress.csv (what the results and resume read); Tune adds a TensorBoard
     # logger too unless told not to (search.RAY_ENVIRONMENT)
     callbacks: list[Any] = [Progress(plan), JsonLoggerCallback(), CSVLoggerCallback(), CheckpointPruner(),
-                            FinishedJournal(plan.run_dir)]
+                            TrialJournal(plan.run_dir)]
     wandb = WandbCallback.for_search(plan)
     if wandb is not None:
         callbacks.append(wandb)
@@ -264,12 +266,21 @@ class CheckpointPruner(tune.Callback):
         self.freed += sum(snapshots.prune_checkpoints(path) for path in ready)
 
 
-class FinishedJournal(tune.Callback):
-    """Each trial Tune ends appended to the journal in ``folder`` (``lobsearch.journal``), so a
-    driver killed before the next experiment-state save resumes without running it again."""
+class TrialJournal(tune.Callback):
+    """Each trial Tune ends, and each trial checkpoint it registers, appended to the journal in
+    ``folder`` (``lobsearch.journal``), so a driver killed before the next experiment-state save
+    resumes without running a finished trial or a checkpointed epoch again."""
 
     def __init__(self, folder: Any) -> None:
         self.folder = str(folder)
+        self.segment = -1  # the checkpoint segment written to last (a resumed driver counts anew)
+
+    def on_trial_save(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        segment = snapshots.saves_begun()
+        if segment != self.segment:  # save `segment - 1` is in the experiment folder: it holds the older ones
+            journal.drop_checkpoints(self.folder, before=segment - 1)
+            self.segment = segment
+        journal.record_checkpoint(self.folder, trial, segment)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         journal.record(self.folder, trial)
