@@ -92,10 +92,15 @@ def _segments(folder: str | Path) -> list[tuple[int, Path]]:
 
 
 def drop_checkpoints(folder: str | Path, before: float = float("inf")) -> None:
-    """Remove the checkpoint segments numbered below ``before`` (all of them by default)."""
+    """Remove the checkpoint segments numbered below ``before`` (all of them by default). One that
+    cannot be removed (storage turned read-only) stays: ``reconcile`` applies a journaled checkpoint
+    only where it is later than the saved state's."""
     for number, path in _segments(folder):
         if number < before:
-            path.unlink(missing_ok=True)
+            try:
+                path.unlink(missing_ok=True)
+            except OSError:
+                continue
 
 
 def _read_lines(path: Path) -> dict[str, dict[str, str]]:

@@ -79,14 +79,14 @@ def _status(result: Any, max_epochs: int, tune_status: str = "") -> str:
     """failed, not_started, interrupted, completed, early_stopped or pruned (stopped by ASHA)."""
     if result.error is not None:
         return "failed"
-    if tune_status == "PENDING" or (not result.metrics and tune_status != "TERMINATED"):
-        return "not_started"
-    if tune_status in ("RUNNING", "PAUSED"):
-        return "interrupted"
     last = result.metrics or {}
     fit_status = last.get("fit_status", "running")
     if fit_status in ("completed", "early_stopped"):
-        return fit_status
+        return fit_status  # its last epoch reported, even when a Ctrl-C stopped Tune before it ended the trial
+    if not last and tune_status != "TERMINATED":
+        return "not_started"
+    if tune_status in ("PENDING", "RUNNING", "PAUSED"):  # a saved RUNNING trial loads as PENDING
+        return "interrupted"
     return "pruned" if last.get("epoch", 0) < max_epochs else "completed"
 
 
