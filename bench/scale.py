@@ -26,7 +26,8 @@ Measured against the issue's targets (printed, and written to ``--out`` as JSON)
   ``--concurrent``), and its peak (VmHWM) at the end;
 - processes and memory: the driver's process tree (W&B's service included), the head node's
   Ray processes, every worker node's (raylets, agents, trial workers), sampled every 2 s;
-- results.json, results.csv and report.html write time, report size;
+- results.json, results.csv and report.html write time, report size, and the wait from the last
+  trial's end to the report written;
 - resume after the driver's SIGKILL: from the relaunch to the first epoch the resumed driver
   receives, and that no trial finished before the kill is lost or started again;
 - placement: no logical GPU held by more trials than ``1 / gpus_per_trial`` at once, trials per
@@ -139,6 +140,7 @@ def driver(argv: list[str]) -> int:
 
     import lobsearch.report
     import lobsearch.results
+    import lobsearch.search
     import lobsearch.tuner
     from lobsearch.tune import main
 
@@ -148,6 +150,7 @@ def driver(argv: list[str]) -> int:
     timed(log, "experiment_save", TuneController, "save_to_dir", lambda self, *a: {"n": len(self._trials)})
     timed(log, "write_results", lobsearch.results, "write_results")
     timed(log, "write_report", lobsearch.report, "write_report")
+    timed(log, "finish", lobsearch.search, "_finish")
     callbacks = lobsearch.tuner._callbacks
     lobsearch.tuner._callbacks = lambda plan: [*callbacks(plan), bench_callback(log)]
     if not os.environ.get("SCALE_PROFILE"):
@@ -507,9 +510,15 @@ def saves(events: list[dict]) -> dict[str, Any]:
 
 
 def writes(events: list[dict], run_dir: Path) -> dict[str, Any]:
-    found = {e["kind"]: e["s"] for e in events if e["kind"] in ("write_results", "write_report")}
-    return {"results_and_report_s": round(found.get("write_results", float("nan")), 2),
-            "report_s": round(found.get("write_report", float("nan")), 2),
+    """The results' writes; and the user's wait at the end: from the last trial's end to the
+    report written (Tune's last save and its ResultGrid, W&B's runs closed, the summary built)."""
+    found = {e["kind"]: e for e in events if e["kind"] in ("write_results", "write_report", "finish")}
+    ends = [e["t"] for e in events if e["kind"] in ("complete", "error")]
+    written = found.get("write_report", {}).get("t")
+    return {"after_last_trial_s": round(written - max(ends), 2) if written and ends else None,
+            "finish_s": round(found.get("finish", {}).get("s", float("nan")), 2),
+            "results_and_report_s": round(found.get("write_results", {}).get("s", float("nan")), 2),
+            "report_s": round(found.get("write_report", {}).get("s", float("nan")), 2),
             "report_mb": round((run_dir / "report.html").stat().st_size / 2**20, 2),
             "results_json_mb": round((run_dir / "results.json").stat().st_size / 2**20, 2)}
 

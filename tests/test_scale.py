@@ -71,6 +71,17 @@ def test_resume_figures_count_finished_trials_lost_and_rerun(scale):
                      "to_first_suggest_s": 2.0, "to_first_epoch_s": 4.0}
 
 
+def test_the_wait_at_the_end_runs_from_the_last_trial_to_the_report_written(scale, tmp_path: Path):
+    (tmp_path / "report.html").write_text("r")
+    (tmp_path / "results.json").write_text("{}")
+    events = [{"kind": "complete", "t": 10.0}, {"kind": "error", "t": 12.0}, {"kind": "complete", "t": 11.0},
+              {"kind": "write_results", "t": 14.5, "s": 2.0}, {"kind": "write_report", "t": 14.0, "s": 1.5},
+              {"kind": "finish", "t": 15.0, "s": 2.5}]
+    found = scale.writes(events, tmp_path)
+    assert found["after_last_trial_s"] == 2.0
+    assert (found["finish_s"], found["results_and_report_s"], found["report_s"]) == (2.5, 2.0, 1.5)
+
+
 def test_searcher_figures_take_the_late_suggestions_wall_and_cpu_times_and_count_duplicates(scale):
     events = [{"kind": "suggest", "n": n, "s": 0.1 * n, "cpu_s": 0.01 * n} for n in range(10)]
     trials = [{"number": i, "params": {"x": i % 3}} for i in range(4)]
@@ -124,7 +135,7 @@ def test_the_scale_test_at_reduced_size_meets_its_targets(tmp_path: Path, withou
     assert found["driver_memory"]["peak_mb_per_trial"] < 1.0
     assert found["processes"]["peak"]["wandb_procs"] <= 1 and found["processes"]["peak"]["driver_procs"] <= 3
     writes = found["writes"]
-    assert writes["results_and_report_s"] < 10 and writes["report_mb"] < 10
+    assert writes["results_and_report_s"] < 10 and writes["after_last_trial_s"] < 10 and writes["report_mb"] < 10
     placement = found["placement"]
     assert placement["most_trials_on_one_gpu"] <= placement["allowed_per_gpu"] == 2
     assert placement["node_loss"]["failed"] == 0 and placement["nodes_used"] >= 2

@@ -346,7 +346,7 @@ def _fit(plan: Plan, prepared: dict[str, Any]) -> tuple[Any, bool]:
     if freed:
         plan.say(f"checkpoints: each finished trial keeps only its last (its best weights); {freed / 2**20:,.1f} MiB "
                  "of earlier ones deleted at the end (the others as the search went)")
-    return grid, _was_interrupted(_trial_states(plan))
+    return grid, _was_interrupted(grid)
 
 
 def resume_command(plan: Plan) -> str:
@@ -367,7 +367,7 @@ def _finish(plan: Plan, grid: Any, prepared: dict[str, Any], export: Any, interr
     if grid is None:
         print(f"interrupted; finished trials are kept. Resume with:\n  {resume_hint}")
         return Outcome.INTERRUPTED
-    tune_trials = {trial.path: (trial.status, trial.num_failures) for trial in _trial_states(plan)}
+    tune_trials = {trial.path: (trial.status, trial.num_failures) for trial in _trial_states(grid)}
     summary = collect(grid, plan, export, prepared, tune_trials=tune_trials)
     # Ctrl-C between two trials leaves none pending: fewer trials than planned, no time budget
     interrupted = interrupted or summary.stopped_by == "interrupted"
@@ -436,20 +436,17 @@ def _record_best(plan: Plan, summary: Any) -> None:
         summary.extra["wandb_sync"] = command
 
 
-def _trial_states(plan: Plan) -> list[Any]:
-    """Tune's record of every trial of the experiment (status, failures), [] when unreadable."""
-    from ray.tune import ExperimentAnalysis
-
-    try:
-        return list(ExperimentAnalysis(plan.experiment_path).trials)
-    except Exception:  # no readable experiment state
-        return []
+def _trial_states(grid: Any) -> list[Any]:
+    """Tune's record of every trial of the fit (status, failures): the trials ``tune.run`` handed
+    its ResultGrid. A Result carries neither, and reading them again from the experiment state
+    (``ExperimentAnalysis``) loads every trial's results once more: 2 s for 1,000 trials."""
+    return list(grid._experiment_analysis.trials)
 
 
-def _was_interrupted(trials: list[Any]) -> bool:
+def _was_interrupted(grid: Any) -> bool:
     """True when the fit returned with trials still pending, running or paused: Ctrl-C stopped it
     (a time budget ends every started trial, and the searcher then starts no more)."""
-    return any(trial.status not in ("TERMINATED", "ERROR") for trial in trials)
+    return grid.num_terminated + grid.num_errors < len(grid)
 
 
 RAY_ENVIRONMENT = {
