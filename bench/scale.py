@@ -2,7 +2,7 @@
 
     python bench/scale.py [--trials 1000] [--concurrent 64] [--epoch-s 1.0] [--nodes 8]
         [--gpus-per-node 8] [--gpus-per-trial 1] [--wandb offline] [--kill-driver-at 0.95]
-        [--lose-node-at 0] [--out docs/bench/scale.json]
+        [--lose-node-at 0] [--fresh-ray-on-resume] [--out docs/bench/scale.json]
 
 Starts a ``ray.cluster_utils.Cluster`` on this machine: a head node holding no trial and
 ``--nodes`` worker nodes, each declaring ``--gpus-per-node`` logical GPUs (no device behind
@@ -28,8 +28,10 @@ Measured against the issue's targets (printed, and written to ``--out`` as JSON)
   Ray processes, every worker node's (raylets, agents, trial workers), sampled every 2 s;
 - results.json, results.csv and report.html write time, report size, and the wait from the last
   trial's end to the report written;
-- resume after the driver's SIGKILL: from the relaunch to the first epoch the resumed driver
-  receives, and that no trial finished before the kill is lost or started again;
+- resume after the driver's SIGKILL (on the same simulated cluster, or with
+  ``--fresh-ray-on-resume`` on a new one, as a local Ray per search or a restarted cluster would
+  be): from the relaunch to the first epoch the resumed driver receives, that no trial finished
+  before the kill is lost or started again, and that no trial's history misses an epoch;
 - placement: no logical GPU held by more trials than ``1 / gpus_per_trial`` at once, trials per
   node, and after a node loss the trials it held retried and finished;
 - CPU seconds per replayed epoch of the driver, the head node and the trial processes;
@@ -297,8 +299,6 @@ def read_events(path: Path) -> list[dict[str, Any]]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from ray.cluster_utils import Cluster
-
     os.environ.update(RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="disabled", WANDB_SILENT="true")
     work = Path(args.work or tempfile.mkdtemp(prefix="lobsearch-scale-")).resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -307,10 +307,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     slots_per_node = math.floor(args.gpus_per_node / args.gpus_per_trial + 1e-9) if args.gpus_per_trial else 8
     node_args = {"num_cpus": slots_per_node, "num_gpus": args.gpus_per_node, "object_store_memory": 80 << 20}
     started = time.time()
-    cluster = Cluster(initialize_head=True, connect=False, shutdown_at_exit=False,
-                      head_node_args={"num_cpus": 0, "include_dashboard": False, "object_store_memory": 200 << 20})
-    for _ in range(args.nodes):
-        cluster.add_node(**node_args)
+    cluster = start_cluster(args, node_args)
     cluster_s = time.time() - started
     sampler = Sampler(cluster)
     sampler.start()
@@ -324,6 +321,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         killed_at = watch(first, events_path, args, cluster, node_args, record)
         if killed_at is not None:
             record["driver_killed_at"] = killed_at
+            if args.fresh_ray_on_resume:  # as a local Ray per search, or a restarted cluster, would be
+                cluster.shutdown()
+                cluster = sampler.cluster = start_cluster(args, node_args)
             relaunched = time.time()
             second = launch(tune_command(space, work, cluster.address, args, resume=True), env,
                             work / "driver2.log", sampler)
@@ -341,6 +341,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     record["cpu_s"]["idle_workers"] = round(sum(idle.values()), 1)
     record["worker_processes"] = {"ran_trials": len(sampler.cpu["trial_workers"]) - len(idle), "never_ran_one": len(idle)}
     return measure(record, read_events(events_path), sampler.samples, work / "runs" / NAME, args)
+
+
+def start_cluster(args: argparse.Namespace, node_args: dict) -> Any:
+    """A head node holding no trial and ``--nodes`` worker nodes of ``node_args``."""
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, connect=False, shutdown_at_exit=False,
+                      head_node_args={"num_cpus": 0, "include_dashboard": False, "object_store_memory": 200 << 20})
+    for _ in range(args.nodes):
+        cluster.add_node(**node_args)
+    return cluster
 
 
 def launch(command: list[str], env: dict[str, str], log: Path, sampler: Sampler) -> subprocess.Popen:
@@ -530,9 +541,13 @@ def resume_figures(before: list[dict], after: list[dict], record: dict, trials: 
     restored = min((e["t"] for e in after if e["kind"] == "suggest"), default=None)
     finished = {t["trial_id"] for t in trials if t["status"] in ("completed", "pruned", "early_stopped")}
     relaunched = record["resume_relaunched_at"]
+    # an epoch missing from a trial's history, or no history at all: the results misread the trial
+    gaps = [t["trial_id"] for t in trials if t["status"] != "failed" and
+            (not t["history"] or [row.get("epoch") for row in t["history"]] != list(range(1, len(t["history"]) + 1)))]
     return {
         "finished_before_kill": len(done_before),
         "lost": len(done_before - finished),
+        "histories_with_gaps": len(gaps),
         "rerun": len(done_before & rerun_after),
         "restored_without_rerun": len(done_before & {e["trial"] for e in after if e["kind"] == "start"} - rerun_after),
         "to_first_suggest_s": round(restored - relaunched, 1) if restored else None,
@@ -635,6 +650,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--curves", default="model", choices=["recorded", "model"])
     parser.add_argument("--kill-driver-at", type=float, default=0.95, help="fraction of trials finished; 0: never")
     parser.add_argument("--lose-node-at", type=float, default=0.0, help="fraction of trials finished; 0: never")
+    parser.add_argument("--fresh-ray-on-resume", action="store_true",
+                        help="resume on a new simulated cluster (a new Ray session), not the one the killed driver used")
     parser.add_argument("--source", type=Path, default=SOURCE)
     parser.add_argument("--work", type=Path)
     parser.add_argument("--out", type=Path)

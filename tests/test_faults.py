@@ -260,6 +260,10 @@ def assert_search_complete(run_dir: Path, before: dict[str, list[dict]], context
     assert len(set(ids)) == trials, f"a trial appears twice: {ids}"
     assert all(row["status"] == "completed" for row in rows), [(r["trial_id"], r["status"]) for r in rows]
     assert set(before) <= set(ids), f"finished trials lost: {sorted(set(before) - set(ids))}"
+    histories = {t["trial_id"]: [row["epoch"] for row in t["history"]]
+                 for t in json.loads((run_dir / "results.json").read_text())["trials"]}
+    assert all(epochs == list(range(1, EPOCHS + 1)) for epochs in histories.values()), \
+        f"every epoch of every trial in its history, once: {histories}"
     after = reported(run_dir)
     for tid, rows_before in before.items():
         assert after[tid] == rows_before, f"finished trial {tid} was rerun or changed"
@@ -630,7 +634,8 @@ def test_storage_made_read_only_during_the_search(tmp_path: Path, small_export: 
         errors = error_lines(first.err)
         if len(errors) != 1:
             problems.append(f"{len(errors)} 'error:' lines, expected 1: {errors}")
-        elif str(run_dir) not in errors[0] or "could not be written" not in errors[0]:
+        elif str(run_dir) not in errors[0] or not any(
+                said in errors[0] for said in ("could not be written", "stopped accepting writes")):
             problems.append(f"the error does not say what could not be written: {errors[0]}")
         err_lines = first.err.splitlines()
         command = None

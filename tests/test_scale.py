@@ -65,10 +65,14 @@ def test_resume_figures_count_finished_trials_lost_and_rerun(scale):
     before = [{"kind": "complete", "trial": t} for t in ("a", "b", "c")]
     after = [{"kind": "suggest", "t": 12.0}, {"kind": "start", "trial": "c", "t": 13.0},
              {"kind": "epoch", "trial": "c", "t": 14.0}, {"kind": "start", "trial": "a", "t": 13.0}]
-    trials = [{"trial_id": "a", "status": "completed"}, {"trial_id": "c", "status": "pruned"}]
+    history = [{"epoch": 1}, {"epoch": 2}]
+    trials = [{"trial_id": "a", "status": "completed", "history": history},
+              {"trial_id": "c", "status": "pruned", "history": history[1:]},  # epoch 1 missing
+              {"trial_id": "d", "status": "pruned", "history": []},  # no epoch at all
+              {"trial_id": "e", "status": "failed", "history": []}]
     found = scale.resume_figures(before, after, {"resume_relaunched_at": 10.0}, trials)
-    assert found == {"finished_before_kill": 3, "lost": 1, "rerun": 1, "restored_without_rerun": 1,
-                     "to_first_suggest_s": 2.0, "to_first_epoch_s": 4.0}
+    assert found == {"finished_before_kill": 3, "lost": 1, "histories_with_gaps": 2, "rerun": 1,
+                     "restored_without_rerun": 1, "to_first_suggest_s": 2.0, "to_first_epoch_s": 4.0}
 
 
 def test_the_wait_at_the_end_runs_from_the_last_trial_to_the_report_written(scale, tmp_path: Path):
@@ -113,7 +117,8 @@ def test_the_scale_test_at_reduced_size_meets_its_targets(tmp_path: Path, withou
     out = tmp_path / "scale.json"
     command = [sys.executable, str(BENCH), "--trials", "200", "--concurrent", "16", "--epochs", "4", "--epoch-s", "0.1",
                "--nodes", "2", "--gpus-per-node", "8", "--gpus-per-trial", "0.5", "--wandb", "offline",
-               "--lose-node-at", "0.4", "--kill-driver-at", "0.9", "--no-searcher-probe", "--work", str(tmp_path / "work"),
+               "--lose-node-at", "0.4", "--kill-driver-at", "0.9", "--fresh-ray-on-resume", "--no-searcher-probe",
+               "--work", str(tmp_path / "work"),
                "--out", str(out)]
     started = time.monotonic()
     # a session of its own: on a timeout, the simulated cluster's processes go with the bench
@@ -143,6 +148,7 @@ def test_the_scale_test_at_reduced_size_meets_its_targets(tmp_path: Path, withou
     # journal (lobsearch.journal): none lost, none run again
     resume = found["resume"]
     assert resume["finished_before_kill"] > 100 and resume["lost"] == resume["rerun"] == 0, resume
+    assert resume["histories_with_gaps"] == 0, resume
     assert resume["to_first_epoch_s"] < HANG_S / 3
     # budgeted (quick saves follow each checkpoint, slower ones wait), not one per trial checkpoint
     assert found["experiment_save"]["count"] < found["torch_in_trial"]["False"] / 3

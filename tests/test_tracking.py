@@ -312,6 +312,26 @@ def test_the_run_book_stops_trying_after_a_failed_start(tmp_path, wandb_env, mon
     assert calls == ["a1b2_00000"] and book.trackers == {}
 
 
+def test_a_trial_started_again_after_a_retry_goes_on_in_its_own_run(tmp_path, wandb_env):
+    """Tune starts a retried trial again (a lost node): one run, closed once, its history moving
+    forward from the epochs it had (the repeated ones keep their first report)."""
+    from lobsearch.tracking import RunBook
+
+    book = RunBook(offline(tmp_path), "lstm-20261126-1200")
+    book.start("a1b2_00000", "lstm", {"params": {}})
+    for epoch in (1, 2, 3):
+        book.log("a1b2_00000", {"val_macro_f1": epoch / 10}, epoch)
+    book.start("a1b2_00000", "lstm", {"params": {}})  # retried from its checkpoint of epoch 1
+    for epoch in (2, 3, 4):
+        book.log("a1b2_00000", {"val_macro_f1": epoch / 10 + 0.05}, epoch)
+    book.close("a1b2_00000", {}, False)
+    runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1, runs
+    run = read_offline_run(runs[0])
+    assert run["exit_code"] == 0 and book.trackers == {}
+    assert [(row["_step"], row["val_macro_f1"]) for row in run["history"]] == [(1, 0.1), (2, 0.2), (3, 0.3), (4, 0.45)]
+
+
 @pytest.mark.integration
 def test_the_callback_child_forwards_its_warnings_and_closes_open_runs_at_its_end(tmp_path, wandb_env, monkeypatch):
     """W&B runs in the callback's child process: a failed start there is a TrackingWarning here,

@@ -335,9 +335,12 @@ def _fit(plan: Plan, prepared: dict[str, Any]) -> tuple[Any, bool]:
         grid = tuner.fit()
     except KeyboardInterrupt:
         return None, True
-    except OSError as error:  # Tune could not write its experiment state or a trial's results
+    except Exception as error:
+        written = _storage_error(error)
+        if written is None:
+            raise
         raise DataError(
-            f"{plan.experiment_path}: the storage stopped accepting writes ({error.strerror or error}); "
+            f"{plan.experiment_path}: the storage stopped accepting writes ({written.strerror or written}); "
             f"the trials finished before that are kept. Once it is writable, resume with:\n  "
             f"{resume_command(plan)}"
         ) from None
@@ -347,6 +350,18 @@ def _fit(plan: Plan, prepared: dict[str, Any]) -> tuple[Any, bool]:
         plan.say(f"checkpoints: each finished trial keeps only its last (its best weights); {freed / 2**20:,.1f} MiB "
                  "of earlier ones deleted at the end (the others as the search went)")
     return grid, _was_interrupted(grid)
+
+
+def _storage_error(error: BaseException) -> OSError | None:
+    """The OSError behind a failed fit: Tune's own write of its experiment state, or a trial's
+    result files (``lobsearch.trialfiles``) failing in a callback, which Tune re-raises as a
+    TuneError whose context is the OSError. None for any other failure."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, OSError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def resume_command(plan: Plan) -> str:

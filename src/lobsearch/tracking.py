@@ -142,6 +142,7 @@ class TrialTracker:
 
     run: Any = None
     _warned: set[str] = field(default_factory=set, init=False, repr=False)
+    _last_step: int = field(default=-1, init=False, repr=False)
 
     @classmethod
     def start(cls, settings: WandbSettings, *, group: str, job_type: str, name: str, config: dict) -> TrialTracker:
@@ -168,8 +169,13 @@ class TrialTracker:
         return Path(self.run.settings.sync_dir) if self.run is not None else None
 
     def log_epoch(self, metrics: dict, step: int) -> None:
-        """Record one epoch's metrics at ``step`` (the epoch number); a failure warns once."""
-        if self.run is not None:
+        """Record one epoch's metrics at ``step`` (the epoch number); a failure warns once.
+
+        A step up to the last one logged is skipped: W&B's history only moves forward, so a trial
+        retried from an earlier checkpoint keeps the first report of the epochs it repeats (its
+        results keep the later)."""
+        if self.run is not None and step > self._last_step:
+            self._last_step = step
             self._guard("log", lambda: self.run.log(plain(metrics), step=step))
 
     def finish(self, summary: dict, artifact: Path | None = None, *, failed: bool = False) -> None:
@@ -302,6 +308,8 @@ class RunBook:
         self.trackers: dict[str, TrialTracker] = {}
 
     def start(self, trial_id: str, family: str, config: dict) -> None:
+        if trial_id in self.trackers:
+            return  # Tune starts a trial again after a retry (a lost node, a failure within max_failures): its run goes on
         tracker = TrialTracker.start(self.settings, group=self.group, job_type=family, name=trial_id, config=config)
         self.trackers[trial_id] = tracker
         if not tracker.active and self.settings.mode != "disabled":

@@ -20,7 +20,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
-from lobsearch import actorcache, journal, restore, snapshots
+from lobsearch import actorcache, journal, restore, snapshots, trialfiles
 from lobsearch.console import elapsed, fmt
 from lobsearch.plan import Plan
 from lobsearch.tracking import last_error_line
@@ -226,13 +226,12 @@ def _trainable(plan: Plan, prepared: dict[str, Any]) -> Any:
 
 
 def _callbacks(plan: Plan) -> list[Any]:
-    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
-
     from lobsearch.tracking import WandbCallback
 
-    # result.json and progress.csv (what the results and resume read); Tune adds a TensorBoard
-    # logger too unless told not to (search.RAY_ENVIRONMENT)
-    callbacks: list[Any] = [Progress(plan), JsonLoggerCallback(), CSVLoggerCallback(), CheckpointPruner(),
+    # result.json and progress.csv (what the results and resume read), written into the experiment
+    # folder as each result comes (lobsearch.trialfiles); Tune adds a TensorBoard logger too unless
+    # told not to (search.RAY_ENVIRONMENT)
+    callbacks: list[Any] = [Progress(plan), *trialfiles.callbacks(plan.remote_storage), CheckpointPruner(),
                             TrialJournal(plan.run_dir)]
     wandb = WandbCallback.for_search(plan)
     if wandb is not None:
