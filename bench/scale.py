@@ -599,10 +599,13 @@ def torch_in_trials(run_dir: Path) -> dict[str, int]:
 def searcher_probe(args: argparse.Namespace) -> dict[str, Any]:
     """Optuna alone, no Ray: ``--trials`` finished trials of the bench space (random points scored
     by the replay's curve model), then ``--concurrent`` asks left pending, as a wide cluster makes
-    them; per ``constant_liar`` setting: ask latency p50/p95, exact duplicate configurations and
-    near duplicates (replay distance < 0.02) among the pending ones."""
+    them; per ``constant_liar`` setting of Optuna's TPE, and for lobsearch's (``tpe.Sampler``,
+    constant liar): ask latency p50/p95, exact duplicate configurations and near duplicates
+    (replay distance < 0.02) among the pending ones; and whether lobsearch's asks equal Optuna's."""
     import optuna
+    from optuna.samplers._tpe import _truncnorm
 
+    from lobsearch import tpe
     from lobsearch.replay import load_replay, searched_names
     from lobsearch.space import load_space
 
@@ -615,9 +618,7 @@ def searcher_probe(args: argparse.Namespace) -> dict[str, Any]:
         params = {**space.define_by_run(trial), **trial.params}
         rows, _ = replay.curve_for(params, args.epochs)
         seed_study.tell(trial, max(r["val_macro_f1"] for r in rows))
-    out = {}
-    for liar in (False, True):
-        sampler = optuna.samplers.TPESampler(seed=1, n_startup_trials=5, constant_liar=liar)
+    def ask_pending(sampler: optuna.samplers.BaseSampler) -> tuple[list[float], list[dict]]:
         study = optuna.create_study(direction="maximize", sampler=sampler)
         study.add_trials(seed_study.trials)
         pending, latencies = [], []
@@ -626,11 +627,26 @@ def searcher_probe(args: argparse.Namespace) -> dict[str, Any]:
             trial = study.ask()
             pending.append({**space.define_by_run(trial), **trial.params})
             latencies.append((time.perf_counter() - started) * 1000)
+        return latencies, pending
+
+    out, asked = {}, {}
+    _truncnorm._log_ndtr = tpe._OPTUNA_LOG_NDTR  # Optuna's own, whatever an earlier Sampler installed
+    for name, make in (("constant_liar_false", lambda: optuna.samplers.TPESampler(seed=1, n_startup_trials=5,
+                                                                                  constant_liar=False)),
+                       ("constant_liar_true", lambda: optuna.samplers.TPESampler(seed=1, n_startup_trials=5,
+                                                                                 constant_liar=True)),
+                       ("lobsearch", lambda: tpe.Sampler(seed=1, n_startup_trials=5, constant_liar=True))):
+        latencies, pending = ask_pending(make())
+        asked[name] = pending
         keys = [json.dumps(p, sort_keys=True) for p in pending]
         near = sum(any(replay.distance(p, q) < 0.02 for q in pending[:i]) for i, p in enumerate(pending))
-        out[f"constant_liar_{str(liar).lower()}"] = {
+        out[name] = {
             "ask_ms_p50": round(percentile(latencies, 0.5), 1), "ask_ms_p95": round(percentile(latencies, 0.95), 1),
             "duplicates": len(keys) - len(set(keys)), "near_duplicates": near}
+    # lobsearch's sampler (tuner._searcher) against Optuna's with the same settings: the same asks
+    out["lobsearch"]["same_suggestions_as_optuna"] = asked["lobsearch"] == asked["constant_liar_true"]
+    out["lobsearch"]["optuna_over_lobsearch_p50"] = round(
+        out["constant_liar_true"]["ask_ms_p50"] / max(out["lobsearch"]["ask_ms_p50"], 1e-9), 2)
     return {"finished": args.trials, "pending": args.concurrent, **out}
 
 

@@ -95,12 +95,13 @@ def test_searcher_figures_take_the_late_suggestions_wall_and_cpu_times_and_count
     assert found["duplicates_first_concurrent"] == 0 and found["duplicates_all"] == 1
 
 
-def test_the_searcher_probe_asks_pending_trials_with_and_without_the_constant_liar(scale):
+def test_the_searcher_probe_asks_pending_trials_with_and_without_the_constant_liar_and_with_lobsearchs_sampler(scale):
     found = scale.searcher_probe(settings(trials=30, concurrent=8, source=scale.SOURCE))
     assert found["finished"] == 30 and found["pending"] == 8
-    for liar in ("constant_liar_false", "constant_liar_true"):
-        assert found[liar]["duplicates"] == 0 and 0 <= found[liar]["near_duplicates"] < 8
-        assert 0 < found[liar]["ask_ms_p50"] <= found[liar]["ask_ms_p95"]
+    for sampler in ("constant_liar_false", "constant_liar_true", "lobsearch"):
+        assert found[sampler]["duplicates"] == 0 and 0 <= found[sampler]["near_duplicates"] < 8
+        assert 0 < found[sampler]["ask_ms_p50"] <= found[sampler]["ask_ms_p95"]
+    assert found["lobsearch"]["same_suggestions_as_optuna"] is True and found["lobsearch"]["optuna_over_lobsearch_p50"] > 0
 
 
 HANG_S = 600
