@@ -498,6 +498,34 @@ def test_ctrl_c_exits_130_and_the_printed_resume_command_finishes_the_search(
     assert_search_complete(run_dir, before, shown)
 
 
+def test_a_moved_run_folder_resumes_in_its_new_place_and_writes_nothing_in_the_old(
+        tmp_path: Path, small_export: Path, drivers: list[Driver]) -> None:
+    """Ctrl-C while a trial runs, the storage folder then moved (copied off a cluster, renamed)
+    and the search resumed with ``--storage`` at its new place: the restored trials and the new
+    ones are all written there (Tune's restored searcher kept the old place for new trials, and
+    the restored callbacks kept the old run folder for the journal)."""
+    write_space(tmp_path, steps=60)
+    old, name = tmp_path / "runs", "moved"
+    first = start(drivers, tune_command("space.yaml", old, name, data=small_export), tmp_path, "first")
+    wait_for(lambda: len(finished_trials(old / name)) >= 1 and in_flight(old / name), first,
+             "a trial running after a finished one", every=0.02)
+    os.killpg(first.pid, signal.SIGINT)
+    assert first.wait() == 130, first.tail()
+    before = finished_trials(old / name)
+    assert 1 <= len(before) < TRIALS, first.tail()
+    new = tmp_path / "elsewhere" / "runs"
+    new.parent.mkdir()
+    old.rename(new)
+
+    resumed = run(tune_command("space.yaml", new, name, "--resume"), tmp_path)  # the export is recorded
+    shown = f"--- stdout ---\n{resumed.stdout[-4000:]}\n--- stderr ---\n{resumed.stderr[-4000:]}"
+    assert resumed.returncode == 0, shown
+    assert not old.exists(), sorted(str(p.relative_to(tmp_path)) for p in old.rglob("*"))
+    assert "Unable to set up cluster storage" not in resumed.stdout + resumed.stderr, shown
+    assert json.loads((new / name / "results.json").read_text())["stopped_by"] == "completed"
+    assert_search_complete(new / name, before, shown)
+
+
 def test_ctrl_c_between_two_trials_exits_130_with_the_resume_command(
         tmp_path: Path, small_export: Path, drivers: list[Driver]) -> None:
     """Ctrl-C just after a trial finished, before the next one started (one at a time): no trial

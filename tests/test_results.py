@@ -24,6 +24,9 @@ def result(error=None, **last) -> SimpleNamespace:
     (result(epoch=2, fit_status="running"), "TERMINATED", "pruned"),
     (result(epoch=10, fit_status="running"), "TERMINATED", "completed"),
     (result(error=RuntimeError("boom"), epoch=3), "ERROR", "failed"),
+    # Tune's record says errored but its error file could not be read: failed, never pruned
+    (result(), "ERROR", "failed"),
+    (result(epoch=2, fit_status="running"), "ERROR", "failed"),
 ])
 def test_a_trials_status_follows_its_last_epoch_and_tunes_record(found, tune_status, expected):
     assert _status(found, max_epochs=10, tune_status=tune_status) == expected

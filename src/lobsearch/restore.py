@@ -17,6 +17,11 @@ reads no results (``get_results()`` before ``fit`` then raises Tune's own "has n
 error, never stale results), and the controller's restore looks each trainable up once. The
 lookup is cached only while the controller restores: nothing registers a trainable meanwhile,
 and a later search in the same process registers its own.
+
+A resumed experiment may have been moved (copied off a cluster, another ``--storage``): the
+controller's restore also points the searcher's new trials at the folder resumed from
+(``new_trials_in_this_storage``), and ``use_callbacks`` gives the restored Tuner this driver's
+callbacks.
 """
 
 from __future__ import annotations
@@ -56,10 +61,31 @@ def install() -> None:
             resume(self, *args, **kwargs)
         finally:
             trial_module.get_trainable_cls = lookup
+        new_trials_in_this_storage(self)
 
     internal._restore_from_path_or_uri = restore_reading_no_results
     TuneController.resume = resume_looking_up_once
     setattr(internal, _PATCHED, True)
+
+
+def new_trials_in_this_storage(controller: Any) -> None:
+    """Trials the resumed searcher creates go where the restored ones do: the experiment folder
+    this driver resumed from. Tune moves each restored trial's storage there, but the search
+    algorithm comes back with the experiment spec it pickled, storage included, so a moved
+    experiment folder got every later trial in its old place (which Tune made again), and each
+    such trial failed its first checkpoint there ("Unable to set up cluster storage").
+    A fresh run's spec holds the controller's own storage: so does this one's now."""
+    experiment = getattr(controller._search_alg, "_experiment", None)
+    if experiment is not None and "storage" in experiment.spec:
+        experiment.spec["storage"] = experiment.storage = controller._storage
+
+
+def use_callbacks(tuner: Any, callbacks: list[Any]) -> None:
+    """Run a restored ``tuner`` with ``callbacks`` rather than those pickled when its search
+    started: those hold that driver's run folder and W&B settings, and a moved experiment
+    folder then got the journal and W&B files in its old place. None of lobsearch's callbacks
+    keeps state across a resume (``get_state`` is Tune's None), so nothing is lost."""
+    tuner._local_tuner._run_config.callbacks = list(callbacks)
 
 
 def _no_analysis(*args: Any, **kwargs: Any) -> None:

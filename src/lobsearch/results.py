@@ -77,7 +77,7 @@ class Summary:
 
 def _status(result: Any, max_epochs: int, tune_status: str = "") -> str:
     """failed, not_started, interrupted, completed, early_stopped or pruned (stopped by ASHA)."""
-    if result.error is not None:
+    if result.error is not None or tune_status == "ERROR":  # Tune's record, when its error file is unreadable
         return "failed"
     last = result.metrics or {}
     fit_status = last.get("fit_status", "running")

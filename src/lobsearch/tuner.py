@@ -176,7 +176,9 @@ def build_tuner(plan: Plan, prepared: dict[str, Any]) -> tune.Tuner:
                 plan.say(f"{kept.line()} ({time.monotonic() - started:.1f} s)")
         # Tune's restore warns of each trial that had not reported yet (no result file): expected, noise here
         logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
-        return tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
+        tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
+        restore.use_callbacks(tuner, _callbacks(plan))  # this driver's run folder, W&B settings and clock
+        return tuner
     journal.start(plan.run_dir)
     concurrency = spec.search.max_concurrent or default_concurrency(
         ray.cluster_resources(), spec.search.cpus_per_trial, plan.gpus_per_trial
@@ -241,9 +243,9 @@ def _callbacks(plan: Plan) -> list[Any]:
 
 
 ACTIVE_PLANS: dict[str, Plan] = {}
-"""The plan of each search this driver runs, by name. Tune pickles the callbacks with the
-experiment and a resume restores them: they look their plan up here, so a resumed search prints
-with its own driver's clock and settings, not those of the driver that started it."""
+"""The plan of each search this driver runs, by name. Tune pickles the callbacks into the
+experiment's ``tuner.pkl``: ``Progress`` holds the name and looks its plan up here, so the pickle
+carries no plan (a resume then runs with new callbacks, ``restore.use_callbacks``)."""
 
 
 class CheckpointPruner(tune.Callback):
