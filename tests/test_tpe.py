@@ -113,3 +113,21 @@ def test_a_pickled_sampler_carries_no_cache_and_goes_on_suggesting_the_same():
     assert copy.sampler._finished_reprs == {}
     trial, again = study.ask(), copy.ask()
     assert _objective_params(trial) == _objective_params(again)
+
+
+def test_one_sampler_in_two_studies_of_their_own_storages_suggests_for_each_from_its_own_trials():
+    """Two in-memory studies both number their trials from 0: a cache keyed by trial id alone
+    would hand the second study the first one's parameters."""
+    shared = tpe.Sampler(seed=5, n_startup_trials=3, constant_liar=True)
+    studies = [optuna.create_study(direction=direction, sampler=shared) for direction in ("maximize", "minimize")]
+    for study in studies:
+        for _ in range(10):
+            trial = study.ask()
+            study.tell(trial, _score(_objective_params(trial)))
+    for study in studies:  # each study's next ask, against a sampler that saw only that study
+        own = tpe.Sampler(seed=9, n_startup_trials=3, constant_liar=True)
+        alone = optuna.create_study(direction=study.direction, sampler=own)
+        alone.add_trials(study.trials)
+        shared._rng.rng.seed(9)
+        own._rng.rng.seed(9)
+        assert _objective_params(study.ask()) == _objective_params(alone.ask())

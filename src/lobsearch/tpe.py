@@ -104,10 +104,11 @@ class Sampler(optuna.samplers.TPESampler):
         super().__init__(*args, **kwargs)
         install()
         self._finished_reprs: dict[tuple, dict[int, tuple | None]] = {}
+        self._reprs_storage: Any = None  # the storage whose trials those are (held: no id reused)
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        state["_finished_reprs"] = {}
+        state["_finished_reprs"], state["_reprs_storage"] = {}, None
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -116,6 +117,8 @@ class Sampler(optuna.samplers.TPESampler):
 
     def _get_internal_repr(self, trials: list, search_space: dict, study: Any) -> dict[str, np.ndarray]:
         names = list(search_space)
+        if study._storage is not self._reprs_storage:  # trial ids are per storage
+            self._finished_reprs, self._reprs_storage = {}, study._storage
         cache = self._finished_reprs.setdefault((study._study_id, *search_space.items()), {})
         rows = []
         for trial in trials:
