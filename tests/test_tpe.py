@@ -131,3 +131,4 @@ def test_one_sampler_in_two_studies_of_their_own_storages_suggests_for_each_from
         shared._rng.rng.seed(9)
         own._rng.rng.seed(9)
         assert _objective_params(study.ask()) == _objective_params(alone.ask())
+

@@ -98,6 +98,8 @@ class Sampler(optuna.samplers.TPESampler):
 
     The cache holds one tuple of floats per finished trial and space (9 floats x 1,000 trials:
     under 1 MB); it is rebuilt after unpickling rather than saved in every searcher checkpoint.
+    A sampler serves one study from one thread (Tune's event loop), as Optuna's own does (its
+    intersection search space refuses a second study).
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -112,7 +114,7 @@ class Sampler(optuna.samplers.TPESampler):
         return state
 
     def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
+        self.__dict__.update({"_finished_reprs": {}, "_reprs_storage": None, **state})
         install()
 
     def _get_internal_repr(self, trials: list, search_space: dict, study: Any) -> dict[str, np.ndarray]:
