@@ -56,8 +56,26 @@ def run_record(iteration: int) -> str:
 
 
 def checkpointed(trial_id: str, iteration: int) -> SimpleNamespace:
-    record = SimpleNamespace(get_json_state=lambda: run_record(iteration))
+    from ray.tune.trainable.metadata import _TrainingRunMetadata
+
+    record = _TrainingRunMetadata()
+    record.last_result = {"training_iteration": iteration}
+    record.update_metric("score", iteration / 10, step=iteration)
     return SimpleNamespace(trial_id=trial_id, run_metadata=record)
+
+
+def test_a_journaled_checkpoint_reads_back_as_tunes_own_record_of_it(tmp_path: Path):
+    from ray.tune.trainable.metadata import _TrainingRunMetadata
+
+    trial = checkpointed("a", 3)
+    journal.record_checkpoint(tmp_path, trial, segment=1)
+    run = journal.read_checkpoints(tmp_path)["a"]["run"]
+    assert json.loads(run) == json.loads(trial.run_metadata.get_json_state())
+    again = _TrainingRunMetadata.from_json_state(run)
+    assert again.last_result == {"training_iteration": 3} and again.metric_analysis == trial.run_metadata.metric_analysis
+    with open(tmp_path / journal.CHECKPOINTS.format(1), "a") as f:  # a record no Ray here can read
+        f.write(json.dumps({"trial_id": "b", "run_pickle": "bm90IGEgcGlja2xl"}) + "\n")
+    assert list(journal.read_checkpoints(tmp_path)) == ["a"], "the saved state's checkpoint of b stands"
 
 
 def saved_state(folder: Path, trials: dict[str, tuple[str, int]]) -> Path:
