@@ -140,6 +140,30 @@ def test_the_fold_gate_stops_a_trial_weaker_than_its_peers_after_a_fold_and_neve
     assert gate.seen == {1: [0.5, 0.4, 0.3, 0.6]}
 
 
+def test_a_resumed_fold_gate_has_seen_the_fold_ends_reported_before_and_judges_as_the_first_would(
+        tmp_path: Path) -> None:
+    import json
+
+    def rows(scores: list[float]) -> list[dict]:  # 2 epochs per fold; fold ends carry the mean so far
+        return [{"fold_end": epoch % 2 == 0, "folds_done": epoch // 2 if epoch % 2 == 0 else (epoch - 1) // 2,
+                 "val_macro_f1": scores[(epoch - 1) // 2]} for epoch in range(1, 2 * len(scores) + 1)]
+
+    reported = {"a": rows([0.50, 0.55, 0.60]), "b": rows([0.40, 0.45]), "c": rows([0.30])}
+    before = FoldGate("val_macro_f1", sign=1, folds=3, min_seen=2)
+    for trial_id, trial_rows in reported.items():
+        for row in trial_rows:
+            before(trial_id, row)
+        folder = tmp_path / f"replay_trial_{trial_id}"
+        folder.mkdir()
+        lines = [json.dumps(row) for row in trial_rows]
+        (folder / "result.json").write_text("\n".join(lines) + ("\n" if trial_id != "c" else '\n{"fold_e'))
+    resumed = FoldGate("val_macro_f1", sign=1, folds=3, min_seen=2).seen_before(tmp_path)
+    assert resumed.seen == {1: [0.50, 0.40, 0.30], 2: [0.55, 0.45]} and sorted(before.seen[1]) == sorted(resumed.seen[1])
+    weak = {"fold_end": True, "folds_done": 1, "val_macro_f1": 0.35}
+    assert resumed("d", dict(weak)) == before("d", dict(weak)) is True  # a fresh gate would let it run on
+    assert not FoldGate("val_macro_f1", sign=1, folds=3, min_seen=2)("d", dict(weak))
+
+
 def test_the_fold_gate_follows_a_minimized_objective() -> None:
     gate = FoldGate("val_loss", sign=-1, folds=2, min_seen=1)
     assert not gate("a", {"fold_end": True, "folds_done": 1, "val_loss": 0.9})

@@ -21,7 +21,7 @@ and a later search in the same process registers its own.
 A resumed experiment may have been moved (copied off a cluster, another ``--storage``): the
 controller's restore also points the searcher's new trials at the folder resumed from
 (``new_trials_in_this_storage``), and ``use_callbacks`` gives the restored Tuner this driver's
-callbacks.
+callbacks (``use_stopper`` its stopper).
 """
 
 from __future__ import annotations
@@ -86,6 +86,12 @@ def use_callbacks(tuner: Any, callbacks: list[Any]) -> None:
     folder then got the journal and W&B files in its old place. None of lobsearch's callbacks
     keeps state across a resume (``get_state`` is Tune's None), so nothing is lost."""
     tuner._local_tuner._run_config.callbacks = list(callbacks)
+
+
+def use_stopper(tuner: Any, stopper: Any) -> None:
+    """Run a restored ``tuner`` with ``stopper`` rather than the one pickled when its search
+    started (``tuner.FoldGate.seen_before``: the peers it had seen)."""
+    tuner._local_tuner._run_config.stop = stopper
 
 
 def _no_analysis(*args: Any, **kwargs: Any) -> None:

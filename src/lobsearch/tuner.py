@@ -6,12 +6,14 @@ Tune retries failed trials and keeps checkpoints, W&B only observes (a driver-si
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import statistics
 import threading
 import time
 import warnings
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -139,14 +141,32 @@ class FoldGate(tune.Stopper):
         self.seen: dict[int, list[float]] = {}
 
     def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
-        done = result.get("folds_done", 0)
-        if not result.get("fold_end") or not 0 < done < self.folds:
+        if not self._judged(result):
             return False
-        peers = self.seen.setdefault(done, [])
+        peers = self.seen.setdefault(result["folds_done"], [])
         peers.append(self.sign * float(result[self.metric]))
         if len(peers) <= self.min_seen:
             return False
         return peers[-1] < statistics.median(peers)
+
+    def _judged(self, result: dict[str, Any]) -> bool:
+        """A fold's end with folds still to run: what the gate decides on."""
+        return bool(result.get("fold_end")) and 0 < result.get("folds_done", 0) < self.folds
+
+    def seen_before(self, experiment: Path) -> FoldGate:
+        """The gate with every fold end the trials in ``experiment`` reported before a resume
+        (their ``result.json`` rows): Tune restores the stopper pickled when the search began,
+        with no peers, and would let weak trials after the resume run every fold until the
+        peers were seen again. Returns self."""
+        for path in sorted(experiment.glob("*/result.json")):
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line being written at the kill
+                if self._judged(row) and isinstance(row.get(self.metric), (int, float)):
+                    self.seen.setdefault(row["folds_done"], []).append(self.sign * float(row[self.metric]))
+        return self
 
     def stop_all(self) -> bool:
         return False
@@ -178,6 +198,8 @@ def build_tuner(plan: Plan, prepared: dict[str, Any]) -> tune.Tuner:
         logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
         restore.use_callbacks(tuner, _callbacks(plan))  # this driver's run folder, W&B settings and clock
+        if spec.objective.protocol == "walk_forward" and not plan.remote_storage:
+            restore.use_stopper(tuner, _fold_gate(plan).seen_before(Path(path)))
         return tuner
     journal.start(plan.run_dir)
     concurrency = spec.search.max_concurrent or default_concurrency(
@@ -205,14 +227,18 @@ def build_tuner(plan: Plan, prepared: dict[str, Any]) -> tune.Tuner:
             verbose=0,
             callbacks=_callbacks(plan),
             failure_config=tune.FailureConfig(max_failures=spec.search.max_failures),
-            stop=(FoldGate(objective.metric, objective.sign, objective.folds)
-                  if objective.protocol == "walk_forward" else None),
+            stop=_fold_gate(plan) if objective.protocol == "walk_forward" else None,
             # every checkpoint kept: Tune deletes an old one before the experiment state stops
             # pointing at it, and a driver killed in between resumes that trial from nothing
             # (lobsearch.snapshots)
             checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
         ),
     )
+
+
+def _fold_gate(plan: Plan) -> FoldGate:
+    objective = plan.space.spec.objective
+    return FoldGate(objective.metric, objective.sign, objective.folds)
 
 
 def _trainable(plan: Plan, prepared: dict[str, Any]) -> Any:
@@ -336,9 +362,12 @@ class Progress(tune.Callback):
         counts = trial_counts(trials)
         metric = self.plan.metric
         best = f"best {metric} {fmt(self.best)} ({self.best_trial})" if self.best is not None else "no result yet"
-        total = self.plan.space.spec.search.num_samples
+        spec = self.plan.space.spec
+        stoppers = [name for name, used in (("ASHA", spec.search.scheduler != "none"),
+                                            ("the fold gate", spec.objective.protocol == "walk_forward")) if used]
         return (
-            f"trials {counts['done']}/{total} done ({counts['pruned']} pruned by ASHA), "
+            f"trials {counts['done']}/{spec.search.num_samples} done "
+            f"({counts['pruned']} stopped early{' by ' + ' or '.join(stoppers) if stoppers else ''}), "
             f"{counts['running']} running, {counts['failed']} failed | {best} | elapsed {elapsed(self.plan.started)}"
         )
 
