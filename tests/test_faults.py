@@ -194,6 +194,16 @@ def finished_trials(experiment: Path) -> dict[str, list[dict]]:
             if rows and rows[-1].get("training_iteration") == EPOCHS}
 
 
+def ended_trials(experiment: Path) -> dict[str, list[dict]]:
+    """``finished_trials`` that Tune had also ended (its journal): a trial whose last epoch was
+    written when the driver was killed, but whose checkpoint of it Tune had not yet registered,
+    resumes from its previous checkpoint and reports that epoch again (the later row counts)."""
+    from lobsearch import journal
+
+    ended = set(journal.read(experiment))
+    return {tid: rows for tid, rows in finished_trials(experiment).items() if tid in ended}
+
+
 def in_flight(experiment: Path) -> list[str]:
     """Trials that reported some epochs but not their last (running between epochs)."""
     return [tid for tid, rows in reported(experiment).items() if 1 <= len(rows) < EPOCHS]
@@ -425,7 +435,7 @@ def test_sigkilled_driver_resumes_with_the_documented_command_on_the_recorded_ex
     storage, name = tmp_path / "runs", "killed"
     run_dir = storage / name
     first = start(drivers, tune_command(space, storage, name, data=small_export), tmp_path, "first")
-    wait_for(lambda: len(finished_trials(run_dir)) >= 1, first, "a finished trial")
+    wait_for(lambda: len(ended_trials(run_dir)) >= 1, first, "a trial Tune ended")
     os.kill(first.pid, signal.SIGKILL)  # the driver alone, as the OOM killer would
     first.proc.wait()
     # the dead driver's job ends in Ray (its trial workers go); then clear what is left of the
@@ -434,7 +444,7 @@ def test_sigkilled_driver_resumes_with_the_documented_command_on_the_recorded_ex
     while trial_workers(first) and time.monotonic() < deadline:
         time.sleep(0.5)
     first.kill_all()
-    before = finished_trials(run_dir)
+    before = ended_trials(run_dir)
     assert 1 <= len(before) < TRIALS, first.tail()
     assert (run_dir / LOCK).exists(), "a SIGKILLed driver cannot remove its lock: the resume must take it over"
 
