@@ -43,6 +43,7 @@ Measured against the issue's targets (printed, and written to ``--out`` as JSON)
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -426,7 +427,7 @@ def measure(record: dict[str, Any], events: list[dict[str, Any]], samples: list[
     record["experiment_save"] = saves(events)
     record["writes"] = writes(events, run_dir)
     if "driver_killed_at" in record:
-        record["resume"] = resume_figures(before, after, record, trials)
+        record["resume"] = {**resume_figures(before, after, record, trials), **repeated_epochs(run_dir, trials)}
     record["placement"] = placement(events, trials, record, args)
     record["torch_in_trial"] = torch_in_trials(run_dir)
     epochs = sum(e["kind"] == "epoch" for e in events)
@@ -553,6 +554,25 @@ def resume_figures(before: list[dict], after: list[dict], record: dict, trials: 
         "to_first_suggest_s": round(restored - relaunched, 1) if restored else None,
         "to_first_epoch_s": round(first_epoch - relaunched, 1) if first_epoch else None,
     }
+
+
+def repeated_epochs(run_dir: Path, trials: list[dict]) -> dict[str, int]:
+    """The results' trials whose ``result.json`` holds an iteration twice (a trial resumed from an
+    older checkpoint than its last written epoch), and the orphan trial folders: started before a
+    kill, not in the resumed state (the searcher suggests their configuration again as a new trial)."""
+    listed = {t["trial_id"] for t in trials}
+    twice, orphans = 0, 0
+    for path in run_dir.glob("*/result.json"):
+        trial = next((tid for tid in listed if f"_{tid}_" in path.parent.name), None)
+        if trial is None:
+            orphans += 1
+            continue
+        iterations = []
+        for line in path.read_text().splitlines():
+            with contextlib.suppress(json.JSONDecodeError):
+                iterations.append(json.loads(line).get("training_iteration"))
+        twice += len(iterations) != len(set(iterations))
+    return {"result_files_with_an_epoch_twice": twice, "orphan_trial_folders": orphans}
 
 
 def placement(events: list[dict], trials: list[dict], record: dict, args: argparse.Namespace) -> dict[str, Any]:

@@ -275,6 +275,11 @@ def assert_search_complete(run_dir: Path, before: dict[str, list[dict]], context
     assert all(epochs == list(range(1, EPOCHS + 1)) for epochs in histories.values()), \
         f"every epoch of every trial in its history, once: {histories}"
     after = reported(run_dir)
+    # (a trial started after the last save, with no checkpoint registered at a kill, is not in the
+    # resumed state: the searcher suggests it again as a new trial, and its folder is left as it was)
+    iterations = {tid: [row["training_iteration"] for row in after[tid]] for tid in ids}
+    assert all(its == list(range(1, EPOCHS + 1)) for its in iterations.values()), \
+        f"each epoch once in every trial's result.json, a retried or resumed one too: {iterations}"
     for tid, rows_before in before.items():
         assert after[tid] == rows_before, f"finished trial {tid} was rerun or changed"
     assert partial_files(run_dir) == [], partial_files(run_dir)
@@ -365,7 +370,7 @@ def _record(run_dir: Path, export: Path, storage: Path) -> None:
 BAD_INPUTS = [
     "missing-export", "missing-space-file", "resume-without-name", "resume-unknown-name",
     "resume-foreign-tune-experiment", "resume-with-other-data", "resume-corrupt-record",
-    "folder-held-by-a-live-driver",
+    "folder-held-by-a-live-driver", "address-is-a-dashboard-url",
 ]
 
 
@@ -410,6 +415,9 @@ def test_bad_input_is_refused_with_one_error_line_and_touches_nothing(case: str,
 
         (run_dir / LOCK).write_text(json.dumps({"host": socket.gethostname(), "pid": holder.pid, "since": 0}))
         extra, expected = ["--resume"], [f"pid {holder.pid}", "in use by another driver"]
+    elif case == "address-is-a-dashboard-url":  # README's step 5 exports it for `ray job submit`
+        extra = ["--address", "http://127.0.0.1:8265"]
+        expected = ["--address", "'http://127.0.0.1:8265'", "dashboard", "ray job submit", "HOST:6379"]
     else:  # pragma: no cover
         raise AssertionError(case)
     before = snapshot(run_dir) if run_dir.exists() else None

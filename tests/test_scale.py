@@ -75,6 +75,18 @@ def test_resume_figures_count_finished_trials_lost_and_rerun(scale):
                      "restored_without_rerun": 1, "to_first_suggest_s": 2.0, "to_first_epoch_s": 4.0}
 
 
+def test_repeated_epochs_count_result_files_holding_an_iteration_twice_and_orphan_folders(scale, tmp_path: Path):
+    def folder(name: str, iterations: list[int]) -> None:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "result.json").write_text(
+            "".join(json.dumps({"training_iteration": i}) + "\n" for i in iterations) + '{"torn')
+    folder("run_trial_aa_1_x", [1, 2, 3])
+    folder("run_trial_bb_2_x", [1, 2, 2, 3])
+    folder("run_trial_cc_3_x", [1])  # not in the results: a trial lost at the kill
+    trials = [{"trial_id": "aa"}, {"trial_id": "bb"}]
+    assert scale.repeated_epochs(tmp_path, trials) == {"result_files_with_an_epoch_twice": 1, "orphan_trial_folders": 1}
+
+
 def test_the_wait_at_the_end_runs_from_the_last_trial_to_the_report_written(scale, tmp_path: Path):
     (tmp_path / "report.html").write_text("r")
     (tmp_path / "results.json").write_text("{}")

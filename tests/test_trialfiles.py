@@ -12,11 +12,19 @@ from pathlib import Path
 from lobsearch import trialfiles
 
 
+class Checkpointed:
+    """Tune's record of a trial's latest checkpoint: the result it was reported with."""
+
+    def __init__(self, iteration: int):
+        self.metrics = {"training_iteration": iteration}
+
+
 class Trial:
     """What the loggers read of a Tune trial: its experiment folder (``path``), the driver's
-    staging folder (``local_path``, where Tune's loggers write) and its config."""
+    staging folder (``local_path``, where Tune's loggers write), its config and the result of the
+    checkpoint it starts from (None: it starts afresh)."""
 
-    checkpoint = None
+    checkpoint = latest_checkpoint_result = None
 
     def __init__(self, root: Path, name: str = "trial_a"):
         self.path, self.local_path = str(root / "experiment" / name), str(root / "staging" / name)
@@ -60,6 +68,7 @@ def test_a_trial_started_again_appends_and_keeps_the_csv_columns_of_its_header(t
         for epoch in (1, 2):
             logger.log_trial_result(epoch, trial, result(epoch))
     restored = pickle.loads(pickle.dumps(loggers))  # Tune pickles its callbacks; a resume restores them
+    trial.latest_checkpoint_result = Checkpointed(2)
     for logger in restored:
         logger.log_trial_start(trial)
         # the keys in another order, one new: the rows stay under their columns
@@ -74,6 +83,7 @@ def test_a_trial_started_again_appends_and_keeps_the_csv_columns_of_its_header(t
 
 def test_a_line_torn_by_a_killed_driver_is_cut_before_appending(tmp_path: Path):
     trial = Trial(tmp_path)
+    trial.latest_checkpoint_result = Checkpointed(1)
     folder = Path(trial.path)
     folder.mkdir(parents=True)
     (folder / "result.json").write_text(json.dumps(result(1)) + "\n" + '{"epoch": 2, "val_ma')
@@ -91,3 +101,45 @@ def test_a_line_torn_by_a_killed_driver_is_cut_before_appending(tmp_path: Path):
     logger.log_trial_start(whole)
     logger.log_trial_result(1, whole, result(1))
     assert [row["epoch"] for row in lines(Path(whole.path) / "result.json")] == [1]
+
+
+def test_a_trial_started_again_from_its_checkpoint_loses_the_rows_past_it_and_has_each_epoch_once(tmp_path: Path):
+    trial = Trial(tmp_path)
+    loggers = trialfiles.callbacks(remote=False)
+    for logger in loggers:
+        logger.log_trial_start(trial)
+        for epoch in (1, 2, 3):  # epoch 3 reported, its checkpoint not yet registered at the kill
+            logger.log_trial_result(epoch, trial, result(epoch, note="a,b\nc" if epoch == 2 else ""))
+    folder = Path(trial.path)
+    trial.latest_checkpoint_result = Checkpointed(1)  # the checkpoint the resume restores
+    for logger in pickle.loads(pickle.dumps(loggers)):
+        logger.log_trial_start(trial)
+        for epoch in (2, 3):
+            logger.log_trial_result(epoch, trial, result(epoch, note="again"))
+        logger.log_trial_end(trial)
+    assert [(row["epoch"], row["note"]) for row in lines(folder / "result.json")] == [(1, ""), (2, "again"),
+                                                                                      (3, "again")]
+    rows = list(csv.DictReader((folder / "progress.csv").open(newline="")))
+    assert [(row["epoch"], row["note"]) for row in rows] == [("1", ""), ("2", "again"), ("3", "again")]
+
+    trial.latest_checkpoint_result = None  # retried with no checkpoint: it starts at epoch 1
+    for logger in trialfiles.callbacks(remote=False):
+        logger.log_trial_start(trial)
+        logger.log_trial_result(1, trial, result(1, note="afresh"))
+        logger.log_trial_end(trial)
+    assert [(row["epoch"], row["note"]) for row in lines(folder / "result.json")] == [(1, "afresh")]
+    assert [row["note"] for row in csv.DictReader((folder / "progress.csv").open(newline=""))] == ["afresh"]
+
+
+def test_rows_without_an_iteration_are_kept_by_the_cut(tmp_path: Path):
+    trial = Trial(tmp_path)
+    folder = Path(trial.path)
+    folder.mkdir(parents=True)
+    (folder / "result.json").write_text('{"epoch": 1}\nnot json\n' + json.dumps(result(2)) + "\n")
+    (folder / "progress.csv").write_text("epoch,val_macro_f1\n1,0.41\n2,0.42\n")
+    for logger in trialfiles.callbacks(remote=False):
+        logger.log_trial_start(trial)
+        logger.log_trial_end(trial)
+    assert (folder / "result.json").read_text().splitlines()[:2] == ['{"epoch": 1}', "not json"]
+    assert len((folder / "result.json").read_text().splitlines()) == 2, "iteration 2 is past no checkpoint"
+    assert (folder / "progress.csv").read_text().splitlines() == ["epoch,val_macro_f1", "1,0.41", "2,0.42"]

@@ -14,7 +14,10 @@ another machine) has no staging folder: it read 28 of 300 trials with gaps or no
 directly, one line appended and flushed per result (``params.json`` and ``params.pkl`` as Tune
 writes them); for remote storage (a URI) Tune's own, whose files reach it only through Tune's
 upload. A ``progress.csv`` continued after a resume keeps the columns of its header (Tune's
-logger writes a continued file's rows in the order of the new result's keys).
+logger writes a continued file's rows in the order of the new result's keys). A trial started
+again from its checkpoint (a retry, a resume) reports again the epochs after it: its files lose
+the rows past the checkpoint's ``training_iteration`` first (all rows when it starts without
+one), so each epoch is in them once, as the trial's history now runs.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Iterable, Iterator, TextIO
 
 from ray.air._internal.json import SafeFallbackEncoder
 from ray.cloudpickle import dump as pickle_dump
@@ -46,6 +49,12 @@ class _TrialFile(LoggerCallback):
 
     NAME = ""
 
+    @staticmethod
+    def _iterations(lines: Iterable[str]) -> Iterator[Any]:
+        """The ``training_iteration`` of each record of the file's ``lines`` in turn (None for a
+        header or a record without one), each read only as far as its record."""
+        raise NotImplementedError
+
     def __init__(self) -> None:
         self._files: dict[Any, TextIO] = {}
 
@@ -58,6 +67,7 @@ class _TrialFile(LoggerCallback):
         folder.mkdir(parents=True, exist_ok=True)
         self._started(trial, folder)
         _drop_torn_line(folder / self.NAME)
+        _cut_rows_after(folder / self.NAME, _restored_iteration(trial), self._iterations)
         self._files[trial] = (folder / self.NAME).open("a", encoding="utf-8", newline="")
 
     def log_trial_end(self, trial: Any, failed: bool = False) -> None:
@@ -80,6 +90,14 @@ class ResultJson(_TrialFile):
 
     NAME = RESULT_FILE
 
+    @staticmethod
+    def _iterations(lines: Iterable[str]) -> Iterator[Any]:
+        for line in lines:
+            try:
+                yield json.loads(line).get("training_iteration")
+            except ValueError:  # not a result line: kept as it is
+                yield None
+
     def _started(self, trial: Any, folder: Path) -> None:
         with (folder / PARAMS_FILE).open("w", encoding="utf-8") as out:
             json.dump(trial.config, out, indent=2, sort_keys=True, cls=SafeFallbackEncoder)
@@ -97,6 +115,15 @@ class ProgressCsv(_TrialFile):
     header is the first result's keys, or the existing file's when it is continued."""
 
     NAME = PROGRESS_FILE
+
+    @staticmethod
+    def _iterations(lines: Iterable[str]) -> Iterator[Any]:
+        records = csv.reader(lines)
+        header = next(records, [])
+        column = header.index("training_iteration") if "training_iteration" in header else None
+        yield None  # the header: kept
+        for record in records:
+            yield record[column] if column is not None and column < len(record) else None
 
     def __init__(self) -> None:
         super().__init__()
@@ -139,6 +166,41 @@ def _drop_torn_line(path: Path) -> None:
             f.truncate(f.read().rfind(b"\n") + 1)  # 0 when not one line is whole
     except FileNotFoundError:
         return
+
+
+def _restored_iteration(trial: Any) -> int:
+    """The ``training_iteration`` of the checkpoint ``trial`` starts from (0: none)."""
+    restored = trial.latest_checkpoint_result
+    return int(restored.metrics.get("training_iteration", 0)) if restored is not None else 0
+
+
+class _Lines:
+    """A file's lines as text for a parser, with the byte offset of the end of the last one read
+    (a CSV record may span lines)."""
+
+    def __init__(self, raw: bytes) -> None:
+        self.raw, self.end = raw, 0
+
+    def __iter__(self) -> Iterator[str]:
+        for line in self.raw.splitlines(keepends=True):
+            self.end += len(line)
+            yield line.decode("utf-8")
+
+
+def _cut_rows_after(path: Path, last: int, iterations: Any) -> None:
+    """Truncate ``path`` before its first record whose iteration (``iterations`` of its lines
+    yields one per record, read lazily) is past ``last``; records without one are kept."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return
+    lines, start = _Lines(raw), 0
+    for iteration in iterations(lines):
+        if iteration not in (None, "") and int(float(iteration)) > last:
+            with path.open("rb+") as f:
+                f.truncate(start)
+            return
+        start = lines.end
 
 
 def _header(path: Path) -> list[str] | None:
