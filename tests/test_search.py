@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from lobsearch.config import load_run_config
-from lobsearch.search import dry_run
+from lobsearch.errors import DataError
+from lobsearch.search import cluster_address, dry_run
 from lobsearch.space import load_space
 from lobsearch.tune import main
 
@@ -115,6 +116,20 @@ def test_a_search_can_optimize_validation_net_bps_per_day(ray_session, small_exp
     rows = results["reeval"]["rows"]
     assert results["reeval"]["metric"] == "val_net_bps_per_day" and rows[0]["mean"] >= rows[-1]["mean"]
     assert results["best"]["trading"]["val"]["model"]["net_bps_per_day"] == pytest.approx(rows[0]["scores"][0])
+
+
+def test_the_cluster_address_is_a_gcs_address_and_a_url_is_refused_naming_where_it_came_from(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert cluster_address(None) is None
+    assert cluster_address("10.0.0.5:6379") == "10.0.0.5:6379"
+    monkeypatch.setenv("RAY_ADDRESS", "auto")  # what `ray job submit` gives its entrypoint
+    assert cluster_address(None) == "auto" and cluster_address("head:6379") == "head:6379"
+    monkeypatch.setenv("RAY_ADDRESS", "http://127.0.0.1:8265")
+    with pytest.raises(DataError, match=r"^\$RAY_ADDRESS: 'http://127.0.0.1:8265' is a Ray dashboard's address"):
+        cluster_address(None)
+    with pytest.raises(DataError, match=r"^--address: 'ray://head:10001' is a Ray Client address.*HOST:6379"):
+        cluster_address("ray://head:10001")
 
 
 def test_resume_needs_a_name(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -65,6 +65,7 @@ def run_search(
     interrupts.install()
     started = time.monotonic()
     say = _printer(started, quiet)
+    address = cluster_address(address)
     if resume and not name:
         raise DataError("--resume needs --name NAME: the search to continue (see the run folder under --storage)")
     name = name or default_name(space)
@@ -89,7 +90,7 @@ def run_search(
         report = validate_export(found, deep=False)  # headers now; every row is checked as it is prepared
         _check_export_fits(space, report)
         _say_start(space, name, say)
-        with _ray_session(address or os.environ.get("RAY_ADDRESS")) as joined:
+        with _ray_session(address) as joined:
             interrupts.check()  # a Ctrl-C while Ray started may have been dropped (``interrupts``)
             prepared = _prepare(space, found, say)
             interrupts.check()
@@ -159,7 +160,7 @@ def _run_replay(space: SearchSpace, replay: Any, *, name: str, storage: str, run
     _say_start(space, name, say)
     say(replay.describe())
     gpus = space.spec.search.gpus_per_trial
-    with _ray_session(address or os.environ.get("RAY_ADDRESS")) as joined:
+    with _ray_session(address) as joined:
         plan = Plan(
             space=space, export=replay.source, name=name, storage=storage, run_dir=run_dir,
             resume=recorded is not None, address=joined, metric=space.spec.objective.metric,
@@ -479,6 +480,26 @@ result loggers lobsearch reads (``tuner._callbacks``: no TensorBoard files, 4 ms
 per epoch in bench/scale.py), and no copy of each epoch's metrics beside each kept checkpoint in
 the experiment state (every checkpoint is kept, ``lobsearch.snapshots``; the results read the
 trials' own result files, the latest checkpoint keeps its metrics)."""
+
+
+def cluster_address(address: str | None) -> str | None:
+    """The Ray cluster to join: ``address``, else ``$RAY_ADDRESS``, else None (a local Ray).
+    Raises DataError for a URL (``ray://``, a dashboard's ``http://``): the driver runs on the
+    cluster and joins it by its GCS address; Ray Client would run Tune elsewhere than the
+    driver's run folder and callbacks."""
+    source = "--address"
+    if not address:
+        source, address = "$RAY_ADDRESS", os.environ.get("RAY_ADDRESS") or None
+    if address is None or "://" not in address:
+        return address
+    scheme = address.split("://", 1)[0].lower()
+    kind = {"ray": "a Ray Client address", "http": "a Ray dashboard's address (for `ray job submit`)",
+            "https": "a Ray dashboard's address (for `ray job submit`)"}.get(scheme, f"a {scheme}:// URL")
+    raise DataError(
+        f"{source}: {address!r} is {kind}, not a cluster's GCS address; lobsearch's driver runs on the "
+        "cluster and joins it as HOST:6379 (or 'auto' on a cluster node): submit the search with "
+        "`ray job submit ... -- python -m lobsearch.tune ...` (README, \"Cluster\"), where Ray sets "
+        "RAY_ADDRESS for it")
 
 
 class _ray_session:

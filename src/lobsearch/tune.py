@@ -77,7 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--replay-curves", choices=DRAWS,
                         help="recorded: the nearest recorded curve as recorded (the default); model: a curve drawn "
                         "from a model fitted to the recorded ones (a blend of the 3 nearest, plus noise); needs --replay")
-    parser.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
+    parser.add_argument("--address", help="the Ray cluster's GCS address, HOST:6379 or 'auto' (default: "
+                        "$RAY_ADDRESS, else a local Ray); a ray:// or dashboard http:// URL is refused: run the "
+                        "driver on the cluster with `ray job submit`")
     parser.add_argument("--quiet", action="store_true", help="print only the final summary")
     return parser
 
