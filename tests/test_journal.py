@@ -61,7 +61,8 @@ def checkpointed(trial_id: str, iteration: int) -> SimpleNamespace:
     record = _TrainingRunMetadata()
     record.last_result = {"training_iteration": iteration}
     record.update_metric("score", iteration / 10, step=iteration)
-    return SimpleNamespace(trial_id=trial_id, run_metadata=record)
+    static = json.dumps({"trial_id": trial_id, "status": "RUNNING", "config": {"a": iteration}})
+    return SimpleNamespace(trial_id=trial_id, run_metadata=record, get_json_state=lambda: (static, "unused"))
 
 
 def test_a_journaled_checkpoint_reads_back_as_tunes_own_record_of_it(tmp_path: Path):
@@ -101,16 +102,20 @@ def test_a_running_trial_resumes_from_its_last_journaled_checkpoint_when_later_t
     journal.record_checkpoint(tmp_path, checkpointed("a", 4), segment=6)  # the later segment wins
     journal.record_checkpoint(tmp_path, checkpointed("b", 3), segment=6)  # the save's own epoch: kept as saved
     journal.record_checkpoint(tmp_path, checkpointed("c", 4), segment=6)  # finished in the save: left alone
-    journal.record_checkpoint(tmp_path, checkpointed("e", 1), segment=6)  # started after the save: starts anew
+    journal.record_checkpoint(tmp_path, checkpointed("e", 1), segment=6)  # started after the save, no static part
+    journal.record_checkpoint(tmp_path, checkpointed("f", 1), segment=5, with_state=True)  # started after the save
+    journal.record_checkpoint(tmp_path, checkpointed("f", 2), segment=6)  # its static part is in segment 5's line
     with open(tmp_path / journal.CHECKPOINTS.format(6), "a") as f:
         f.write('{"trial_id": "d", "ru')  # the driver killed mid-line
-    assert list(journal.read_checkpoints(tmp_path)) == ["a", "b", "c", "e"]
+    assert list(journal.read_checkpoints(tmp_path)) == ["a", "f", "b", "c", "e"]
+    assert json.loads(journal.read_checkpoints(tmp_path)["f"]["state"])["config"] == {"a": 1}
     kept = journal.reconcile(tmp_path / "exp", tmp_path)
-    assert kept.advanced == ("a",) and not kept.finished and not kept.added
+    assert kept.advanced == ("a",) and kept.restarted == ("f",) and not kept.finished and not kept.added
     assert "1 running trials resume from their last journaled checkpoint" in kept.line()
-    assert saved_epochs(state) == {"a": 4, "b": 3, "c": 4, "d": 0}
+    assert "1 running trials that started after the save resume" in kept.line()
+    assert saved_epochs(state) == {"a": 4, "b": 3, "c": 4, "d": 0, "f": 2}, "e starts anew as a new trial"
     assert [json.loads(static)["status"] for static, _ in json.loads(state.read_text())["trial_data"]] == [
-        "RUNNING", "RUNNING", "TERMINATED", "PENDING"]
+        "RUNNING", "RUNNING", "TERMINATED", "PENDING", "RUNNING"]
     assert journal.read_checkpoints(tmp_path) == {}, "applied: the segments are removed"
     assert not journal.reconcile(tmp_path / "exp", tmp_path), "a second resume changes nothing"
 
@@ -152,9 +157,18 @@ def epochs_reported(run_dir: Path) -> dict[str, int]:
     return {p.parent.name: len(p.read_text().splitlines()) for p in run_dir.glob("*/result.json")}
 
 
+def iterations(run_dir: Path, trial_id: str) -> list[int]:
+    (path,) = run_dir.glob(f"*_{trial_id}_*/result.json")
+    return [json.loads(line)["training_iteration"] for line in path.read_text().splitlines()]
+
+
 @pytest.mark.ray
+@pytest.mark.parametrize("killed", ["after-it-finished", "mid-trial"])
 def test_a_resume_from_an_older_save_keeps_every_journaled_trial_and_runs_none_again(ray_session, tmp_path: Path,
-                                                                                     monkeypatch):
+                                                                                     monkeypatch, killed: str):
+    """``mid-trial``: one of the trials started after the older save is, at the kill, at its first
+    checkpoint (not finished): it resumes from it under its own id, its searcher trial is told its
+    end, and its result.json has each epoch once."""
     import lobsearch.tuner
     from lobsearch.search import Outcome, run_search
 
@@ -168,11 +182,13 @@ def test_a_resume_from_an_older_save_keeps_every_journaled_trial_and_runs_none_a
     replay = load_replay(RECORDED, metric="val_macro_f1", searched=searched_names(space), epoch_s=0.01)
     run_dir, keep = tmp_path / "runs" / "j", tmp_path / "older-save"
     callbacks, drop_checkpoints, segments = lobsearch.tuner._callbacks, journal.drop_checkpoints, []
+    append, lines = journal._append, []
     monkeypatch.setattr(lobsearch.tuner, "_callbacks",
                         lambda plan: [*callbacks(plan), CopyTheSaveAt(str(run_dir), str(keep), at=3)])
     monkeypatch.setattr(journal, "drop_checkpoints",  # what the search's end removes, counted first
                         lambda folder, **kw: segments.append(journal.read_checkpoints(folder)) or drop_checkpoints(
                             folder, **kw))
+    monkeypatch.setattr(journal, "_append", lambda path, line: lines.append((path.name, line)) or append(path, line))
     storage = str(tmp_path / "runs")
     assert run_search(space, export=None, name="j", storage=storage, quiet=True, replay=replay) is Outcome.FINISHED
     first = json.loads((run_dir / "results.json").read_text())
@@ -193,13 +209,32 @@ def test_a_resume_from_an_older_save_keeps_every_journaled_trial_and_runs_none_a
     unfinished = {t for t, status in saved.items() if status != "TERMINATED"}
     missing = set(journal.read(run_dir)) - set(saved)
     assert missing, "the older save lacks the trials started after it"
+    victim = None
+    if killed == "mid-trial":  # not finished at the kill: its first journaled checkpoint is its last
+        victim = sorted(missing)[0]
+        ended = [line for line in (run_dir / journal.FILE).read_text().splitlines() if victim not in line]
+        (run_dir / journal.FILE).write_text("".join(line + "\n" for line in ended))
+        first_record = next(line for name, line in lines
+                            if name.startswith("trial_checkpoints") and json.loads(line)["trial_id"] == victim)
+        assert "state" in json.loads(first_record), "a trial's first record in a segment has its static part"
+        (run_dir / journal.CHECKPOINTS.format(99)).write_text(first_record + "\n")
+        (folder,) = run_dir.glob(f"*_{victim}_*")  # its checkpoint, pruned when it finished, back as it was
+        (folder / "checkpoint_000000").mkdir(exist_ok=True)
+        (folder / "checkpoint_000000" / "replay.json").write_text(json.dumps({"epoch": 1}))
 
     monkeypatch.setattr(lobsearch.tuner, "_callbacks", callbacks)
     assert run_search(space, export=None, name="j", storage=storage, quiet=True, resume=True) is Outcome.FINISHED
     after = json.loads((run_dir / "results.json").read_text())
     assert sorted(t["trial_id"] for t in after["trials"]) == sorted(t["trial_id"] for t in first["trials"])
-    assert epochs_reported(run_dir) == epochs, "no trial trained again"
-    assert {t["trial_id"]: t["status"] for t in after["trials"]} == {t["trial_id"]: t["status"] for t in first["trials"]}
+    others = {t["trial_id"] for t in first["trials"]} - {victim}
+    assert {k: v for k, v in epochs_reported(run_dir).items() if f"_{victim}_" not in k} == {
+        k: v for k, v in epochs.items() if f"_{victim}_" not in k}, "no other trial trained again"
+    assert len(epochs_reported(run_dir)) == 6, "no trial folder left behind"
+    assert ({t["trial_id"]: t["status"] for t in after["trials"] if t["trial_id"] in others}
+            == {t["trial_id"]: t["status"] for t in first["trials"] if t["trial_id"] in others})
+    if victim is not None:
+        resumed = iterations(run_dir, victim)
+        assert resumed == list(range(1, len(resumed) + 1)) and len(resumed) >= 2, resumed
     state = json.loads(next(run_dir.glob("experiment_state-*.json")).read_text())
     assert all(json.loads(static)["status"] == "TERMINATED" for static, _ in state["trial_data"])
     assert len(state["trial_data"]) == 6 and unfinished | missing <= {t["trial_id"] for t in first["trials"]}
@@ -207,4 +242,5 @@ def test_a_resume_from_an_older_save_keeps_every_journaled_trial_and_runs_none_a
     study = searcher["_ot_study"].trials
     assert len(study) == 6 and all(t.state.is_finished() and t.state.name != "RUNNING" for t in study)
     best = {round(v, 9) for t in study for v in (t.values or [])}
-    assert {round(t["history"][-1]["val_macro_f1"], 9) for t in first["trials"]} <= best | {None}
+    assert {round(t["history"][-1]["val_macro_f1"], 9) for t in first["trials"] if t["trial_id"] in others} <= \
+        best | {None}

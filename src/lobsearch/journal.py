@@ -15,7 +15,8 @@ written lines survive in the page cache; a partly written last line is ignored):
   (``Trial.get_json_state``: the static part with its status set to TERMINATED, and the runtime
   part with its last result and checkpoints);
 - ``trial_checkpoints-<n>.jsonl``: the runtime part of a trial each time Tune registers a
-  checkpoint of it (pickled, made Tune's JSON at a resume), in segment ``n``, the number of experiment-state saves begun so far
+  checkpoint of it (pickled, made Tune's JSON at a resume; the first time in a segment with its
+  static part too), in segment ``n``, the number of experiment-state saves begun so far
   (``snapshots.saves_begun``). Tune uploads a save while the driver goes on and waits for that
   upload before its next save, so once save ``n`` has begun save ``n - 1`` is in the experiment
   folder, holding every line of the segments before ``n - 1``: those are removed. At most two
@@ -27,13 +28,17 @@ save (Ray 2.60's formats, read and written as Tune does):
 - ``experiment_state-*.json``: a journaled finished trial saved as unfinished is replaced by its
   journaled record; a journaled finished trial missing from the state is added; an unfinished
   trial whose last journaled checkpoint is of a later epoch than the state's gets that runtime
-  record (it resumes from that checkpoint);
+  record (it resumes from that checkpoint); an unfinished trial missing from the state (started
+  after the save) with a journaled checkpoint and static part is added with them (it resumes from
+  that checkpoint in its own folder, under its own id: a trial started after the save and killed
+  before its first checkpoint is still lost, and suggested again as a new trial);
 - ``searcher-state-*.pkl`` (OptunaSearch): the study is told each added or finished trial's
   result, as ``OptunaSearch.on_trial_complete`` would have been; a missing trial is added to the
   study with the parameters and distributions its configuration gives the space's define-by-run
-  function;
+  function (an added unfinished one as a running trial, asked with those parameters enqueued);
 - ``search_gen_state-*.json``: the trial counter counts the added trials (the search still ends at
-  ``num_samples``) and the concurrency limiter no longer holds the finished trials as live.
+  ``num_samples``), the concurrency limiter no longer holds the finished trials as live and holds
+  the added unfinished ones.
 
 The checkpoint segments are then removed: the state holds what they held. It applies to a local
 experiment folder; with remote storage the journal is written but not applied (the resume then
@@ -83,17 +88,22 @@ def record(folder: str | Path, trial: Any) -> None:
     _append(Path(folder, FILE), json.dumps({"trial_id": trial.trial_id, "state": json.dumps(state), "run": runtime}))
 
 
-def record_checkpoint(folder: str | Path, trial: Any, segment: int) -> None:
+def record_checkpoint(folder: str | Path, trial: Any, segment: int, *, with_state: bool = False) -> None:
     """Append the runtime record of ``trial`` (a Tune ``Trial`` whose newest checkpoint Tune has
-    just registered) to checkpoint segment ``segment`` (the saves begun so far).
+    just registered) to checkpoint segment ``segment`` (the saves begun so far); ``with_state``
+    (the trial's first record in the segment) adds its static record (``Trial.get_json_state``'s
+    first part), which a resume needs for a trial started after the save it resumes from.
 
-    The record is pickled, not Tune's JSON of it: this runs at every epoch of every trial, and
-    Tune's JSON (its checkpoint manager cloudpickled into hex inside it) took 10 % of the driver's
-    event loop in a 300-trial replay (py-spy); ``read_checkpoints`` makes the JSON, once, at a
-    resume."""
+    The runtime record is pickled, not Tune's JSON of it: this runs at every epoch of every trial,
+    and Tune's JSON (its checkpoint manager cloudpickled into hex inside it) took 10 % of the
+    driver's event loop in a 300-trial replay (py-spy); ``read_checkpoints`` makes the JSON, once,
+    at a resume."""
     run = {key: value for key, value in vars(trial.run_metadata).items() if key != "_cached_json"}
-    record = base64.b64encode(pickle.dumps(run, protocol=pickle.HIGHEST_PROTOCOL)).decode("ascii")
-    _append(Path(folder, CHECKPOINTS.format(segment)), json.dumps({"trial_id": trial.trial_id, "run_pickle": record}))
+    entry = {"trial_id": trial.trial_id,
+             "run_pickle": base64.b64encode(pickle.dumps(run, protocol=pickle.HIGHEST_PROTOCOL)).decode("ascii")}
+    if with_state:
+        entry["state"] = trial.get_json_state()[0]
+    _append(Path(folder, CHECKPOINTS.format(segment)), json.dumps(entry))
 
 
 def _run_json(entry: dict[str, str]) -> str:
@@ -145,14 +155,17 @@ def read(folder: str | Path) -> dict[str, dict[str, str]]:
 
 def read_checkpoints(folder: str | Path) -> dict[str, dict[str, str]]:
     """Each trial's last journaled checkpoint record (``{"trial_id", "run"}``, ``run`` Tune's
-    JSON of it) by id."""
+    JSON of it, and ``state``, its static record, where one was journaled) by id."""
     found: dict[str, dict[str, str]] = {}
     for _, path in _segments(folder):
-        found.update(_read_lines(path))
+        for trial_id, entry in _read_lines(path).items():
+            state = entry.get("state") or found.get(trial_id, {}).get("state")
+            found[trial_id] = {**entry, **({"state": state} if state else {})}
     records = {}
     for trial_id, entry in found.items():
         try:
-            records[trial_id] = {"trial_id": trial_id, "run": _run_json(entry)}
+            records[trial_id] = {"trial_id": trial_id, "run": _run_json(entry),
+                                 **({"state": entry["state"]} if "state" in entry else {})}
         except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, ValueError, TypeError):
             continue  # unreadable (another Ray's classes): the saved state's checkpoint of it stands
     return records
@@ -161,14 +174,16 @@ def read_checkpoints(folder: str | Path) -> dict[str, dict[str, str]]:
 @dataclass(frozen=True)
 class Reconciled:
     """What ``reconcile`` changed: ids of trials saved unfinished that the journal finished, of
-    finished trials the saved state did not hold, and of unfinished trials given a later checkpoint."""
+    finished trials the saved state did not hold, of unfinished trials given a later checkpoint,
+    and of unfinished trials the saved state did not hold (started after it, checkpointed)."""
 
     finished: tuple[str, ...] = ()
     added: tuple[str, ...] = ()
     advanced: tuple[str, ...] = ()
+    restarted: tuple[str, ...] = ()
 
     def __bool__(self) -> bool:
-        return bool(self.finished or self.added or self.advanced)
+        return bool(self.finished or self.added or self.advanced or self.restarted)
 
     def line(self) -> str:
         parts = []
@@ -179,6 +194,9 @@ class Reconciled:
         if self.advanced:
             parts.append(f"{len(self.advanced)} running trials resume from their last journaled checkpoint, "
                          "later than the save's")
+        if self.restarted:
+            parts.append(f"{len(self.restarted)} running trials that started after the save resume from their "
+                         "journaled checkpoint")
         return "; ".join(parts)
 
 
@@ -212,24 +230,30 @@ def reconcile(experiment: str | Path, journal_folder: str | Path) -> Reconciled:
         elif json.loads(state["trial_data"][saved[trial_id]][0])["status"] not in (TERMINATED, "ERROR"):
             state["trial_data"][saved[trial_id]] = [entry["state"], entry["run"]]
             finished.append(trial_id)
-    advanced = []
+    advanced, restarted = [], []
     for trial_id, entry in checkpoints.items():
-        if trial_id in journaled or trial_id not in saved:
-            continue  # finished (above), or started after the save: Tune's searcher never saw it, it starts anew
+        if trial_id in journaled:
+            continue  # finished (above)
+        if trial_id not in saved:
+            if "state" in entry:  # started after the save: added running, as the searcher had suggested it
+                state["trial_data"].append([entry["state"], entry["run"]])
+                restarted.append(trial_id)
+            continue
         static, run = state["trial_data"][saved[trial_id]]
         if json.loads(static)["status"] != TERMINATED and _iteration(entry["run"]) > _iteration(run):
             state["trial_data"][saved[trial_id]] = [static, entry["run"]]
             advanced.append(trial_id)
-    if not finished and not added and not advanced:
+    if not finished and not added and not advanced and not restarted:
         drop_checkpoints(journal_folder)
         return Reconciled()
     changed = finished + added
-    if changed:
-        _tell_searcher(experiment, {trial_id: journaled[trial_id] for trial_id in changed})
-        _count_trials(experiment, added=len(added), ended=set(changed))
+    if changed or restarted:
+        _tell_searcher(experiment, {trial_id: journaled[trial_id] for trial_id in changed},
+                       running={trial_id: checkpoints[trial_id] for trial_id in restarted})
+        _count_trials(experiment, added=len(added) + len(restarted), ended=set(changed), live=set(restarted))
     _replace(state_path, json.dumps(state).encode())  # a failure before leaves Tune's save as it was
     drop_checkpoints(journal_folder)  # last: the state now holds what they held
-    return Reconciled(tuple(finished), tuple(added), tuple(advanced))
+    return Reconciled(tuple(finished), tuple(added), tuple(advanced), tuple(restarted))
 
 
 def _iteration(run: str) -> int:
@@ -246,8 +270,11 @@ def _last_result(entry: dict[str, str]) -> dict[str, Any]:
     return flatten_dict(_loads_with_cloudpickle(entry["run"]).get("last_result") or {})
 
 
-def _tell_searcher(experiment: str, entries: dict[str, dict[str, str]]) -> None:
-    """Each trial's last result told to the pickled OptunaSearch (the metric Tune would have passed)."""
+def _tell_searcher(experiment: str, entries: dict[str, dict[str, str]], *,
+                   running: dict[str, dict[str, str]] | None = None) -> None:
+    """Each of ``entries``' last result told to the pickled OptunaSearch (the metric Tune would
+    have passed); each of ``running`` (a trial it suggested after its save) asked of its study
+    again with the trial's parameters, as a running trial its completion is then told to."""
     import optuna
     from ray.tune.search.optuna import OptunaSearch
     from ray.tune.utils import flatten_dict
@@ -277,11 +304,22 @@ def _tell_searcher(experiment: str, entries: dict[str, dict[str, str]]) -> None:
             state=optuna.trial.TrialState.COMPLETE if complete else optuna.trial.TrialState.PRUNED,
         ))
         searcher._completed_trials.add(trial_id)
+    for trial_id, entry in (running or {}).items():
+        if trial_id in searcher._ot_trials:
+            continue
+        config = flatten_dict(_loads_with_cloudpickle(entry["state"]).get("config") or {}, delimiter="/")
+        fixed = optuna.trial.FixedTrial(config)
+        searcher._space(fixed)
+        searcher._ot_study.enqueue_trial(fixed.params)
+        asked = searcher._ot_study.ask()
+        searcher._space(asked)  # the enqueued parameters, suggested through the space's function
+        searcher._ot_trials[trial_id] = asked
     _replace(path, pickle.dumps(searcher.__dict__))
 
 
-def _count_trials(experiment: str, *, added: int, ended: set[str]) -> None:
-    """The search generator's counter counts ``added`` more trials; no wrapper holds ``ended`` as live."""
+def _count_trials(experiment: str, *, added: int, ended: set[str], live: set[str] = frozenset()) -> None:
+    """The search generator's counter counts ``added`` more trials; no wrapper holds ``ended`` as
+    live, each holds ``live`` (trials added running) as live."""
     import ray.cloudpickle as cloudpickle
 
     path = _newest(experiment, "search_gen_state-*.json")
@@ -292,5 +330,5 @@ def _count_trials(experiment: str, *, added: int, ended: set[str]) -> None:
     saved["counter"] += added
     for key, wrapper in saved.items():
         if key.startswith("name:") and isinstance(wrapper, dict) and isinstance(wrapper.get("live_trials"), set):
-            wrapper["live_trials"] -= ended
+            wrapper["live_trials"] = (wrapper["live_trials"] - ended) | live
     _replace(path, cloudpickle.dumps(saved))

@@ -304,13 +304,15 @@ class TrialJournal(tune.Callback):
     def __init__(self, folder: Any) -> None:
         self.folder = str(folder)
         self.segment = -1  # the checkpoint segment written to last (a resumed driver counts anew)
+        self.stated: set[str] = set()  # trials whose static part that segment holds
 
     def on_trial_save(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         segment = snapshots.saves_begun()
         if segment != self.segment:  # save `segment - 1` is in the experiment folder: it holds the older ones
             journal.drop_checkpoints(self.folder, before=segment - 1)
-            self.segment = segment
-        journal.record_checkpoint(self.folder, trial, segment)
+            self.segment, self.stated = segment, set()
+        journal.record_checkpoint(self.folder, trial, segment, with_state=trial.trial_id not in self.stated)
+        self.stated.add(trial.trial_id)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         journal.record(self.folder, trial)
