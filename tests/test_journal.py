@@ -235,10 +235,10 @@ def test_a_resume_from_an_older_save_keeps_every_journaled_trial_and_runs_none_a
     if victim is not None:
         resumed = iterations(run_dir, victim)
         assert resumed == list(range(1, len(resumed) + 1)) and len(resumed) >= 2, resumed
-    state = json.loads(next(run_dir.glob("experiment_state-*.json")).read_text())
+    state = json.loads(max(run_dir.glob("experiment_state-*.json")).read_text())  # the resumed driver's
     assert all(json.loads(static)["status"] == "TERMINATED" for static, _ in state["trial_data"])
     assert len(state["trial_data"]) == 6 and unfinished | missing <= {t["trial_id"] for t in first["trials"]}
-    searcher = pickle.loads(next(run_dir.glob("searcher-state-*.pkl")).read_bytes())
+    searcher = pickle.loads(max(run_dir.glob("searcher-state-*.pkl")).read_bytes())
     study = searcher["_ot_study"].trials
     assert len(study) == 6 and all(t.state.is_finished() and t.state.name != "RUNNING" for t in study)
     best = {round(v, 9) for t in study for v in (t.values or [])}
