@@ -65,6 +65,15 @@ def checkpointed(trial_id: str, iteration: int) -> SimpleNamespace:
     return SimpleNamespace(trial_id=trial_id, run_metadata=record, get_json_state=lambda: (static, "unused"))
 
 
+def started(trial_id: str) -> SimpleNamespace:
+    """A trial as Tune starts it: no result, no checkpoint."""
+    from ray.tune.trainable.metadata import _TrainingRunMetadata
+
+    static = json.dumps({"trial_id": trial_id, "status": "RUNNING", "config": {"a": 0}})
+    return SimpleNamespace(trial_id=trial_id, run_metadata=_TrainingRunMetadata(),
+                           get_json_state=lambda: (static, "unused"))
+
+
 def test_a_journaled_checkpoint_reads_back_as_tunes_own_record_of_it(tmp_path: Path):
     from ray.tune.trainable.metadata import _TrainingRunMetadata
 
@@ -91,7 +100,7 @@ def saved_state(folder: Path, trials: dict[str, tuple[str, int]]) -> Path:
 def saved_epochs(path: Path) -> dict[str, int]:
     from ray.tune.utils.serialization import _loads_with_cloudpickle
 
-    return {json.loads(static)["trial_id"]: _loads_with_cloudpickle(run)["last_result"]["training_iteration"]
+    return {json.loads(static)["trial_id"]: _loads_with_cloudpickle(run)["last_result"].get("training_iteration", 0)
             for static, run in json.loads(path.read_text())["trial_data"]}
 
 
@@ -105,17 +114,21 @@ def test_a_running_trial_resumes_from_its_last_journaled_checkpoint_when_later_t
     journal.record_checkpoint(tmp_path, checkpointed("e", 1), segment=6)  # started after the save, no static part
     journal.record_checkpoint(tmp_path, checkpointed("f", 1), segment=5, with_state=True)  # started after the save
     journal.record_checkpoint(tmp_path, checkpointed("f", 2), segment=6)  # its static part is in segment 5's line
+    journal.record_checkpoint(tmp_path, started("g"), segment=6, with_state=True)  # started after it, no checkpoint
+    journal.record_checkpoint(tmp_path, started("d"), segment=6, with_state=True)  # saved pending, started since
+    journal.record_checkpoint(tmp_path, started("h"), segment=6, with_state=True)  # started after the save,
+    journal.record_checkpoint(tmp_path, checkpointed("h", 1), segment=6)  # and checkpointed in the same segment
     with open(tmp_path / journal.CHECKPOINTS.format(6), "a") as f:
         f.write('{"trial_id": "d", "ru')  # the driver killed mid-line
-    assert list(journal.read_checkpoints(tmp_path)) == ["a", "f", "b", "c", "e"]
+    assert list(journal.read_checkpoints(tmp_path)) == ["a", "f", "b", "c", "e", "g", "d", "h"]
     assert json.loads(journal.read_checkpoints(tmp_path)["f"]["state"])["config"] == {"a": 1}
     kept = journal.reconcile(tmp_path / "exp", tmp_path)
-    assert kept.advanced == ("a",) and kept.restarted == ("f",) and not kept.finished and not kept.added
+    assert kept.advanced == ("a",) and kept.restarted == ("f", "g", "h") and not kept.finished and not kept.added
     assert "1 running trials resume from their last journaled checkpoint" in kept.line()
-    assert "1 running trials that started after the save resume" in kept.line()
-    assert saved_epochs(state) == {"a": 4, "b": 3, "c": 4, "d": 0, "f": 2}, "e starts anew as a new trial"
+    assert "3 running trials that started after the save resume under their own id" in kept.line()
+    assert saved_epochs(state) == {"a": 4, "b": 3, "c": 4, "d": 0, "f": 2, "g": 0, "h": 1}, "e starts anew as a new trial"
     assert [json.loads(static)["status"] for static, _ in json.loads(state.read_text())["trial_data"]] == [
-        "RUNNING", "RUNNING", "TERMINATED", "PENDING", "RUNNING"]
+        "RUNNING", "RUNNING", "TERMINATED", "PENDING", "RUNNING", "RUNNING", "RUNNING"]
     assert journal.read_checkpoints(tmp_path) == {}, "applied: the segments are removed"
     assert not journal.reconcile(tmp_path / "exp", tmp_path), "a second resume changes nothing"
 
@@ -157,18 +170,19 @@ def epochs_reported(run_dir: Path) -> dict[str, int]:
     return {p.parent.name: len(p.read_text().splitlines()) for p in run_dir.glob("*/result.json")}
 
 
-def iterations(run_dir: Path, trial_id: str) -> list[int]:
+def rows(run_dir: Path, trial_id: str) -> list[dict]:
     (path,) = run_dir.glob(f"*_{trial_id}_*/result.json")
-    return [json.loads(line)["training_iteration"] for line in path.read_text().splitlines()]
+    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 @pytest.mark.ray
-@pytest.mark.parametrize("killed", ["after-it-finished", "mid-trial"])
+@pytest.mark.parametrize("killed", ["after-it-finished", "mid-trial", "before-its-first-checkpoint"])
 def test_a_resume_from_an_older_save_keeps_every_journaled_trial_and_runs_none_again(ray_session, tmp_path: Path,
                                                                                      monkeypatch, killed: str):
     """``mid-trial``: one of the trials started after the older save is, at the kill, at its first
     checkpoint (not finished): it resumes from it under its own id, its searcher trial is told its
-    end, and its result.json has each epoch once."""
+    end, and its result.json has each epoch once. ``before-its-first-checkpoint``: that trial had
+    only started: it trains again from its first epoch, under its own id, in its own folder."""
     import lobsearch.tuner
     from lobsearch.search import Outcome, run_search
 
@@ -210,17 +224,20 @@ def test_a_resume_from_an_older_save_keeps_every_journaled_trial_and_runs_none_a
     missing = set(journal.read(run_dir)) - set(saved)
     assert missing, "the older save lacks the trials started after it"
     victim = None
-    if killed == "mid-trial":  # not finished at the kill: its first journaled checkpoint is its last
+    first_pids = {row["pid"] for trial in first["trials"] for row in rows(run_dir, trial["trial_id"])}
+    if killed != "after-it-finished":  # not finished at the kill: the journal's lines up to then
         victim = sorted(missing)[0]
         ended = [line for line in (run_dir / journal.FILE).read_text().splitlines() if victim not in line]
         (run_dir / journal.FILE).write_text("".join(line + "\n" for line in ended))
-        first_record = next(line for name, line in lines
-                            if name.startswith("trial_checkpoints") and json.loads(line)["trial_id"] == victim)
-        assert "state" in json.loads(first_record), "a trial's first record in a segment has its static part"
-        (run_dir / journal.CHECKPOINTS.format(99)).write_text(first_record + "\n")
-        (folder,) = run_dir.glob(f"*_{victim}_*")  # its checkpoint, pruned when it finished, back as it was
-        (folder / "checkpoint_000000").mkdir(exist_ok=True)
-        (folder / "checkpoint_000000" / "replay.json").write_text(json.dumps({"epoch": 1}))
+        start, first_checkpoint = [line for name, line in lines if name.startswith("trial_checkpoints")
+                                   and json.loads(line)["trial_id"] == victim][:2]
+        assert "state" in json.loads(start), "a trial's first record in a segment, at its start, has its static part"
+        kept = [start, first_checkpoint] if killed == "mid-trial" else [start]
+        (run_dir / journal.CHECKPOINTS.format(99)).write_text("".join(line + "\n" for line in kept))
+        if killed == "mid-trial":
+            (folder,) = run_dir.glob(f"*_{victim}_*")  # its checkpoint, pruned when it finished, back as it was
+            (folder / "checkpoint_000000").mkdir(exist_ok=True)
+            (folder / "checkpoint_000000" / "replay.json").write_text(json.dumps({"epoch": 1}))
 
     monkeypatch.setattr(lobsearch.tuner, "_callbacks", callbacks)
     assert run_search(space, export=None, name="j", storage=storage, quiet=True, resume=True) is Outcome.FINISHED
@@ -233,8 +250,11 @@ def test_a_resume_from_an_older_save_keeps_every_journaled_trial_and_runs_none_a
     assert ({t["trial_id"]: t["status"] for t in after["trials"] if t["trial_id"] in others}
             == {t["trial_id"]: t["status"] for t in first["trials"] if t["trial_id"] in others})
     if victim is not None:
-        resumed = iterations(run_dir, victim)
-        assert resumed == list(range(1, len(resumed) + 1)) and len(resumed) >= 2, resumed
+        resumed = rows(run_dir, victim)
+        assert [row["training_iteration"] for row in resumed] == list(range(1, len(resumed) + 1)), resumed
+        trained_after = [row["pid"] not in first_pids for row in resumed]
+        assert trained_after == ([False] + [True] * (len(resumed) - 1) if killed == "mid-trial"
+                                 else [True] * len(resumed)) and len(resumed) >= 2, trained_after
     state = json.loads(max(run_dir.glob("experiment_state-*.json")).read_text())  # the resumed driver's
     assert all(json.loads(static)["status"] == "TERMINATED" for static, _ in state["trial_data"])
     assert len(state["trial_data"]) == 6 and unfinished | missing <= {t["trial_id"] for t in first["trials"]}

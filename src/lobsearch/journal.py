@@ -14,9 +14,9 @@ written lines survive in the page cache; a partly written last line is ignored):
 - ``finished_trials.jsonl``: each finished trial, as Tune's own record of it
   (``Trial.get_json_state``: the static part with its status set to TERMINATED, and the runtime
   part with its last result and checkpoints);
-- ``trial_checkpoints-<n>.jsonl``: the runtime part of a trial each time Tune registers a
-  checkpoint of it (pickled, made Tune's JSON at a resume; the first time in a segment with its
-  static part too), in segment ``n``, the number of experiment-state saves begun so far
+- ``trial_checkpoints-<n>.jsonl``: the runtime part of a trial when Tune starts it and each time
+  Tune registers a checkpoint of it (pickled, made Tune's JSON at a resume; the first time in a
+  segment with its static part too), in segment ``n``, the number of experiment-state saves begun so far
   (``snapshots.saves_begun``). Tune uploads a save while the driver goes on and waits for that
   upload before its next save, so once save ``n`` has begun save ``n - 1`` is in the experiment
   folder, holding every line of the segments before ``n - 1``: those are removed. At most two
@@ -29,9 +29,8 @@ save (Ray 2.60's formats, read and written as Tune does):
   journaled record; a journaled finished trial missing from the state is added; an unfinished
   trial whose last journaled checkpoint is of a later epoch than the state's gets that runtime
   record (it resumes from that checkpoint); an unfinished trial missing from the state (started
-  after the save) with a journaled checkpoint and static part is added with them (it resumes from
-  that checkpoint in its own folder, under its own id: a trial started after the save and killed
-  before its first checkpoint is still lost, and suggested again as a new trial);
+  after the save) is added with its static part and last journaled runtime record (it resumes in
+  its own folder under its own id, from its last checkpoint, or from its start when it had none);
 - ``searcher-state-*.pkl`` (OptunaSearch): the study is told each added or finished trial's
   result, as ``OptunaSearch.on_trial_complete`` would have been; a missing trial is added to the
   study with the parameters and distributions its configuration gives the space's define-by-run
@@ -89,10 +88,11 @@ def record(folder: str | Path, trial: Any) -> None:
 
 
 def record_checkpoint(folder: str | Path, trial: Any, segment: int, *, with_state: bool = False) -> None:
-    """Append the runtime record of ``trial`` (a Tune ``Trial`` whose newest checkpoint Tune has
-    just registered) to checkpoint segment ``segment`` (the saves begun so far); ``with_state``
-    (the trial's first record in the segment) adds its static record (``Trial.get_json_state``'s
-    first part), which a resume needs for a trial started after the save it resumes from.
+    """Append the runtime record of ``trial`` (a Tune ``Trial`` that Tune is starting, or whose
+    newest checkpoint it has just registered) to checkpoint segment ``segment`` (the saves begun so
+    far); ``with_state`` (the trial's first record in the segment) adds its static record
+    (``Trial.get_json_state``'s first part), which a resume needs for a trial started after the
+    save it resumes from.
 
     The runtime record is pickled, not Tune's JSON of it: this runs at every epoch of every trial,
     and Tune's JSON (its checkpoint manager cloudpickled into hex inside it) took 10 % of the
@@ -110,7 +110,7 @@ def _run_json(entry: dict[str, str]) -> str:
     """Tune's JSON of a journaled checkpoint record (``Trial.get_json_state``'s runtime part)."""
     from ray.tune.trainable.metadata import _TrainingRunMetadata
 
-    if "run" in entry:
+    if "run_pickle" not in entry:  # a line Tune's JSON was journaled in
         return entry["run"]
     record = _TrainingRunMetadata()
     record.__dict__.update(pickle.loads(base64.b64decode(entry["run_pickle"])))
@@ -136,14 +136,17 @@ def drop_checkpoints(folder: str | Path, before: float = float("inf")) -> None:
                 continue
 
 
-def _read_lines(path: Path) -> dict[str, dict[str, str]]:
-    found: dict[str, dict[str, str]] = {}
+def _read_lines(path: Path, found: dict[str, dict[str, str]] | None = None) -> dict[str, dict[str, str]]:
+    """Each trial's entry in the JSON lines of ``path`` (added to ``found``), by id: a later line
+    of a trial replaces the fields it has, and keeps those only an earlier one has (the static
+    part a trial's first checkpoint line in a segment carries)."""
+    found = {} if found is None else found
     for line in path.read_text(encoding="utf-8").splitlines():
         try:
             entry = json.loads(line)
         except json.JSONDecodeError:
             continue  # the driver was killed while writing this line: Tune's state covers it
-        found[entry["trial_id"]] = entry
+        found[entry["trial_id"]] = {**found.get(entry["trial_id"], {}), **entry}
     return found
 
 
@@ -158,9 +161,7 @@ def read_checkpoints(folder: str | Path) -> dict[str, dict[str, str]]:
     JSON of it, and ``state``, its static record, where one was journaled) by id."""
     found: dict[str, dict[str, str]] = {}
     for _, path in _segments(folder):
-        for trial_id, entry in _read_lines(path).items():
-            state = entry.get("state") or found.get(trial_id, {}).get("state")
-            found[trial_id] = {**entry, **({"state": state} if state else {})}
+        _read_lines(path, found)
     records = {}
     for trial_id, entry in found.items():
         try:
@@ -195,8 +196,8 @@ class Reconciled:
             parts.append(f"{len(self.advanced)} running trials resume from their last journaled checkpoint, "
                          "later than the save's")
         if self.restarted:
-            parts.append(f"{len(self.restarted)} running trials that started after the save resume from their "
-                         "journaled checkpoint")
+            parts.append(f"{len(self.restarted)} running trials that started after the save resume under their own "
+                         "id, from their last journaled checkpoint or their start")
         return "; ".join(parts)
 
 

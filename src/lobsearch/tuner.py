@@ -297,16 +297,23 @@ class CheckpointPruner(tune.Callback):
 
 
 class TrialJournal(tune.Callback):
-    """Each trial Tune ends, and each trial checkpoint it registers, appended to the journal in
-    ``folder`` (``lobsearch.journal``), so a driver killed before the next experiment-state save
-    resumes without running a finished trial or a checkpointed epoch again."""
+    """Each trial Tune starts or ends, and each trial checkpoint it registers, appended to the
+    journal in ``folder`` (``lobsearch.journal``), so a driver killed before the next
+    experiment-state save resumes without running a finished trial or a checkpointed epoch again,
+    and without losing a trial started since."""
 
     def __init__(self, folder: Any) -> None:
         self.folder = str(folder)
         self.segment = -1  # the checkpoint segment written to last (a resumed driver counts anew)
         self.stated: set[str] = set()  # trials whose static part that segment holds
 
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._record(trial)
+
     def on_trial_save(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._record(trial)
+
+    def _record(self, trial: Any) -> None:
         segment = snapshots.saves_begun()
         if segment != self.segment:  # save `segment - 1` is in the experiment folder: it holds the older ones
             journal.drop_checkpoints(self.folder, before=segment - 1)
