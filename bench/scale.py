@@ -542,6 +542,8 @@ def resume_figures(before: list[dict], after: list[dict], record: dict, trials: 
     restored = min((e["t"] for e in after if e["kind"] == "suggest"), default=None)
     finished = {t["trial_id"] for t in trials if t["status"] in ("completed", "pruned", "early_stopped")}
     relaunched = record["resume_relaunched_at"]
+    running = {e["trial"] for e in before if e["kind"] == "start"} - {
+        e["trial"] for e in before if e["kind"] in ("complete", "error")}  # at the kill
     # an epoch missing from a trial's history, or no history at all: the results misread the trial
     gaps = [t["trial_id"] for t in trials if t["status"] != "failed" and
             (not t["history"] or [row.get("epoch") for row in t["history"]] != list(range(1, len(t["history"]) + 1)))]
@@ -551,6 +553,8 @@ def resume_figures(before: list[dict], after: list[dict], record: dict, trials: 
         "histories_with_gaps": len(gaps),
         "rerun": len(done_before & rerun_after),
         "restored_without_rerun": len(done_before & {e["trial"] for e in after if e["kind"] == "start"} - rerun_after),
+        "running_at_kill": len(running),
+        "running_resumed_under_own_id": len(running & {e["trial"] for e in after if e["kind"] == "start"}),
         "to_first_suggest_s": round(restored - relaunched, 1) if restored else None,
         "to_first_epoch_s": round(first_epoch - relaunched, 1) if first_epoch else None,
     }

@@ -62,9 +62,11 @@ def test_placement_counts_trials_sharing_a_logical_gpu_at_one_time(scale):
 
 
 def test_resume_figures_count_finished_trials_lost_and_rerun(scale):
-    before = [{"kind": "complete", "trial": t} for t in ("a", "b", "c")]
+    before = [{"kind": "start", "trial": t} for t in ("a", "b", "c", "f", "g")] + [
+        {"kind": "complete", "trial": t} for t in ("a", "b", "c")]  # f and g running at the kill
     after = [{"kind": "suggest", "t": 12.0}, {"kind": "start", "trial": "c", "t": 13.0},
-             {"kind": "epoch", "trial": "c", "t": 14.0}, {"kind": "start", "trial": "a", "t": 13.0}]
+             {"kind": "epoch", "trial": "c", "t": 14.0}, {"kind": "start", "trial": "a", "t": 13.0},
+             {"kind": "start", "trial": "f", "t": 13.5}]
     history = [{"epoch": 1}, {"epoch": 2}]
     trials = [{"trial_id": "a", "status": "completed", "history": history},
               {"trial_id": "c", "status": "pruned", "history": history[1:]},  # epoch 1 missing
@@ -72,7 +74,8 @@ def test_resume_figures_count_finished_trials_lost_and_rerun(scale):
               {"trial_id": "e", "status": "failed", "history": []}]
     found = scale.resume_figures(before, after, {"resume_relaunched_at": 10.0}, trials)
     assert found == {"finished_before_kill": 3, "lost": 1, "histories_with_gaps": 2, "rerun": 1,
-                     "restored_without_rerun": 1, "to_first_suggest_s": 2.0, "to_first_epoch_s": 4.0}
+                     "restored_without_rerun": 1, "running_at_kill": 2, "running_resumed_under_own_id": 1,
+                     "to_first_suggest_s": 2.0, "to_first_epoch_s": 4.0}
 
 
 def test_repeated_epochs_count_result_files_holding_an_iteration_twice_and_orphan_folders(scale, tmp_path: Path):
