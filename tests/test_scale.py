@@ -165,6 +165,9 @@ def test_the_scale_test_at_reduced_size_meets_its_targets(tmp_path: Path, withou
     resume = found["resume"]
     assert resume["finished_before_kill"] > 100 and resume["lost"] == resume["rerun"] == 0, resume
     assert resume["histories_with_gaps"] == 0, resume
+    # every trial running at the kill, also one started after that save, resumed under its own id
+    assert resume["running_resumed_under_own_id"] == resume["running_at_kill"] > 0, resume
+    assert resume["orphan_trial_folders"] == resume["result_files_with_an_epoch_twice"] == 0, resume
     assert resume["to_first_epoch_s"] < HANG_S / 3
     # budgeted (quick saves follow each checkpoint, slower ones wait), not one per trial checkpoint
     assert found["experiment_save"]["count"] < found["torch_in_trial"]["False"] / 3
