@@ -113,12 +113,41 @@ def bench_callback(log: EventLog) -> Any:
                      gpus=result.get("gpu_ids"))
 
         def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            self.log("complete", trial=trial.trial_id, **memory_kb())
+            self.log("complete", trial=trial.trial_id, choices=CHOICES["calls"], choice_s=CHOICES["s"],
+                     **memory_kb())
 
         def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             self.log("error", trial=trial.trial_id)
 
     return BenchCallback(log)
+
+
+CHOICES = {"calls": 0, "s": 0.0}
+"""The driver's calls of the scheduler's ``choose_trial_to_run`` and their seconds, so far."""
+
+
+def counted_choice() -> None:
+    """Count and time ``FIFOScheduler.choose_trial_to_run`` (ASHA's) into ``CHOICES``, outside
+    lobsearch's own patch of it when this code has one."""
+    from ray.tune.schedulers import FIFOScheduler
+
+    try:
+        from lobsearch import trialchoice
+    except ImportError:  # an older lobsearch, timed as an A/B reference
+        pass
+    else:
+        trialchoice.install()
+    choose = FIFOScheduler.choose_trial_to_run
+
+    def wrapper(self: Any, tune_controller: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return choose(self, tune_controller)
+        finally:
+            CHOICES["calls"] += 1
+            CHOICES["s"] += time.perf_counter() - started
+
+    FIFOScheduler.choose_trial_to_run = wrapper
 
 
 def timed(log: EventLog, kind: str, owner: Any, attribute: str, count: Any = None) -> None:
@@ -154,6 +183,7 @@ def driver(argv: list[str]) -> int:
     timed(log, "write_results", lobsearch.results, "write_results")
     timed(log, "write_report", lobsearch.report, "write_report")
     timed(log, "finish", lobsearch.search, "_finish")
+    counted_choice()
     callbacks = lobsearch.tuner._callbacks
     lobsearch.tuner._callbacks = lambda plan: [*callbacks(plan), bench_callback(log)]
     if not os.environ.get("SCALE_PROFILE"):
@@ -424,6 +454,8 @@ def measure(record: dict[str, Any], events: list[dict[str, Any]], samples: list[
     record["searcher"] = searcher_figures(events, trials, args)
     record["driver_memory"] = driver_memory(before, args)
     record["processes"] = process_figures(samples, args)
+    record["slot_losses"] = slot_losses(events, record, args)
+    record["scheduler_choice"] = scheduler_choice(events)
     record["experiment_save"] = saves(events)
     record["writes"] = writes(events, run_dir)
     if "driver_killed_at" in record:
@@ -447,6 +479,43 @@ def utilization(events: list[dict[str, Any]], record: dict[str, Any], args: argp
     span = end - min(starts)
     return {"epochs": len(epochs), "span_s": round(span, 1), "trainable_s": round(work, 1),
             "slot_s": round(span * args.concurrent, 1), "ratio": round(work / (span * args.concurrent), 4)}
+
+
+def slot_losses(events: list[dict[str, Any]], record: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """Where the slot time the utilization misses went (first trial start .. kill), as a share of
+    slot time: each trial's start to its first epoch beyond one epoch's length (``setup``), each
+    epoch after the first later than its length (``epoch_lateness``: the report's round trip through
+    the driver), its last epoch to Tune ending it (``ending``), and slot time no trial held
+    (``no_trial``: the first wave starting and each slot passing to the next trial). The driver's
+    events, so each is measured where the driver saw it."""
+    end = record.get("driver_killed_at") or max((e["t"] for e in events if e["kind"] == "epoch"), default=0)
+    trials: dict[str, dict[str, Any]] = {}
+    for e in events:
+        if e["kind"] in ("start", "epoch", "complete", "error") and e["t"] <= end:
+            trial = trials.setdefault(e["trial"], {"epochs": []})
+            if e["kind"] == "epoch":
+                trial["epochs"].append(e["t"])
+            else:
+                trial.setdefault(e["kind"], e["t"])
+    starts = [t["start"] for t in trials.values() if "start" in t]
+    if not starts:
+        return {}
+    slot = (end - min(starts)) * args.concurrent
+    setup = lateness = ending = held = 0.0
+    for trial in trials.values():
+        if "start" not in trial:
+            continue
+        ended = trial.get("complete", trial.get("error", end))
+        held += ended - trial["start"]
+        if trial["epochs"]:
+            setup += trial["epochs"][0] - trial["start"] - args.epoch_s
+            lateness += sum(b - a - args.epoch_s for a, b in zip(trial["epochs"], trial["epochs"][1:]))
+            ending += ended - trial["epochs"][-1]
+    late = [b - a - args.epoch_s for t in trials.values() for a, b in zip(t["epochs"], t["epochs"][1:])]
+    return {"setup": round(setup / slot, 4), "epoch_lateness": round(lateness / slot, 4),
+            "ending": round(ending / slot, 4), "no_trial": round((slot - held) / slot, 4),
+            "epoch_lateness_ms_mean": round(1000 * statistics.fmean(late), 1) if late else None,
+            "epoch_lateness_ms_p50": round(1000 * (percentile(late, 0.5) or 0), 1) if late else None}
 
 
 def whole_utilization(trials: list[dict], events: list[dict], args: argparse.Namespace) -> dict[str, Any]:
@@ -509,6 +578,18 @@ def process_figures(samples: list[dict], args: argparse.Namespace) -> dict[str, 
             "trial_worker_rss_mb_per_concurrent_trial": round(peak["trial_workers_rss_mb"] / args.concurrent, 1),
             "trial_worker_pss_mb_per_concurrent_trial": round(peak["trial_workers_pss_mb"] / args.concurrent, 1),
             "driver_tree_rss_mb_per_concurrent_trial": round(peak["driver_rss_mb"] / args.concurrent, 2)}
+
+
+def scheduler_choice(events: list[dict]) -> dict[str, Any]:
+    """The scheduler's ``choose_trial_to_run`` in the first driver, as of its last trial end:
+    calls, seconds in all, and calls per epoch."""
+    ends = [e for e in events if e["kind"] == "complete" and "choices" in e and e["pid"] == events[0]["pid"]]
+    if not ends:
+        return {}
+    epochs = sum(1 for e in events if e["kind"] == "epoch" and e["t"] <= ends[-1]["t"])
+    return {"calls": ends[-1]["choices"], "total_s": round(ends[-1]["choice_s"], 3),
+            "calls_per_epoch": round(ends[-1]["choices"] / max(epochs, 1), 2),
+            "us_per_call": round(1e6 * ends[-1]["choice_s"] / max(ends[-1]["choices"], 1), 2)}
 
 
 def saves(events: list[dict]) -> dict[str, Any]:

@@ -48,6 +48,36 @@ def test_utilization_is_epochs_times_epoch_time_over_slot_time(scale):
     assert killed["ratio"] == pytest.approx(4 / (2 * 2))
 
 
+def test_slot_losses_split_what_the_utilization_misses_into_its_parts(scale):
+    # 2 slots over 0 .. 10 s (the kill at 10), 1 s epochs: trial a holds slot 1 throughout, b
+    # starts at 2 and ends at 6, c starts at 7 and is still running at the kill
+    events = [{"kind": "start", "trial": "a", "t": 0.0}, {"kind": "start", "trial": "b", "t": 2.0},
+              *({"kind": "epoch", "trial": "a", "t": t} for t in (1.5, 2.5, 3.5, 4.5, 5.5, 6.5, 7.5, 8.5, 9.5)),
+              *({"kind": "epoch", "trial": "b", "t": t} for t in (3.2, 4.4, 5.4)),
+              {"kind": "complete", "trial": "b", "t": 6.0}, {"kind": "start", "trial": "c", "t": 7.0},
+              {"kind": "epoch", "trial": "c", "t": 8.0}, {"kind": "epoch", "trial": "c", "t": 9.0},
+              {"kind": "epoch", "trial": "c", "t": 11.0}]  # after the kill: not counted
+    found = scale.slot_losses(events, {"driver_killed_at": 10.0}, settings(epoch_s=1.0, concurrent=2))
+    # setup: a 0.5, b 0.2, c 0; lateness: b 0.2; ending: b 0.6, a 0.5, c 1.0; no trial: 0..2 and 6..7
+    assert found["setup"] == pytest.approx(0.7 / 20) and found["epoch_lateness"] == pytest.approx(0.2 / 20)
+    assert found["ending"] == pytest.approx(2.1 / 20) and found["no_trial"] == pytest.approx(3.0 / 20)
+    assert found["epoch_lateness_ms_mean"] == pytest.approx(200 / 11, abs=0.1)
+    assert sum(found[k] for k in ("setup", "epoch_lateness", "ending", "no_trial")) == pytest.approx(
+        1 - 14 / 20), "the parts add up to what the utilization misses (14 epochs in 20 slot seconds)"
+
+
+def test_scheduler_choice_is_the_first_drivers_count_at_its_last_trial_end(scale):
+    events = [{"kind": "driver_start", "pid": 1, "t": 0.0},
+              {"kind": "epoch", "pid": 1, "t": 1.0}, {"kind": "epoch", "pid": 1, "t": 2.0},
+              {"kind": "complete", "pid": 1, "t": 2.5, "choices": 10, "choice_s": 0.001},
+              {"kind": "epoch", "pid": 1, "t": 3.0},
+              {"kind": "complete", "pid": 1, "t": 3.5, "choices": 30, "choice_s": 0.003},
+              {"kind": "epoch", "pid": 2, "t": 4.0},  # the resumed driver counts from 0 again
+              {"kind": "complete", "pid": 2, "t": 4.5, "choices": 2, "choice_s": 0.5}]
+    assert scale.scheduler_choice(events) == {"calls": 30, "total_s": 0.003, "calls_per_epoch": 10.0,
+                                              "us_per_call": 100.0}
+
+
 def test_placement_counts_trials_sharing_a_logical_gpu_at_one_time(scale):
     def epochs(trial: str, gpu: str, start: float, end: float, pid: int = 1) -> list[dict]:
         return [{"kind": "epoch", "trial": trial, "node": "n1", "gpus": gpu, "t": t, "pid": pid} for t in (start, end)]

@@ -22,7 +22,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
-from lobsearch import actorcache, journal, restore, snapshots, tpe, trialfiles
+from lobsearch import actorcache, journal, restore, snapshots, tpe, trialchoice, trialfiles
 from lobsearch.console import elapsed, fmt
 from lobsearch.plan import Plan
 from lobsearch.tracking import last_error_line
@@ -179,6 +179,7 @@ def build_tuner(plan: Plan, prepared: dict[str, Any]) -> tune.Tuner:
     snapshots.install()  # experiment state saved after each trial checkpoint, within 5 % of the driver
     actorcache.install()  # finished trials' actors kept for the next trials, none killed while starting
     restore.install()  # a resume reads no trial's results and looks the trainable up once
+    trialchoice.install()  # no scan of every trial for one to start when none waits
     spec = plan.space.spec
     trainable = tune.with_resources(
         _trainable(plan, prepared), trial_resources(spec.search.cpus_per_trial, plan.gpus_per_trial),
