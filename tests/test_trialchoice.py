@@ -64,6 +64,42 @@ def test_the_choice_is_tunes_own_and_made_without_a_scan_when_no_trial_waits(sta
         assert (controller.scans > 0) == waits, f"{controller.scans} scans with statuses {statuses}"
 
 
+def test_random_searches_get_the_scans_choice():
+    import random
+
+    from ray.tune.schedulers import FIFOScheduler
+
+    trialchoice.install()
+    rng = random.Random(7)
+    for _ in range(300):
+        statuses = rng.choices(["PENDING", "RUNNING", "PAUSED", "TERMINATED", "ERROR"],
+                               weights=[1, 4, 1, 8, 1], k=rng.randrange(0, 40))
+        controller = Controller(statuses)
+        wrapper = SimpleNamespace(_tune_controller=controller, get_trials=controller.get_trials)
+        assert FIFOScheduler().choose_trial_to_run(wrapper) is scanned(controller), statuses
+
+
+class Walked(list):
+    """A list of trials that counts the trials a walk from its end visits."""
+
+    visited = 0
+
+    def __reversed__(self):
+        for trial in super().__reversed__():
+            self.visited += 1
+            yield trial
+
+
+def test_the_walk_stops_once_every_waiting_trial_is_seen():
+    trials = Walked(Trial(f"t{i}", "TERMINATED") for i in range(1000))
+    newest = trials[-1]
+    assert trialchoice.first_in_order(trials, {newest}) is newest and trials.visited == 1
+    trials.visited = 0
+    assert trialchoice.first_in_order(trials, {trials[-3], trials[-1]}) is trials[-3] and trials.visited == 3
+    trials.visited = 0
+    assert trialchoice.first_in_order(trials, set()) is None and trials.visited == 0
+
+
 @pytest.mark.ray
 def test_in_a_search_every_choice_equals_tunes_scan(ray_session, tmp_path: Path, monkeypatch):
     from ray.tune.schedulers import FIFOScheduler
