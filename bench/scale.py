@@ -454,6 +454,7 @@ def measure(record: dict[str, Any], events: list[dict[str, Any]], samples: list[
     record["searcher"] = searcher_figures(events, trials, args)
     record["driver_memory"] = driver_memory(before, args)
     record["processes"] = process_figures(samples, args)
+    record["utilization_after_first_wave"] = utilization_after_first_wave(events, record, args)
     record["slot_losses"] = slot_losses(events, record, args)
     record["scheduler_choice"] = scheduler_choice(events)
     record["experiment_save"] = saves(events)
@@ -479,6 +480,25 @@ def utilization(events: list[dict[str, Any]], record: dict[str, Any], args: argp
     span = end - min(starts)
     return {"epochs": len(epochs), "span_s": round(span, 1), "trainable_s": round(work, 1),
             "slot_s": round(span * args.concurrent, 1), "ratio": round(work / (span * args.concurrent), 4)}
+
+
+def utilization_after_first_wave(events: list[dict[str, Any]], record: dict[str, Any],
+                                 args: argparse.Namespace) -> dict[str, Any]:
+    """The utilization once every slot has started its first trial: replayed epochs ending after
+    the ``concurrent``-th trial start plus one epoch, over the slot time from then to the kill (or
+    the last epoch). It leaves out the first wave of trial processes starting (on this machine all
+    of them share 2 cores; on a cluster each node starts its own); a slot's epoch cut by either
+    end of the window counts at most one epoch per slot either way."""
+    end = record.get("driver_killed_at") or max((e["t"] for e in events if e["kind"] == "epoch"), default=0)
+    starts = sorted(e["t"] for e in events if e["kind"] == "start" and e["t"] <= end)
+    if len(starts) < args.concurrent:
+        return {}
+    begin = starts[args.concurrent - 1] + args.epoch_s
+    if end <= begin:
+        return {}
+    epochs = sum(1 for e in events if e["kind"] == "epoch" and begin < e["t"] <= end)
+    return {"first_wave_s": round(starts[args.concurrent - 1] - starts[0], 1), "span_s": round(end - begin, 1),
+            "epochs": epochs, "ratio": round(epochs * args.epoch_s / (args.concurrent * (end - begin)), 4)}
 
 
 def slot_losses(events: list[dict[str, Any]], record: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:

@@ -48,6 +48,19 @@ def test_utilization_is_epochs_times_epoch_time_over_slot_time(scale):
     assert killed["ratio"] == pytest.approx(4 / (2 * 2))
 
 
+def test_the_utilization_after_the_first_wave_counts_from_the_last_slot_started(scale):
+    # 2 slots, 1 s epochs: a starts at 0, b at 3 (a slow first process); both then busy to the kill at 9
+    events = [{"kind": "start", "trial": "a", "t": 0.0}, {"kind": "start", "trial": "b", "t": 3.0},
+              *({"kind": "epoch", "trial": "a", "t": float(t)} for t in range(1, 10)),
+              *({"kind": "epoch", "trial": "b", "t": t + 0.5} for t in range(4, 10))]  # 9.5: after the kill
+    found = scale.utilization_after_first_wave(events, {"driver_killed_at": 9.0}, settings(epoch_s=1.0, concurrent=2))
+    # window (4, 9]: a's epochs at 5..9 and b's at 4.5..8.5 = 10 epochs in 2 slots x 5 s
+    assert found == {"first_wave_s": 3.0, "span_s": 5.0, "epochs": 10, "ratio": 1.0}
+    whole = scale.utilization(events, {"driver_killed_at": 9.0}, settings(epoch_s=1.0, concurrent=2))
+    assert whole["ratio"] < found["ratio"], "the whole span counts b's slot idle while its process started"
+    assert scale.utilization_after_first_wave(events[:1], {}, settings(epoch_s=1.0, concurrent=2)) == {}
+
+
 def test_slot_losses_split_what_the_utilization_misses_into_its_parts(scale):
     # 2 slots over 0 .. 10 s (the kill at 10), 1 s epochs: trial a holds slot 1 throughout, b
     # starts at 2 and ends at 6, c starts at 7 and is still running at the kill
